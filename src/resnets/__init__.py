@@ -1,0 +1,36 @@
+"""resnets: Deep Residual Learning for Image Recognition (He et al., CVPR 2016) on PyTorch."""
+
+from .analysis.complexity import Complexity, complexity
+from .models import (
+    ResNet,
+    ResNetSpec,
+    create_model,
+    import_state_dict,
+    infer_spec,
+    list_models,
+    list_pretrained,
+    load_model,
+    model_config,
+    model_from_config,
+    model_spec,
+    save_weights,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Complexity",
+    "ResNet",
+    "ResNetSpec",
+    "complexity",
+    "create_model",
+    "import_state_dict",
+    "infer_spec",
+    "list_models",
+    "list_pretrained",
+    "load_model",
+    "model_config",
+    "model_from_config",
+    "model_spec",
+    "save_weights",
+]

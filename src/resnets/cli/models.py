@@ -1,0 +1,65 @@
+"""`resnets models`: the model zoo with parameters and multiply-adds at each model's native input size."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..analysis.complexity import complexity
+from ..models import create_model, list_models, list_pretrained, model_spec
+from ..models.specs import PAPER_IMAGENET_GFLOPS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("models", help="list every model with params and multiply-adds")
+    parser.add_argument("names", nargs="*", help="models to show (default: all of the paper's)")
+    parser.add_argument("--shortcut", choices=["A", "B", "C", "none"], help="override the shortcut option")
+    parser.add_argument("--v1.5", dest="v15", action="store_true", help="stride on the 3x3 (torchvision)")
+    parser.add_argument("--layers", action="store_true", help="per-layer table for each model")
+    parser.add_argument("--json", action="store_true", help="one JSON object per model")
+    parser.set_defaults(handler=run)
+
+
+def model_rows(names: list[str], shortcut: str | None = None, v15: bool = False) -> list[dict]:
+    rows = []
+    shipped = list_pretrained()
+    for name in names:
+        plain = model_spec(name).shortcut == "none"
+        bottleneck = model_spec(name).block == "bottleneck"
+        model = create_model(name, shortcut=None if plain else shortcut,
+                             stride_in_1x1=False if v15 and bottleneck else None)
+        cost = complexity(model)
+        spec = model.spec
+        # Table 1 quotes FLOPs for the residual nets and for plain-18/34 (Sec. 4.1: same as ResNet).
+        quoted = spec.family == "imagenet" and (spec.residual or spec.depth in (18, 34))
+        rows.append({
+            "name": name, "family": spec.family, "depth": spec.depth, "block": spec.block,
+            "shortcut": spec.shortcut, "bottleneck_stride": ("1x1 (v1)" if spec.stride_in_1x1 else "3x3 (v1.5)")
+            if bottleneck else "-",
+            "input": spec.input_size, "params": cost.params, "gmacs": round(cost.gmacs, 4),
+            "paper_gflops": PAPER_IMAGENET_GFLOPS[spec.depth] if quoted else None,
+            "pretrained": name in shipped, "_cost": cost,
+        })
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = model_rows(args.names or list_models(), args.shortcut, args.v15)
+    if args.json:
+        for row in rows:
+            print(json.dumps({k: v for k, v in row.items() if not k.startswith("_")}))
+        return 0
+    header = (f"{'model':<10} {'family':<8} {'depth':>5} {'block':<10} {'shortcut':<8} {'stride':<10} "
+              f"{'input':>5} {'params':>12} {'GMACs':>8} {'paper':>6} {'weights':<7}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        paper = f"{r['paper_gflops']:.1f}" if r["paper_gflops"] else "-"
+        print(f"{r['name']:<10} {r['family']:<8} {r['depth']:>5} {r['block']:<10} {r['shortcut']:<8} "
+              f"{r['bottleneck_stride']:<10} {r['input']:>5} {r['params']:>12,} {r['gmacs']:>8.3f} {paper:>6} "
+              f"{'shipped' if r['pretrained'] else '':<7}")
+        if args.layers:
+            print(r["_cost"].table() + "\n")
+    print("\nGMACs: multiply-adds of conv and FC layers for one image at the native input size "
+          "(224 ImageNet, 32 CIFAR); paper: Table 1's FLOPs row (x1e9).")
+    return 0

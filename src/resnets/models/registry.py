@@ -1,0 +1,98 @@
+"""Model names -> specs. `resnet18..152` / `plain18..152` are Table 1; `resnet<6n+2>` / `plain<6n+2>` are
+CIFAR (Sec. 4.2); `cifar_resnet<6n+2>` reaches CIFAR depths that collide with Table 1 (50, 152)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from typing import Any
+
+from .resnet import ResNet
+from .specs import (
+    IMAGENET_STAGES,
+    PAPER_CIFAR_DEPTHS,
+    SHORTCUTS,
+    ResNetSpec,
+    cifar_spec,
+    imagenet_spec,
+)
+
+_NAME = re.compile(r"^(?P<cifar>cifar_)?(?P<kind>resnet|plain)(?P<depth>\d+)$")
+
+
+def list_models() -> list[str]:
+    """The networks of the paper: Table 1 (ImageNet) and Table 6 / Fig. 6 (CIFAR), residual and plain."""
+    imagenet = [f"{kind}{d}" for kind in ("resnet", "plain") for d in IMAGENET_STAGES]
+    cifar = [f"resnet{d}" for d in PAPER_CIFAR_DEPTHS] + [f"plain{d}" for d in PAPER_CIFAR_DEPTHS[:-1]]
+    return imagenet + cifar
+
+
+def _unknown(name: str) -> ValueError:
+    return ValueError(
+        f"unknown model {name!r}; valid names: {', '.join(list_models())}, or any CIFAR depth 6n+2 as "
+        "resnet<6n+2>, plain<6n+2>, cifar_resnet<6n+2> (see `resnets models`)"
+    )
+
+
+def model_spec(name: str, *, num_classes: int | None = None, shortcut: str | None = None,
+               stride_in_1x1: bool | None = None) -> ResNetSpec:
+    """Resolve a model name and options to a spec, with the paper's defaults (B for ImageNet, A for CIFAR)."""
+    match = _NAME.match(name.strip().lower()) if isinstance(name, str) else None
+    if not match:
+        raise _unknown(str(name))
+    depth = int(match["depth"])
+    plain = match["kind"] == "plain"
+    if shortcut is not None and shortcut not in SHORTCUTS:
+        raise ValueError(f"unknown shortcut option {shortcut!r}; valid options: {', '.join(SHORTCUTS)}")
+    if plain and shortcut not in (None, "none"):
+        raise ValueError(f"{name} is a plain network (no shortcuts); use resnet{depth} with shortcut={shortcut!r}")
+    if plain:
+        shortcut = "none"
+    if not match["cifar"] and depth in IMAGENET_STAGES:
+        spec = imagenet_spec(depth, shortcut or "B", num_classes or 1000,
+                             True if stride_in_1x1 is None else stride_in_1x1)
+    else:
+        try:
+            spec = cifar_spec(depth, shortcut or "A", num_classes or 10)
+        except ValueError:
+            raise _unknown(name) from None
+        if stride_in_1x1 is False:
+            raise ValueError(f"{name} is a CIFAR network of basic blocks; stride_in_1x1 applies to bottlenecks")
+    return spec
+
+
+def create_model(name: str, *, num_classes: int | None = None, shortcut: str | None = None,
+                 stride_in_1x1: bool | None = None, zero_init_residual: bool = False,
+                 init_mode: str = "fan_out", pretrained: bool = False) -> ResNet:
+    """Build a network of the paper by name.
+
+    shortcut: "A" (zero-pad identity), "B" (projection where shapes change), "C" (projection
+    everywhere) or "none" (plain). stride_in_1x1: True = paper's bottleneck ("v1"), False = v1.5
+    (torchvision). pretrained: load the weights shipped with the package (see `resnets models`).
+    """
+    spec = model_spec(name, num_classes=num_classes, shortcut=shortcut, stride_in_1x1=stride_in_1x1)
+    model = ResNet(spec, zero_init_residual=zero_init_residual, init_mode=init_mode)
+    if pretrained:
+        from .weights import load_pretrained_into
+
+        load_pretrained_into(model, name)
+    return model
+
+
+def model_config(model: ResNet) -> dict[str, Any]:
+    """A plain dict that rebuilds the architecture (stored in checkpoints and weight files)."""
+    config = asdict(model.spec)
+    config["stages"] = list(config["stages"])
+    config["widths"] = list(config["widths"])
+    return config
+
+
+def model_from_config(config: dict[str, Any]) -> ResNet:
+    fields = dict(config)
+    fields["stages"] = tuple(fields["stages"])
+    fields["widths"] = tuple(fields["widths"])
+    try:
+        spec = ResNetSpec(**fields)
+    except TypeError as exc:
+        raise ValueError(f"model config is not one this version of resnets understands: {exc}") from None
+    return ResNet(spec)

@@ -1,0 +1,84 @@
+"""The paper's architecture tables in one place: Table 1 (ImageNet) and Sec. 4.2 (CIFAR).
+
+A `ResNetSpec` is everything needed to build a network; `resnet.ResNet` builds it and nothing
+else decides depth, widths or block type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+BlockType = Literal["basic", "bottleneck"]
+Shortcut = Literal["A", "B", "C", "none"]
+SHORTCUTS: tuple[str, ...] = ("A", "B", "C", "none")
+
+# Table 1: depth -> (block, blocks per stage conv2_x..conv5_x).
+IMAGENET_STAGES: dict[int, tuple[BlockType, tuple[int, ...]]] = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+IMAGENET_WIDTHS = (64, 128, 256, 512)
+# Table 1, last row: the paper's published FLOPs (multiply-adds, x1e9), quoted for comparison only.
+PAPER_IMAGENET_GFLOPS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
+
+# Sec. 4.2: 3 stages of n basic blocks, 16/32/64 filters on 32/16/8 maps, depth 6n+2.
+CIFAR_WIDTHS = (16, 32, 64)
+# Table 6: test error (%) of the paper, for reports; 110 is "best of 5 (mean 6.61)".
+PAPER_CIFAR10_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
+PAPER_CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
+
+
+@dataclass(frozen=True)
+class ResNetSpec:
+    """A complete description of one network of the paper (or a variant of it)."""
+
+    family: Literal["imagenet", "cifar"]
+    depth: int
+    block: BlockType
+    stages: tuple[int, ...]
+    widths: tuple[int, ...]
+    shortcut: Shortcut
+    num_classes: int
+    stride_in_1x1: bool = True  # bottleneck stride on the first 1x1 (paper, "v1") or the 3x3 ("v1.5")
+
+    @property
+    def input_size(self) -> int:
+        return 224 if self.family == "imagenet" else 32
+
+    @property
+    def expansion(self) -> int:
+        return 4 if self.block == "bottleneck" else 1
+
+    @property
+    def residual(self) -> bool:
+        return self.shortcut != "none"
+
+    @property
+    def name(self) -> str:
+        base = "resnet" if self.residual else "plain"
+        return f"{base}{self.depth}"
+
+    def with_options(self, **changes: object) -> ResNetSpec:
+        return replace(self, **changes)
+
+
+def imagenet_spec(depth: int, shortcut: Shortcut = "B", num_classes: int = 1000,
+                  stride_in_1x1: bool = True) -> ResNetSpec:
+    if depth not in IMAGENET_STAGES:
+        raise ValueError(f"ImageNet ResNet depth {depth} is not in Table 1; valid depths: "
+                         f"{', '.join(map(str, IMAGENET_STAGES))}")
+    block, stages = IMAGENET_STAGES[depth]
+    return ResNetSpec("imagenet", depth, block, stages, IMAGENET_WIDTHS, shortcut, num_classes,
+                      stride_in_1x1)
+
+
+def cifar_spec(depth: int, shortcut: Shortcut = "A", num_classes: int = 10) -> ResNetSpec:
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, "
+                         f"1202, ...), got {depth}")
+    n = (depth - 2) // 6
+    return ResNetSpec("cifar", depth, "basic", (n, n, n), CIFAR_WIDTHS, shortcut, num_classes)

@@ -1,0 +1,163 @@
+"""Weight files: our own (architecture config + state_dict) and torchvision/timm ResNet files (v1.5).
+
+Everything is read with `torch.load(weights_only=True)` (or safetensors), never as a pickle.
+torchvision and timm use the same parameter names as ours for option B; their bottlenecks put
+the stride on the 3x3, so imported models are built with stride_in_1x1=False.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .registry import model_config, model_from_config
+from .resnet import ResNet
+from .specs import IMAGENET_STAGES, ResNetSpec
+
+StateDict = dict[str, torch.Tensor]
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+class IncompatibleWeightsError(ValueError):
+    pass
+
+
+def read_weight_file(path: str | Path) -> dict[str, Any]:
+    """Load a .pt/.pth/.safetensors file safely; returns the raw top-level dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise IncompatibleWeightsError(
+                f"{path}: reading .safetensors needs the 'safetensors' package (pip install safetensors)"
+            ) from None
+        return dict(load_file(str(path)))
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated, foreign or unsafe files
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IncompatibleWeightsError(
+            f"{path}: not a readable weights-only PyTorch file ({first_line}); re-save it with "
+            "torch.save(model.state_dict(), ...)"
+        ) from None
+    if not isinstance(data, dict):
+        raise IncompatibleWeightsError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
+    return data
+
+
+def extract_state_dict(data: dict[str, Any]) -> StateDict:
+    """The state_dict inside our checkpoints, common wrappers ({'state_dict': ...}) or a bare one."""
+    for key in ("model", "state_dict", "model_state_dict", "ema"):
+        if isinstance(data.get(key), dict):
+            data = data[key]
+            break
+    state = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    for prefix in _WRAPPER_PREFIXES:  # DDP / torch.compile / wrapper prefixes
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def check_compatible(model: torch.nn.Module, state: StateDict, source: str = "weights") -> None:
+    """Raise one clear error when `state` does not fit `model` (missing, unexpected or mis-shaped tensors)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    if not (missing or unexpected or shapes):
+        return
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if shapes:
+        problems.append(f"{len(shapes)} of another shape (e.g. {'; '.join(shapes[:2])})")
+    spec = getattr(model, "spec", None)
+    target = f"{spec.name} with shortcut {spec.shortcut}, {spec.num_classes} classes" if spec else "the model"
+    hint = ""
+    if any(".downsample." in k for k in missing + unexpected):
+        hint = "; the shortcut option differs (projection weights present in one, absent in the other)"
+    raise IncompatibleWeightsError(f"{source} do not fit {target}: {'; '.join(problems)}{hint}")
+
+
+def import_state_dict(model: torch.nn.Module, state: StateDict, source: str = "weights") -> torch.nn.Module:
+    """Copy a torchvision/timm/resnets state_dict into `model` after checking every name and shape."""
+    check_compatible(model, state, source)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def infer_spec(state: StateDict, stride_in_1x1: bool = False) -> ResNetSpec:
+    """Recognise a torchvision/timm ImageNet ResNet from its tensor names (depth, classes, shortcut)."""
+    if "conv1.weight" not in state or "fc.weight" not in state:
+        raise IncompatibleWeightsError("not a ResNet state_dict (no conv1.weight / fc.weight)")
+    stages = []
+    for layer in range(1, 5):
+        indices = {int(m[1]) for k in state if (m := re.match(rf"layer{layer}\.(\d+)\.", k))}
+        stages.append(len(indices))
+    bottleneck = "layer1.0.conv3.weight" in state
+    matches = [d for d, (block, blocks) in IMAGENET_STAGES.items()
+               if blocks == tuple(stages) and (block == "bottleneck") == bottleneck]
+    if not matches:
+        raise IncompatibleWeightsError(f"blocks per stage {stages} match no network of Table 1")
+    projections = sum(k.endswith("downsample.0.weight") for k in state)
+    blocks = sum(stages)
+    if projections == blocks:
+        shortcut = "C"
+    elif projections == 0:
+        shortcut = "A"
+    else:
+        shortcut = "B"
+    num_classes = state["fc.weight"].shape[0]
+    return ResNetSpec("imagenet", matches[0], "bottleneck" if bottleneck else "basic", tuple(stages),
+                      (64, 128, 256, 512), shortcut, num_classes, stride_in_1x1)
+
+
+def load_model(path: str | Path) -> ResNet:
+    """A ready model from our checkpoint/weights file, or from a torchvision/timm file (built as v1.5)."""
+    data = read_weight_file(path)
+    state = extract_state_dict(data)
+    config = data.get("model_config")
+    model = model_from_config(config) if isinstance(config, dict) else ResNet(infer_spec(state))
+    return import_state_dict(model, state, source=f"weights in {path}")
+
+
+def save_weights(model: ResNet, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Weights-only file with the architecture config, written atomically."""
+    from ..train.checkpoint import atomic_torch_save
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return atomic_torch_save({"model_config": model_config(model), "model": state, "meta": meta or {}},
+                             Path(path))
+
+
+def _pretrained_dir() -> Path:
+    return Path(str(resources.files("resnets") / "assets" / "weights"))
+
+
+def list_pretrained() -> dict[str, dict[str, Any]]:
+    """Shipped weight files and their metadata (measured accuracy, recipe)."""
+    found = {}
+    for meta_file in sorted(_pretrained_dir().glob("*.json")):
+        found[meta_file.stem] = json.loads(meta_file.read_text())
+    return found
+
+
+def load_pretrained_into(model: ResNet, name: str) -> ResNet:
+    path = _pretrained_dir() / f"{name}.pt"
+    if not path.is_file():
+        available = ", ".join(list_pretrained()) or "none yet"
+        raise ValueError(f"no shipped weights for {name!r}; shipped: {available}. "
+                         "For torchvision/timm files use resnets.load_model(path)")
+    data = read_weight_file(path)
+    return import_state_dict(model, extract_state_dict(data), source=f"shipped weights {path.name}")
