@@ -1,0 +1,43 @@
+"""Training curves in the style of the paper's Fig. 4 / Fig. 6: train error dashed, test error solid."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..train.checkpoint import atomic_write_bytes  # noqa: E402
+
+
+def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    points = [(r["iteration"], r[key]) for r in records if r.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_error_curves(panels: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]], path: str | Path,
+                      eval_key: str = "test_error") -> Path:
+    """One panel per group (e.g. "plain", "ResNet"), one colour per run; x in iterations (1e4), y error %."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False, sharey=True)
+    for ax, (title, runs) in zip(axes[0], panels.items(), strict=True):
+        for index, (label, records) in enumerate(runs.items()):
+            colour = f"C{index}"
+            x, y = _series(records, "train_error")
+            ax.plot([i / 1e4 for i in x], y, "--", color=colour, linewidth=1)
+            x, y = _series(records, eval_key)
+            ax.plot([i / 1e4 for i in x], y, "-", color=colour, linewidth=2, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("iter. (1e4)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right")
+    axes[0][0].set_ylabel("error (%)")
+    fig.text(0.5, 0.005, "dashed: training error, solid: " + eval_key.replace("_", " "), ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path = Path(path)
+    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path

@@ -1,0 +1,172 @@
+"""Named training recipes as plain dataclasses (Sec. 3.4 ImageNet, Sec. 4.2 CIFAR) and their overrides.
+
+Every schedule length is in iterations, as the paper states them (32k/48k/64k for CIFAR); a run
+given --epochs converts with the iterations per epoch of its own data and batch size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Recipe:
+    name: str = "paper"
+    batch_size: int = 128  # global batch; each of W DDP ranks takes batch_size / W
+    lr: float = 0.1  # for batch_size; scale linearly yourself when changing the batch (Goyal et al.)
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    weight_decay_on_bn: bool = True  # the paper decays every weight; False exempts BN and biases
+    schedule: str = "step"  # step | cosine | onecycle | plateau
+    milestones: tuple[float, ...] = (32000, 48000)  # step: iterations, or fractions of the run if all < 1
+    gamma: float = 0.1
+    iterations: int = 64000
+    epochs: float | None = None  # when set, overrides `iterations`
+    warmup_iterations: int = 0  # cosine: linear warm-up from 0 over these iterations
+    peak_fraction: float = 0.25  # onecycle: lr rises linearly from lr/10 to lr over this part, then to 0
+    # Sec. 4.2, ResNet-110: lr `error_warmup_lr` until training error < threshold %, then back to `lr`.
+    error_warmup_lr: float | None = None
+    error_warmup_threshold: float = 80.0
+    error_warmup_max_iterations: int = 2000  # a bound so a run that never learns cannot stay warm forever
+    plateau_patience: int = 3  # plateau: evaluations without improvement before lr /= 10
+    label_smoothing: float = 0.0
+    ema_decay: float | None = None  # exponential moving average of weights, evaluated and saved when set
+    pad: int = 4  # CIFAR: pad-crop-flip augmentation
+    augment: bool = True
+    val_split: int = 0  # hold out this many training images (paper: 5000) to choose the schedule
+    eval_every: int = 0  # iterations between evaluations (0: once per epoch)
+    dataset: str = "cifar10"
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["milestones"] = list(self.milestones)
+        return data
+
+
+RECIPES: dict[str, Recipe] = {
+    # Sec. 4.2: batch 128, lr 0.1 /10 at 32k and 48k, stop at 64k; wd 1e-4, momentum 0.9.
+    "paper": Recipe(name="paper", notes="He et al. 2016, Sec. 4.2 (CIFAR-10)"),
+    # Ours: the same network to the paper's accuracy in far fewer epochs. One-cycle lr (linear up, linear
+    # down to 0), nesterov, label smoothing and no decay on BN/bias; each choice measured in README.
+    "fast": Recipe(
+        name="fast", batch_size=256, lr=0.4, nesterov=True, weight_decay=5e-4, weight_decay_on_bn=False,
+        schedule="onecycle", epochs=30, peak_fraction=0.2, milestones=(), label_smoothing=0.1,
+        ema_decay=None, notes="resnets fast recipe: one-cycle, nesterov, label smoothing 0.1, 30 epochs",
+    ),
+    # Sec. 3.4: batch 256, lr 0.1 /10 on plateaus of the validation error, up to 60e4 iterations.
+    "paper-imagenet": Recipe(
+        name="paper-imagenet", batch_size=256, schedule="plateau", iterations=600_000, milestones=(),
+        dataset="imagenet", eval_every=5000, notes="He et al. 2016, Sec. 3.4 (ImageNet)",
+    ),
+    # The common 90-epoch variant (fb.resnet.torch, torchvision): /10 every 30 epochs.
+    "step-90": Recipe(
+        name="step-90", batch_size=256, schedule="step", epochs=90, milestones=(1 / 3, 2 / 3),
+        dataset="imagenet", notes="90 epochs, lr /10 at epochs 30 and 60",
+    ),
+}
+
+DEPTH_NEEDING_ERROR_WARMUP = 110  # Sec. 4.2: "for the 110-layer network ... 0.01 to warm up"
+
+
+def get_recipe(name: str, depth: int | None = None) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)}")
+    recipe = dataclasses.replace(RECIPES[name])
+    if name == "paper" and depth is not None and depth >= DEPTH_NEEDING_ERROR_WARMUP:
+        recipe.error_warmup_lr = 0.01
+    return recipe
+
+
+def _coerce(recipe: Recipe, key: str, value: Any) -> Any:
+    kinds = {f.name: f.type for f in fields(recipe)}
+    if key not in kinds:
+        raise ValueError(f"unknown recipe field {key!r}; valid fields: {', '.join(sorted(kinds))}")
+    kind = str(kinds[key])
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if "None" not in kind:
+            raise ValueError(f"recipe field {key!r} cannot be None")
+        return None
+    if kind.startswith("tuple"):
+        items = value if isinstance(value, list | tuple) else [v for v in str(value).split(",") if v.strip()]
+        return tuple(float(v) for v in items)
+    if kind.startswith("bool"):
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"recipe field {key!r} takes true/false, got {value!r}")
+            return value.lower() in ("true", "1", "yes")
+        return bool(value)
+    for caster in (int, float, str):
+        if kind.startswith(caster.__name__):
+            try:
+                return caster(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"recipe field {key!r} takes {caster.__name__}, got {value!r}") from None
+    return value
+
+
+def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
+    """Return a copy with `overrides` applied (values may be strings from the command line or TOML types)."""
+    changes = {key.replace("-", "_"): value for key, value in overrides.items()}
+    return dataclasses.replace(recipe, **{k: _coerce(recipe, k, v) for k, v in changes.items()})
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, str]:
+    """`--set key=value` pairs from the command line."""
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        result[key.strip()] = value.strip()
+    return result
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML config: top-level keys are run options and recipe fields, e.g. `recipe = "fast"`, `lr = 0.2`."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def describe(recipe: Recipe) -> str:
+    return json.dumps(recipe.to_dict(), indent=2)
+
+
+@dataclass
+class RunOptions:
+    """Everything about a run that is not the recipe: what to train, where, and how fast."""
+
+    model: str = "resnet20"
+    dataset: str = "cifar10"
+    data: str | None = None
+    out: str = "runs/resnet20"
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: CUDA only)
+    device: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = False
+    seed: int = 0
+    resume: bool = False
+    num_classes: int | None = None
+    shortcut: str | None = None
+    workers: int = 4
+    log_every: int = 50  # iterations between metric lines in metrics.jsonl
+    checkpoint_every: int = 0  # iterations between checkpoints besides each evaluation (0: only at evaluations)
+    max_iterations: int | None = None  # stop early (for tests and smoke runs) without changing the schedule
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)

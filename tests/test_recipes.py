@@ -1,0 +1,77 @@
+"""Recipe values against the paper's text (Sec. 3.4, 4.2) and the schedule they produce."""
+
+from __future__ import annotations
+
+import pytest
+
+from resnets.train.recipes import apply_overrides, get_recipe, parse_assignments, read_toml
+from resnets.train.schedule import LrSchedule
+
+
+def test_paper_cifar_recipe_is_section_4_2() -> None:
+    r = get_recipe("paper", depth=20)
+    assert (r.batch_size, r.lr, r.momentum, r.weight_decay) == (128, 0.1, 0.9, 1e-4)
+    assert r.weight_decay_on_bn and not r.nesterov and r.label_smoothing == 0 and r.ema_decay is None
+    assert (r.schedule, tuple(r.milestones), r.gamma, r.iterations, r.epochs) == ("step", (32000, 48000), 0.1,
+                                                                                  64000, None)
+    assert r.pad == 4 and r.augment and r.error_warmup_lr is None
+
+
+def test_paper_cifar_schedule_values() -> None:
+    schedule = LrSchedule(get_recipe("paper", depth=56), 64000)
+    lrs = {t: schedule.lr(t) for t in (0, 31999, 32000, 47999, 48000, 63999)}
+    assert lrs == pytest.approx({0: 0.1, 31999: 0.1, 32000: 0.01, 47999: 0.01, 48000: 0.001, 63999: 0.001})
+
+
+def test_resnet110_warms_up_at_0_01_until_error_below_80_then_returns_to_0_1() -> None:
+    recipe = get_recipe("paper", depth=110)
+    assert recipe.error_warmup_lr == 0.01 and recipe.error_warmup_threshold == 80
+    schedule = LrSchedule(recipe, 64000)
+    assert schedule.lr(0) == 0.01
+    assert not schedule.observe_train_error(300, 85.0)
+    assert schedule.lr(300) == 0.01
+    assert schedule.observe_train_error(400, 79.0)
+    # back to 0.1 (the popular re-implementation's bug was to stay at 0.01), then the normal steps
+    assert schedule.lr(401) == 0.1 and schedule.lr(32000) == pytest.approx(0.01)
+    restored = LrSchedule(recipe, 64000)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.lr(401) == 0.1
+    assert get_recipe("paper", depth=56).error_warmup_lr is None
+
+
+def test_imagenet_recipes() -> None:
+    paper = get_recipe("paper-imagenet")
+    assert (paper.batch_size, paper.lr, paper.momentum, paper.weight_decay, paper.iterations) == (
+        256, 0.1, 0.9, 1e-4, 600_000)
+    schedule = LrSchedule(paper, paper.iterations)
+    for error in (50, 40, 41, 42, 43):  # three evaluations without improvement -> /10
+        schedule.observe_eval_error(error)
+    assert schedule.lr(0) == pytest.approx(0.01)
+    step90 = get_recipe("step-90")
+    assert step90.epochs == 90
+    schedule = LrSchedule(step90, 9000)
+    assert [schedule.lr(t) for t in (2999, 3000, 6000)] == pytest.approx([0.1, 0.01, 0.001])
+
+
+def test_onecycle_rises_then_falls_to_zero() -> None:
+    schedule = LrSchedule(get_recipe("fast"), 1000)
+    lrs = [schedule.lr(t) for t in range(1000)]
+    peak = max(range(1000), key=lrs.__getitem__)
+    assert 150 <= peak <= 250 and lrs[-1] < 0.01 * max(lrs) and lrs[0] < max(lrs)
+
+
+def test_overrides_types_and_errors(tmp_path) -> None:
+    recipe = apply_overrides(get_recipe("paper"), parse_assignments(["lr=0.05", "milestones=100,200", "nesterov=true"]))
+    assert recipe.lr == 0.05 and recipe.milestones == (100.0, 200.0) and recipe.nesterov is True
+    with pytest.raises(ValueError, match="unknown recipe field 'lrr'"):
+        apply_overrides(recipe, {"lrr": 1})
+    with pytest.raises(ValueError, match="takes float"):
+        apply_overrides(recipe, {"lr": "fast"})
+    with pytest.raises(ValueError, match="unknown recipe 'slow'; valid recipes"):
+        get_recipe("slow")
+    config = tmp_path / "run.toml"
+    config.write_text('recipe = "fast"\nlr = 0.2\n')
+    assert read_toml(config) == {"recipe": "fast", "lr": 0.2}
+    config.write_text("lr = = 1")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        read_toml(config)
