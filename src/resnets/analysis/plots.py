@@ -9,9 +9,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from ..train.checkpoint import atomic_write_bytes  # noqa: E402
+from ..train.checkpoint import atomic_write_bytes
 
 
 def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:

@@ -7,8 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ..data.cifar import load_cifar, per_pixel_mean, train_val_split
 from ..data.loader import TensorBatchLoader
 from .recipes import Recipe, RunOptions
