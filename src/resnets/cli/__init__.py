@@ -31,6 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("resnets: interrupted", file=sys.stderr)
         return 130
-    except (CommandError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
+    except (CommandError, ValueError, ArithmeticError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"resnets {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -46,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (ImageNet)")
     p.add_argument("--log-every", type=int, default=None)
     p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--subset", type=int, default=None, help="train on a random subset of N images (smoke runs)")
+    p.add_argument("--eval-subset", type=int, default=None, help="evaluate on the first N test images")
     p.add_argument("--max-iterations", type=int, default=None, help="stop early without changing the schedule")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<recipe>)")

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ..data.cifar import load_cifar, per_pixel_mean, train_val_split
 from ..data.loader import TensorBatchLoader
 from .recipes import Recipe, RunOptions
@@ -50,6 +52,11 @@ def build_cifar_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -> T
         train_index, val_index = train_val_split(len(train_labels), recipe.val_split, seed=0)
         evals_source["val"] = (train_images[val_index], train_labels[val_index])
         train_images, train_labels = train_images[train_index], train_labels[train_index]
+    if options.subset:
+        chosen = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(options.seed))
+        train_images, train_labels = train_images[chosen[: options.subset]], train_labels[chosen[: options.subset]]
+    if options.eval_subset:
+        evals_source = {k: (x[: options.eval_subset], y[: options.eval_subset]) for k, (x, y) in evals_source.items()}
     # Sec. 4.2: "the per-pixel mean subtracted", computed on the images the network trains on.
     mean = per_pixel_mean(train_images).to(device)
     common = {"mean": mean, "channels_last": options.channels_last}
@@ -63,5 +70,5 @@ def build_cifar_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -> T
     preprocess = {"kind": "cifar", "size": 32, "mean_image": mean.cpu(),
                   "mean": mean.mean(dim=(1, 2)).cpu().tolist(), "std": None}
     description = {"source": train.source, "dataset": options.dataset, "train_images": len(train_labels),
-                   "test_images": len(test.labels), "val_images": recipe.val_split}
+                   "test_images": len(evals_source["test"][1]), "val_images": recipe.val_split}
     return TrainingData(train_loader, evals, list(train.classes), len(train_labels), preprocess, description)

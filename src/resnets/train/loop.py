@@ -36,7 +36,7 @@ from .runtime import (
 from .schedule import LrSchedule
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(ArithmeticError):
     pass
 
 

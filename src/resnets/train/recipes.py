@@ -167,6 +167,8 @@ class RunOptions:
     workers: int = 4
     log_every: int = 50  # iterations between metric lines in metrics.jsonl
     checkpoint_every: int = 0  # iterations between checkpoints besides each evaluation (0: only at evaluations)
+    subset: int | None = None  # train on a fixed random subset of this many training images (smoke runs, tests)
+    eval_subset: int | None = None  # evaluate on the first N test (and val) images
     max_iterations: int | None = None  # stop early (for tests and smoke runs) without changing the schedule
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,143 @@
+"""The training loop end to end on real CIFAR-10 images: learning, exact resume after kill -9, torchrun DDP,
+NaN handling, and `resnets eval`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnets.models.weights import extract_state_dict, read_weight_file
+
+SMOKE = ["--model", "resnet8", "--recipe", "fast", "--no-progress", "--seed", "3"]
+
+
+def resnets_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "resnets", *args]
+
+
+def run_cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(resnets_cmd(*args), capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, "OMP_NUM_THREADS": "2"})
+    if check and result.returncode != 0:
+        raise AssertionError(f"resnets {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return extract_state_dict(read_weight_file(path))
+
+
+def test_short_real_run_learns_and_eval_agrees(cifar10_jpeg_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = run_cli("train", *SMOKE, "--data", str(cifar10_jpeg_dir), "--subset", "4000", "--eval-subset", "2000",
+                     "--epochs", "6", "--batch-size", "128", "--lr", "0.4", "--precision", "bf16", "--out", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_top1_error"] < 60, summary  # chance is 90%
+    assert "test error:" in result.stdout.splitlines()[-1]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["iteration"] == summary["iterations"] == 6 * (4000 // 128)
+    assert [r["test_error"] for r in records if "test_error" in r][-1] < records[0]["train_error"]
+    for name in ("config.json", "curves.png", "model.pt", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (out / name).is_file(), name
+    evaluated = run_cli("eval", "--checkpoint", str(out), "--data", str(cifar10_jpeg_dir), "--json")
+    report = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert report["images"] == 10_000
+    assert 0 <= report["top1_error"] < 70
+
+
+def _train_args(data: Path, out: Path) -> list[str]:
+    return ["train", *SMOKE, "--data", str(data), "--subset", "1024", "--eval-subset", "256", "--epochs", "3",
+            "--batch-size", "64", "--deterministic", "--precision", "fp32", "--checkpoint-every", "3",
+            "--log-every", "1", "--out", str(out)]
+
+
+def test_resume_after_kill_9_is_bit_identical(cifar10_jpeg_dir: Path, tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    run_cli(*_train_args(cifar10_jpeg_dir, reference))
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(resnets_cmd(*_train_args(cifar10_jpeg_dir, interrupted)),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "OMP_NUM_THREADS": "2"})
+    metrics = interrupted / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    killed_at = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        if len(lines) >= 22:  # mid-epoch 2 (16 iterations per epoch), between checkpoints or not
+            os.kill(process.pid, signal.SIGKILL)
+            killed_at = len(lines)
+            break
+        time.sleep(0.02)
+    process.wait()
+    assert killed_at, "the run finished or stalled before it could be killed"
+    assert not (interrupted / "model.pt").exists()
+    run_cli(*_train_args(cifar10_jpeg_dir, interrupted), "--resume")
+
+    ours, theirs = weights(interrupted / "model.pt"), weights(reference / "model.pt")
+    assert ours.keys() == theirs.keys()
+    different = [k for k in ours if not torch.equal(ours[k], theirs[k])]
+    assert not different, f"weights differ after resume: {different[:5]}"
+    iterations = [json.loads(line)["iteration"] for line in metrics.read_text().splitlines()]
+    assert iterations == sorted(set(iterations)) and iterations[-1] == 48
+
+
+def test_torchrun_two_cpu_processes(cifar10_jpeg_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "resnets", "train", *SMOKE, "--data", str(cifar10_jpeg_dir), "--subset", "1024",
+               "--eval-subset", "256", "--epochs", "2", "--batch-size", "64", "--device", "cpu", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["hardware"]["world_size"] == 2
+    # each rank takes half the global batch of 64: 1024 / 64 = 16 iterations per epoch
+    assert config["iterations_per_epoch"] == 16 and config["iterations"] == 32
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == 32 and summary["test_top1_error"] < 90
+    assert result.stdout.count("test error:") == 1  # only rank 0 reports
+
+
+def test_nan_loss_stops_with_one_clear_line_and_keeps_the_checkpoint(cifar10_jpeg_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "nan"
+    args = ["train", *SMOKE, "--data", str(cifar10_jpeg_dir), "--subset", "512", "--eval-subset", "128",
+            "--batch-size", "64", "--epochs", "3", "--precision", "fp32", "--out", str(out)]
+    run_cli(*args, "--epochs", "1")
+    good = weights(out / "checkpoints" / "last.pt")
+    result = run_cli(*args, "--resume", "--set", "lr=1e12", check=False)
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(error_lines) == 1 and "loss became" in error_lines[0] and "last good checkpoint" in error_lines[0]
+    kept = weights(out / "checkpoints" / "last.pt")
+    assert all(torch.equal(kept[k], good[k]) for k in good)
+
+
+def test_bad_inputs_give_one_clear_line(tmp_path: Path) -> None:
+    result = run_cli("train", *SMOKE, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), check=False)
+    assert result.returncode == 2
+    assert "not found" in result.stderr and "--data" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("train", "--model", "resnet21", "--out", str(tmp_path / "y"), check=False)
+    assert result.returncode == 2 and "unknown model 'resnet21'" in result.stderr
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    result = run_cli("eval", "--checkpoint", str(corrupt), check=False)
+    assert result.returncode == 2 and "corrupt.pt" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--resume"])
+def test_resume_refuses_another_architecture(cifar10_jpeg_dir: Path, tmp_path: Path, option: str) -> None:
+    out = tmp_path / "arch"
+    base = ["train", "--recipe", "fast", "--no-progress", "--data", str(cifar10_jpeg_dir), "--subset", "256",
+            "--eval-subset", "64", "--batch-size", "64", "--epochs", "1", "--out", str(out)]
+    run_cli(*base, "--model", "resnet8")
+    result = run_cli(*base, "--model", "resnet8", "--shortcut", "B", option, check=False)
+    assert result.returncode == 2 and "another architecture" in result.stderr and "shortcut" in result.stderr
