@@ -1,0 +1,121 @@
+"""Training throughput on CIFAR-10: the resnets trainer vs a conventional PyTorch trainer, same model and precision.
+
+ours:          `resnets.train.loop.train` itself (decoded uint8 tensors in memory, batched pad-crop-flip on the
+               training device, channels_last), images/s read from its own metrics log.
+conventional:  torchvision ImageFolder over the JPEG files + per-sample RandomCrop(32, 4) / RandomHorizontalFlip /
+               ToTensor / Normalize in DataLoader workers, the same model in the default memory format.
+Also measures this machine's bf16 matmul peak and reports ours as a fraction of it (training FLOPs taken as
+3 x forward multiply-adds x 2).
+
+    python benchmarks/cifar_training.py --models resnet20 resnet56 resnet110 --precisions fp32 bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torchvision import transforms
+
+import resnets
+from resnets.data.paths import datasets_root
+from resnets.train.loop import train
+from resnets.train.recipes import RunOptions, get_recipe
+from resnets.train.runtime import autocast
+
+BATCH = 128
+
+
+def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / min(times) / 1e9
+
+
+def ours(model: str, precision: str, data: Path, iterations: int, log_every: int) -> list[float]:
+    with tempfile.TemporaryDirectory() as out:
+        recipe = get_recipe("paper", depth=resnets.model_spec(model).depth)
+        recipe.error_warmup_lr = None  # a throughput run: the lr does not matter
+        options = RunOptions(model=model, data=str(data), out=out, precision=precision, progress=False,
+                             max_iterations=iterations, log_every=log_every, eval_subset=500)
+        train(options, recipe)
+        records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    # the first window includes warm-up (allocations, oneDNN primitive creation)
+    return [r["images_per_s"] for r in records[1:] if "images_per_s" in r and r["iterations"] == log_every]
+
+
+def conventional(model_name: str, precision: str, data: Path, iterations: int, log_every: int,
+                 workers: int) -> list[float]:
+    normalize = transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    dataset = torchvision.datasets.ImageFolder(
+        str(data / "train"), transform=transforms.Compose([transforms.RandomCrop(32, padding=4),
+                                                           transforms.RandomHorizontalFlip(),
+                                                           transforms.ToTensor(), normalize]))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
+                                         drop_last=True, persistent_workers=workers > 0)
+    model = resnets.create_model(model_name)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    device = torch.device("cpu")
+    rates, seen, start = [], 0, time.perf_counter()
+    for step, (inputs, labels) in enumerate(loader, 1):
+        with autocast(device, precision):
+            loss = F.cross_entropy(model(inputs).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += labels.numel()
+        if step % log_every == 0:
+            rates.append(seen / (time.perf_counter() - start))
+            seen, start = 0, time.perf_counter()
+        if step >= iterations:
+            break
+    return rates[1:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["resnet20", "resnet56", "resnet110"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--iterations", type=int, default=60, help="iterations per measurement")
+    parser.add_argument("--log-every", type=int, default=10, help="iterations per timed window")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional trainer")
+    parser.add_argument("--data", type=Path, default=datasets_root() / "cifar10-jpeg")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+
+    peak = matmul_peak_gflops(torch.bfloat16)
+    peak32 = matmul_peak_gflops(torch.float32)
+    print(f"matmul peak on this machine: bf16 {peak:.0f} GFLOP/s, fp32 {peak32:.0f} GFLOP/s, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'model':<10} {'prec':<5} {'ours img/s':>10} {'conv. img/s':>11} {'ratio':>6} {'GFLOP/s':>8} {'of peak':>8}")
+    results = []
+    for model in args.models:
+        flops_per_image = 3 * 2 * resnets.complexity(resnets.create_model(model)).macs
+        for precision in args.precisions:
+            our_rate = statistics.median(ours(model, precision, args.data, args.iterations, args.log_every))
+            their_rate = statistics.median(conventional(model, precision, args.data, args.iterations,
+                                                        args.log_every, args.workers))
+            gflops = our_rate * flops_per_image / 1e9
+            fraction = gflops / (peak if precision == "bf16" else peak32)
+            results.append({"model": model, "precision": precision, "ours": our_rate, "conventional": their_rate,
+                            "ratio": our_rate / their_rate, "gflops": gflops, "fraction_of_peak": fraction})
+            print(f"{model:<10} {precision:<5} {our_rate:>10.0f} {their_rate:>11.0f} {our_rate / their_rate:>5.2f}x "
+                  f"{gflops:>8.0f} {100 * fraction:>7.0f}%", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"peak_bf16": peak, "peak_fp32": peak32, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
