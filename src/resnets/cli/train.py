@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shortcut", choices=["A", "B", "C", "none"], default=None)
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (ImageNet)")
+    p.add_argument("--on-bad-image", choices=["fail", "skip"], default=None,
+                   help="ImageNet folders: stop at an unreadable image (default) or skip and count it")
+    p.add_argument("--val-labels", default=None, help="labels file for a flat ImageNet validation folder")
     p.add_argument("--log-every", type=int, default=None)
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--subset", type=int, default=None, help="train on a random subset of N images (smoke runs)")
@@ -59,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--dataset", default=None, choices=["cifar10", "cifar100", "imagenet"])
     e.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     e.add_argument("--device", default="auto")
+    e.add_argument("--protocol", choices=["center", "10crop", "multiscale"], default="center",
+                   help="ImageNet test protocol (Sec. 3.4); CIFAR always uses the single 32x32 view")
+    e.add_argument("--batch-size", type=int, default=32, help="ImageNet: images per batch (center, 10crop)")
+    e.add_argument("--workers", type=int, default=2, help="ImageNet: DataLoader workers")
+    e.add_argument("--on-bad-image", choices=["fail", "skip"], default="fail")
     e.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     e.set_defaults(handler=run_eval)
 
@@ -100,11 +108,15 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from ..evaluate.run import evaluate_checkpoint
 
+    imagenet = {}
+    if (args.dataset or "") == "imagenet" or args.protocol != "center":
+        imagenet = {"batch_size": args.batch_size, "num_workers": args.workers, "on_bad_image": args.on_bad_image}
     result = evaluate_checkpoint(Path(args.checkpoint), data=args.data, dataset=args.dataset,
-                                 precision=args.precision, device=args.device)
+                                 precision=args.precision, device=args.device, protocol=args.protocol, **imagenet)
     top5 = f", top-5 error {result['top5_error']:.2f}%" if result.get("num_classes", 10) > 10 else ""
-    print(f"{result['model']} on {result['dataset']} test: top-1 error {result['top1_error']:.2f}%{top5} "
-          f"({result['images']} images, {result['images_per_s']:.0f} images/s)")
+    protocol = f" ({result['protocol']})" if "protocol" in result else ""
+    print(f"{result['model']} on {result['dataset']}{protocol}: top-1 error {result['top1_error']:.2f}%{top5} "
+          f"({result['images']} images, {result['images_per_s']:.1f} images/s)")
     if args.json:
         print(json.dumps(result))
     return 0

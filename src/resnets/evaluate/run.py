@@ -41,7 +41,9 @@ def weights_metadata(path: Path) -> dict[str, Any]:
 
 
 def evaluate_checkpoint(path: Path, data: str | None = None, dataset: str | None = None, precision: str = "fp32",
-                        device: str = "auto") -> dict[str, Any]:
+                        device: str = "auto", protocol: str = "center", **imagenet: Any) -> dict[str, Any]:
+    """Test error of a checkpoint: the single 32x32 view on CIFAR (Sec. 4.2), or an ImageNet protocol
+    (`center`, `10crop`, `multiscale`; Sec. 3.4) on an image folder (`imagenet` keywords go to protocols.evaluate)."""
     weights = resolve_weights(Path(path))
     meta = weights_metadata(weights)
     model = load_model(weights)
@@ -51,7 +53,7 @@ def evaluate_checkpoint(path: Path, data: str | None = None, dataset: str | None
     runtime = setup_runtime(device)
     model = model.to(runtime.device).eval()
     if dataset == "imagenet":
-        raise ValueError("ImageNet evaluation: use `resnets eval --protocol center|10crop|multiscale`")
+        return evaluate_imagenet(model, weights, meta, data, protocol, precision, **imagenet)
     test = load_cifar(data, dataset, "test")
     if test.labels.max().item() >= model.spec.num_classes:
         raise ValueError(f"{weights} has {model.spec.num_classes} classes but {dataset} has more; "
@@ -69,3 +71,28 @@ def evaluate_checkpoint(path: Path, data: str | None = None, dataset: str | None
             "top1_error": result["top1_error"], "top5_error": result["top5_error"], "loss": result["loss"],
             "images": result["images"], "images_per_s": result["images"] / seconds, "precision": precision,
             "num_classes": model.spec.num_classes}
+
+
+def evaluate_imagenet(model: torch.nn.Module, weights: Path, meta: dict[str, Any], data: str | None, protocol: str,
+                      precision: str, **options: Any) -> dict[str, Any]:
+    from ..data.paths import datasets_root
+    from ..data.transforms import Normalize
+    from .protocols import evaluate
+
+    folder = Path(data) if data else datasets_root() / "imagenet-sample"
+    if (folder / "val").is_dir():
+        folder = folder / "val"
+    preprocess = meta.get("preprocess") or {}
+    # Our runs store their normalisation; torchvision/timm files were trained with torchvision's mean/std.
+    normalize = (Normalize(preprocess["normalize_mean"], preprocess.get("normalize_std"))
+                 if "normalize_mean" in preprocess else Normalize())
+    class_to_idx = meta.get("data", {}).get("class_to_idx") or options.pop("class_to_idx", None)
+    if class_to_idx is None and model.spec.num_classes == 1000:
+        from ..deploy.predict import imagenet_wnids
+
+        class_to_idx = {wnid: index for index, wnid in enumerate(imagenet_wnids())}
+    result = evaluate(model, folder, protocol, precision=precision, normalize=normalize, class_to_idx=class_to_idx,
+                      resize=int(preprocess.get("resize", 256)), crop_size=int(preprocess.get("crop", 224)),
+                      **options)
+    return {"model": model.spec.name, "dataset": "imagenet", "weights": str(weights), "source": str(folder),
+            "precision": precision, "num_classes": model.spec.num_classes, **result}

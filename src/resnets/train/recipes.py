@@ -38,6 +38,13 @@ class Recipe:
     label_smoothing: float = 0.0
     ema_decay: float | None = None  # exponential moving average of weights, evaluated and saved when set
     pad: int = 4  # CIFAR: pad-crop-flip augmentation
+    scale_min: int = 256  # ImageNet (Sec. 3.4): shorter side uniformly random in [scale_min, scale_max]
+    scale_max: int = 480
+    crop_size: int = 224
+    eval_resize: int = 256  # evaluation during training: shorter side, then the centre crop
+    lighting_std: float = 0.1  # AlexNet PCA lighting noise, 0 turns it off
+    mean: str = "pixel"  # ImageNet: "pixel" (paper: per-pixel mean image) or "channel" (torchvision mean/std)
+    mean_images: int = 10_000  # training images averaged for the mean image
     augment: bool = True
     val_split: int = 0  # hold out this many training images (paper: 5000) to choose the schedule
     eval_every: int = 0  # iterations between evaluations (0: once per epoch)
@@ -166,6 +173,8 @@ class RunOptions:
     num_classes: int | None = None
     shortcut: str | None = None
     workers: int = 4
+    on_bad_image: str = "fail"  # ImageNet folders: fail on an unreadable image, or skip it and count it
+    val_labels: str | None = None  # labels file for a flat validation folder
     log_every: int = 50  # iterations between metric lines in metrics.jsonl
     checkpoint_every: int = 0  # iterations between checkpoints besides each evaluation (0: only at evaluations)
     subset: int | None = None  # train on a fixed random subset of this many training images (smoke runs, tests)
