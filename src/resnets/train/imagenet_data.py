@@ -119,7 +119,7 @@ def build_imagenet_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -
                              num_workers=options.workers, pin_memory=device.type == "cuda")
     preprocess = {"kind": "imagenet", "resize": recipe.eval_resize, "crop": recipe.crop_size,
                   **{f"normalize_{k}": v for k, v in normalize.state_dict().items()},
-                  "mean": normalize._channel_mean.tolist(),
+                  "mean": normalize.channel_mean.tolist(),
                   "std": None if normalize.std is None else normalize.std.tolist()}
     description = {"source": f"image folders {root} (JPEG)", "dataset": "imagenet", "train_images": len(train_set),
                    "test_images": len(val_samples), "classes": len(train_set.classes),

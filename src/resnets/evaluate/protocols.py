@@ -1,0 +1,225 @@
+"""The paper's ImageNet test protocols (Sec. 3.4) and top-1/top-5 evaluation under each of them.
+
+- `center`: shorter side 256, the centre 224x224 crop (one view).
+- `10crop`: the 4 corner and the centre 224x224 crops of the 256-resized image, and their horizontal
+  flips (10 views); the softmax scores are averaged over the views.
+- `multiscale`: the fully-convolutional form (`model.forward_fcn`, the FC applied as a 1x1 conv) on the
+  whole image, no crop, resized to shorter sides {224, 256, 384, 480, 640}, and its flip (10 views).
+  Order of averaging, our reading of "average the scores": softmax over classes at every position of a
+  score map, mean over the positions, then mean over flips and scales (`fcn_reduction="softmax_then_mean"`).
+  The alternative `"mean_then_softmax"` averages the logits over the map first, which for a ResNet (global
+  average pooling before a linear FC) is exactly `softmax(model(image))` on the whole resized image.
+
+Every protocol goes through `average_view_probabilities`, which maps a list of views to one probability
+vector per image. Views are built as uint8 tensors in the DataLoader workers and converted to float and
+normalised on the evaluation device.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
+
+from ..data.folder import BadImagePolicy, ImageFolderDataset, open_image_folder
+from ..data.transforms import Normalize, resize_shorter_side, to_float
+from ..train.runtime import autocast
+from .metrics import topk_correct
+
+PROTOCOLS = ("center", "10crop", "multiscale")
+MULTISCALE_SHORTER_SIDES = (224, 256, 384, 480, 640)
+FCN_REDUCTIONS = ("softmax_then_mean", "mean_then_softmax")
+Box = tuple[int, int, int, int]  # (top, left, height, width)
+
+
+def ten_crop_boxes(height: int, width: int, size: int = 224) -> list[Box]:
+    """Crop boxes of the 10 views of a (height, width) image: top-left, top-right, bottom-left, bottom-right,
+    centre, then the same five boxes again for the horizontally flipped views (crop, then flip the crop).
+
+    The centre offset rounds half to even, like torchvision's center_crop/ten_crop: (256, 341) -> (16, 58).
+    """
+    if height < size or width < size:
+        raise ValueError(f"a {height}x{width} image is smaller than the {size}x{size} crop")
+    bottom, right = height - size, width - size
+    offsets = [(0, 0), (0, right), (bottom, 0), (bottom, right), (round(bottom / 2), round(right / 2))]
+    boxes = [(top, left, size, size) for top, left in offsets]
+    return boxes + boxes
+
+
+def crop_box(image: torch.Tensor, box: Box) -> torch.Tensor:
+    top, left, height, width = box
+    return image[..., top:top + height, left:left + width]
+
+
+def center_views(image: torch.Tensor, resize: int = 256, size: int = 224) -> torch.Tensor:
+    """uint8 (3, H, W) -> (1, 3, size, size): the centre crop of the `resize`-shorter-side image."""
+    return TF.center_crop(resize_shorter_side(image, resize), [size]).unsqueeze(0)
+
+
+def ten_crop_views(image: torch.Tensor, resize: int = 256, size: int = 224) -> torch.Tensor:
+    """uint8 (3, H, W) -> (10, 3, size, size), in the order of `ten_crop_boxes`."""
+    resized = resize_shorter_side(image, resize)
+    boxes = ten_crop_boxes(resized.shape[-2], resized.shape[-1], size)
+    crops = [crop_box(resized, box) for box in boxes[:5]]
+    return torch.stack(crops + [TF.horizontal_flip(crop) for crop in crops])
+
+
+def multiscale_views(image: torch.Tensor, scales: Sequence[int] = MULTISCALE_SHORTER_SIDES,
+                     flip: bool = True) -> list[torch.Tensor]:
+    """uint8 (3, H, W) -> the whole image resized to each shorter side, each followed by its flip if `flip`."""
+    views = []
+    for shorter_side in scales:
+        resized = resize_shorter_side(image, shorter_side)
+        views += [resized, TF.horizontal_flip(resized)] if flip else [resized]
+    return views
+
+
+def average_view_probabilities(model: nn.Module, views: Sequence[torch.Tensor], *, fully_convolutional: bool = False,
+                               fcn_reduction: str = "softmax_then_mean", normalize: Normalize | None = None,
+                               precision: str = "fp32") -> torch.Tensor:
+    """Class probabilities (N, classes), float32, averaged over `views` (each (N, 3, h, w), uint8 or float in
+    [0, 1], all with the same N). Views of equal size run as one batch. With `fully_convolutional` the score
+    maps of `model.forward_fcn` are reduced per `fcn_reduction` (see the module docstring)."""
+    if not views:
+        raise ValueError("no views to average")
+    if fcn_reduction not in FCN_REDUCTIONS:
+        raise ValueError(f"fcn_reduction must be one of {FCN_REDUCTIONS}, got {fcn_reduction!r}")
+    if fully_convolutional and not hasattr(model, "forward_fcn"):
+        raise TypeError(f"{type(model).__name__} has no forward_fcn; multi-scale testing needs a resnets ResNet")
+    normalize = Normalize() if normalize is None else normalize
+    device = next(model.parameters()).device
+    batch = views[0].shape[0]
+    by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    for view in views:
+        if view.dim() != 4 or view.shape[0] != batch:
+            raise ValueError(f"views must be (N, 3, h, w) with the same N; got {tuple(view.shape)}")
+        by_shape.setdefault(tuple(view.shape), []).append(view)
+    total = None
+    for group in by_shape.values():
+        inputs = normalize(to_float(torch.cat(group).to(device, non_blocking=True)))
+        with autocast(device, precision):
+            scores = model.forward_fcn(inputs) if fully_convolutional else model(inputs)
+        scores = scores.float()
+        if fully_convolutional and fcn_reduction == "softmax_then_mean":
+            probabilities = scores.softmax(dim=1).mean(dim=(2, 3))
+        elif fully_convolutional:
+            probabilities = scores.mean(dim=(2, 3)).softmax(dim=1)
+        else:
+            probabilities = scores.softmax(dim=1)
+        summed = probabilities.reshape(len(group), batch, -1).sum(dim=0)
+        total = summed if total is None else total + summed
+    assert total is not None
+    return total / len(views)
+
+
+class _ViewDataset(Dataset):
+    """Wraps a dataset of (uint8 (3, H, W) image, label) and turns each image into its test views."""
+
+    def __init__(self, base: Dataset, make_views: Callable[[torch.Tensor], Any]) -> None:
+        self.base, self.make_views = base, make_views
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label = self.base[index]
+        if not (isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.dim() == 3):
+            raise TypeError("evaluate() needs a dataset of (uint8 (3, H, W) image, label) without a transform; "
+                            f"got {type(image).__name__} {getattr(image, 'shape', '')}")
+        return self.make_views(image), label
+
+
+def _collate_one(batch: list[tuple[list[torch.Tensor], int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    (views, label), = batch
+    return [view.unsqueeze(0) for view in views], torch.tensor([label])
+
+
+def _protocol_views(protocol: str, resize: int, crop_size: int,
+                    scales: Sequence[int]) -> Callable[[torch.Tensor], Any]:
+    # functools.partial of module-level functions: picklable for spawn-started DataLoader workers.
+    if protocol == "center":
+        return functools.partial(center_views, resize=resize, size=crop_size)
+    if protocol == "10crop":
+        return functools.partial(ten_crop_views, resize=resize, size=crop_size)
+    return functools.partial(multiscale_views, scales=tuple(scales), flip=True)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: Dataset | str | os.PathLike, protocol: str = "10crop", *, batch_size: int = 32,
+             device: str | torch.device | None = None, precision: str = "fp32", num_workers: int = 0,
+             normalize: Normalize | None = None, class_to_idx: dict[str, int] | None = None,
+             on_bad_image: BadImagePolicy = "fail", resize: int = 256, crop_size: int = 224,
+             scales: Sequence[int] = MULTISCALE_SHORTER_SIDES, fcn_reduction: str = "softmax_then_mean",
+             progress: bool = True) -> dict[str, Any]:
+    """Top-1/top-5 error (%) of `model` under a test protocol (`center`, `10crop` or `multiscale`).
+
+    `data` is an image folder (any layout `open_image_folder` reads; `class_to_idx` maps its classes to the
+    model's outputs) or a dataset of (uint8 (3, H, W) image, label) pairs. `normalize` must match training
+    (default: torchvision's ImageNet mean/std). `multiscale` runs one image at a time (the views differ in
+    size), so `batch_size` only applies to the other protocols. Returns top1_error, top5_error, images,
+    images_per_s, seconds, protocol, views_per_image and skipped_images (unreadable files skipped).
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown test protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if isinstance(data, (str, os.PathLike)):
+        data = open_image_folder(data, class_to_idx=class_to_idx, on_bad_image=on_bad_image)
+    make_views = _protocol_views(protocol, resize, crop_size, scales)
+    if isinstance(data, ImageFolderDataset):
+        base = data.with_transform(None)
+        views_dataset: Dataset = base.with_transform(make_views)
+    else:
+        base, views_dataset = data, _ViewDataset(data, make_views)
+    if device is not None:
+        model.to(device)
+    model_device = next(model.parameters()).device
+    multiscale = protocol == "multiscale"
+    loader = DataLoader(views_dataset, batch_size=1 if multiscale else batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=_collate_one if multiscale else None,
+                        pin_memory=model_device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = images = 0
+    views_per_image = 0
+    start = time.perf_counter()
+    bar = tqdm(total=len(views_dataset), unit="img", desc=f"{protocol} test", disable=not progress)  # type: ignore[arg-type]
+    try:
+        for batch_views, labels in loader:
+            views = batch_views if multiscale else list(batch_views.unbind(dim=1))
+            views_per_image = len(views)
+            probabilities = average_view_probabilities(
+                model, views, fully_convolutional=multiscale, fcn_reduction=fcn_reduction,
+                normalize=normalize, precision=precision)
+            labels = labels.to(model_device)
+            if int(labels.max()) >= probabilities.shape[1]:
+                raise ValueError(f"label {int(labels.max())} is beyond the model's {probabilities.shape[1]} classes; "
+                                 "pass class_to_idx mapping the folder's classes to the model's outputs")
+            hits1, hits5 = topk_correct(probabilities, labels)
+            correct1, correct5, images = correct1 + hits1, correct5 + hits5, images + labels.numel()
+            bar.update(labels.numel())
+            bar.set_postfix(top1_error=f"{100.0 * (1 - correct1 / images):.2f}%")
+    finally:
+        bar.close()
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+    if images == 0:
+        raise ValueError("evaluation saw no images")
+    return {
+        "protocol": protocol,
+        "top1_error": 100.0 * (1 - correct1 / images),
+        "top5_error": 100.0 * (1 - correct5 / images),
+        "images": images,
+        "images_per_s": images / seconds,
+        "seconds": seconds,
+        "views_per_image": views_per_image,
+        "skipped_images": len(getattr(base, "bad_images", [])),
+    }
