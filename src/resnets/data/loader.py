@@ -1,0 +1,189 @@
+"""Batches of CIFAR-sized images kept whole on the training device, with the paper's augmentation (Sec. 4.2: pad 4,
+random 32x32 crop, horizontal flip) done on entire batches there.
+
+At 32x32 a DataLoader's per-image Python work costs more than the network's forward pass; here each batch is a few
+tensor ops. All randomness of an epoch is drawn up front from a generator seeded by (seed, epoch), so batch k of an
+epoch is a pure function of (seed, epoch, k): that is what makes resuming bit-exact and DDP shards disjoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def draw_crop_flip(count: int, pad: int = 4, generator: torch.Generator | None = None,
+                   flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image (row, column) crop offsets, uniform in 0..2*pad, and flip decisions with p = 0.5, drawn on the
+    generator's device (CPU by default) so that the same seed gives the same augmentation on any training device."""
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    device = generator.device if generator is not None else torch.device("cpu")
+    offsets = torch.randint(0, 2 * pad + 1, (count, 2), generator=generator, device=device)
+    flips = (torch.randint(0, 2, (count,), generator=generator, device=device).bool() if flip
+             else torch.zeros(count, dtype=torch.bool, device=device))
+    return offsets, flips
+
+
+def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Zero-pad `images` (B x C x H x W) by `pad`, take the H x W window at `offsets` (B x 2, row and column) and
+    mirror it where `flips` (B) is set. One gather from the stack (padded, mirrored padded): a flipped crop at column
+    offset c is the plain crop of the mirrored image at 2*pad - c. No boolean masking, hence no host sync on GPU."""
+    if images.ndim != 4:
+        raise ValueError(f"crop_flip needs a B x C x H x W batch, got shape {tuple(images.shape)}")
+    batch, _, height, width = images.shape
+    offsets, flips = offsets.to(images.device), flips.to(images.device)
+    padded = F.pad(images, (pad, pad, pad, pad))
+    both = torch.stack((padded, padded.flip(3)))  # 2 x B x C x (H + 2 pad) x (W + 2 pad)
+    windows = both.unfold(3, height, 1).unfold(4, width, 1)  # 2 x B x C x rows x cols x H x W (a view)
+    columns = torch.where(flips, 2 * pad - offsets[:, 1], offsets[:, 1])
+    batch_index = torch.arange(batch, device=images.device)
+    return windows[flips.long(), batch_index, :, offsets[:, 0], columns]
+
+
+def pad_crop_flip(images: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None,
+                  flip: bool = True) -> torch.Tensor:
+    """The paper's CIFAR augmentation on a whole batch (uint8 or float), on the batch's own device."""
+    offsets, flips = draw_crop_flip(len(images), pad, generator, flip)
+    return crop_flip(images, offsets, flips, pad)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed per (seed, epoch); hashed rather than e.g. seed * K + epoch, which collides across runs."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
+
+
+@dataclass
+class EpochPlan:
+    """This rank's sample order and augmentation for one epoch, on the training device."""
+
+    epoch: int
+    indices: torch.Tensor
+    offsets: torch.Tensor | None
+    flips: torch.Tensor | None
+
+
+class TensorBatchLoader:
+    """Iterates (inputs, labels) batches of uint8 images held on the training device.
+
+    inputs = crop_flip(((images / 255) - mean) / std), cast to `dtype`. Normalising before padding makes the padded
+    border equal to the mean image, i.e. zero input, which is what padding means to the first convolution.
+
+    Resuming: `state_dict()` is (epoch, batches already yielded); after `load_state_dict` iteration continues with
+    the next unseen batch, identical to an uninterrupted run. Iterating yields the rest of the current epoch; once an
+    epoch has been run to its end a new iteration replays it from the start (evaluation loaders are iterated many
+    times), whereas a state loaded at an epoch's end yields nothing until `set_epoch` moves on, as the interrupted
+    run would have. DDP: like DistributedSampler, the epoch's order is padded (or, with drop_last, cut) to a
+    multiple of world_size and rank r takes positions r, r + world_size, ...; batch_size is per rank.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = False,
+                 augment: bool = False, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
+                 drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 channels_last: bool = False, dtype: torch.dtype = torch.float32, pad: int = 4) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be a uint8 N x C x H x W tensor, got {images.dtype} {tuple(images.shape)}")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise ValueError(f"labels must be one per image: {tuple(labels.shape)} for {len(images)} images")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        if pad < 0:
+            raise ValueError(f"pad must be >= 0, got {pad}")
+        self.images, self.labels = images, labels.to(images.device)
+        self.batch_size, self.shuffle, self.augment, self.pad = batch_size, shuffle, augment, pad
+        self.drop_last, self.seed, self.rank, self.world_size = drop_last, seed, rank, world_size
+        self.channels_last, self.dtype = channels_last, dtype
+        self.mean = self._statistic(mean, "mean")
+        self.std = self._statistic(std, "std")
+        self.epoch, self.position = 0, 0
+        self._completed = False  # this object ran the current epoch to its end (see the class docstring)
+        self._plan: EpochPlan | None = None
+
+    def _statistic(self, value: torch.Tensor | None, what: str) -> torch.Tensor | None:
+        if value is None:
+            return None
+        value = torch.as_tensor(value, dtype=torch.float32, device=self.images.device)
+        try:
+            torch.broadcast_shapes(value.shape, self.images.shape[1:])
+        except RuntimeError as error:
+            raise ValueError(f"{what} of shape {tuple(value.shape)} does not broadcast to images of shape "
+                             f"{tuple(self.images.shape[1:])}; pass C x H x W or C x 1 x 1") from error
+        return value
+
+    @property
+    def samples_per_rank(self) -> int:
+        count = len(self.labels)
+        return count // self.world_size if self.drop_last else math.ceil(count / self.world_size)
+
+    def __len__(self) -> int:
+        per_rank = self.samples_per_rank
+        return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its first batch. Calling it with the current epoch keeps the position, so a trainer
+        may call set_epoch after load_state_dict without losing its place."""
+        if epoch != self.epoch:
+            self.epoch, self.position, self._completed = epoch, 0, False
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if not 0 <= position <= len(self):
+            raise ValueError(f"loader position {position} is outside 0..{len(self)} batches per epoch; the checkpoint "
+                             "was written with another batch size, dataset or world size")
+        self.epoch, self.position, self._completed = epoch, position, False
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """The epoch's order and augmentation, drawn in full for all ranks (cheap: a few N-sized tensors) so that a
+        sample's augmentation depends only on its place in the epoch, not on which rank draws it."""
+        if self._plan is not None and self._plan.epoch == epoch:
+            return self._plan
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        count = len(self.labels)
+        order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
+        total = self.samples_per_rank * self.world_size
+        order = order.repeat(math.ceil(total / count))[:total] if count else order
+        offsets = flips = None
+        if self.augment:
+            offsets, flips = draw_crop_flip(total, self.pad, generator)
+            offsets = offsets[self.rank::self.world_size].to(self.images.device)
+            flips = flips[self.rank::self.world_size].to(self.images.device)
+        indices = order[self.rank::self.world_size].to(self.images.device)
+        self._plan = EpochPlan(epoch, indices, offsets, flips)
+        return self._plan
+
+    def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch `index` of `epoch` for this rank; no host synchronisation, no per-image Python work."""
+        plan = self.plan(epoch)
+        window = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        chosen = plan.indices[window]
+        inputs = self.images.index_select(0, chosen).float().div_(255)
+        if self.mean is not None:
+            inputs.sub_(self.mean)
+        if self.std is not None:
+            inputs.div_(self.std)
+        if plan.offsets is not None and plan.flips is not None:
+            inputs = crop_flip(inputs, plan.offsets[window], plan.flips[window], self.pad)
+        inputs = inputs.to(self.dtype)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs, self.labels.index_select(0, chosen)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._completed and self.position >= len(self):
+            self.position = 0
+        self._completed = False
+        while self.position < len(self):
+            index = self.position
+            self.position += 1  # counted before the yield: a checkpoint taken while the batch trains resumes after it
+            yield self.batch(self.epoch, index)
+        self._completed = True

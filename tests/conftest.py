@@ -1,0 +1,19 @@
+"""Shared fixtures. Real data is found only through resnets.data.paths.datasets_root(), the project's one setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from resnets.data.paths import DATASETS_ENV, datasets_root
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg_dir() -> Path:
+    """The JPEG copy of CIFAR-10 (train/<class>/*.jpg, test/<class>/*.jpg); skips when it is not on this machine."""
+    folder = datasets_root() / "cifar10-jpeg"
+    if not (folder / "train").is_dir() or not (folder / "test").is_dir():
+        pytest.skip(reason=f"CIFAR-10 JPEG copy not found at {folder.resolve()}; set {DATASETS_ENV} to the folder "
+                           "that holds cifar10-jpeg/ to run this test")
+    return folder
