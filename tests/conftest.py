@@ -17,3 +17,13 @@ def cifar10_jpeg_dir() -> Path:
         pytest.skip(reason=f"CIFAR-10 JPEG copy not found at {folder.resolve()}; set {DATASETS_ENV} to the folder "
                            "that holds cifar10-jpeg/ to run this test")
     return folder
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample_dir() -> Path:
+    """The 200 full-size photos `<wnid>_<name>.JPEG`; skips when they are not on this machine."""
+    folder = datasets_root() / "imagenet-sample"
+    if not folder.is_dir() or not any(folder.glob("*.JPEG")):
+        pytest.skip(reason=f"imagenet-sample not found at {folder.resolve()}; set {DATASETS_ENV} to the folder "
+                           "that holds imagenet-sample/ to run this test")
+    return folder

@@ -23,7 +23,6 @@ from resnets.data.folder import (
     wnid_of,
     wnid_prefixed_dataset,
 )
-from resnets.data.paths import DATASETS_ENV, datasets_root
 from resnets.data.transforms import (
     IMAGENET_LIGHTING_EIGVAL,
     IMAGENET_LIGHTING_EIGVEC,
@@ -36,16 +35,6 @@ from resnets.data.transforms import (
     resize_shorter_side,
     to_float,
 )
-
-
-@pytest.fixture(scope="module")
-def imagenet_sample_dir() -> Path:
-    """The 200 full-size photos `<wnid>_<name>.JPEG`; skips when they are not on this machine."""
-    folder = datasets_root() / "imagenet-sample"
-    if not folder.is_dir() or not any(folder.glob("*.JPEG")):
-        pytest.skip(reason=f"imagenet-sample not found at {folder.resolve()}; set {DATASETS_ENV} to the folder "
-                           "that holds imagenet-sample/ to run this test")
-    return folder
 
 
 @pytest.fixture(scope="module")

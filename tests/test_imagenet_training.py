@@ -5,34 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 import torchvision
-
-from resnets.data.paths import DATASETS_ENV, datasets_root
 
 from .test_train import run_cli
 
 
-@pytest.fixture(scope="module")
-def sample_dir() -> Path:
-    folder = datasets_root() / "imagenet-sample"
-    if not folder.is_dir():
-        pytest.skip(reason=f"imagenet-sample not found at {folder.resolve()}; set {DATASETS_ENV} to run this test")
-    return folder
-
-
-def link_photos(sample_dir: Path, target: Path, count: int) -> list[Path]:
+def link_photos(imagenet_sample_dir: Path, target: Path, count: int) -> list[Path]:
     target.mkdir(parents=True)
-    photos = sorted(sample_dir.glob("*.JPEG"))[:count]
+    photos = sorted(imagenet_sample_dir.glob("*.JPEG"))[:count]
     for photo in photos:
         (target / photo.name).symlink_to(photo.resolve())
     return photos
 
 
-def test_resnet18_overfits_20_real_photos(sample_dir: Path, tmp_path: Path) -> None:
-    link_photos(sample_dir, tmp_path / "data" / "train", 20)
-    link_photos(sample_dir, tmp_path / "data" / "val", 20)
+def test_resnet18_overfits_20_real_photos(imagenet_sample_dir: Path, tmp_path: Path) -> None:
+    link_photos(imagenet_sample_dir, tmp_path / "data" / "train", 20)
+    link_photos(imagenet_sample_dir, tmp_path / "data" / "val", 20)
     out = tmp_path / "run"
     run_cli("train", "--dataset", "imagenet", "--model", "resnet18", "--recipe", "step-90", "--data",
             str(tmp_path / "data"), "--iterations", "40", "--batch-size", "20", "--lr", "0.05", "--precision", "bf16",
@@ -48,8 +37,8 @@ def test_resnet18_overfits_20_real_photos(sample_dir: Path, tmp_path: Path) -> N
     assert len(config["data"]["class_to_idx"]) == 20  # the class mapping is stored with the run
 
 
-def test_eval_protocols_on_a_torchvision_file(sample_dir: Path, tmp_path: Path) -> None:
-    link_photos(sample_dir, tmp_path / "photos", 3)
+def test_eval_protocols_on_a_torchvision_file(imagenet_sample_dir: Path, tmp_path: Path) -> None:
+    link_photos(imagenet_sample_dir, tmp_path / "photos", 3)
     weights = tmp_path / "resnet18-tv.pth"
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)

@@ -12,7 +12,6 @@ from torchvision.transforms.v2 import functional as TF
 
 import resnets
 from resnets.data.folder import ImageFolderDataset, read_image
-from resnets.data.paths import DATASETS_ENV, datasets_root
 from resnets.data.transforms import Normalize, resize_shorter_side
 from resnets.evaluate.protocols import (
     MULTISCALE_SHORTER_SIDES,
@@ -23,15 +22,6 @@ from resnets.evaluate.protocols import (
     ten_crop_boxes,
     ten_crop_views,
 )
-
-
-@pytest.fixture(scope="module")
-def imagenet_sample_dir() -> Path:
-    folder = datasets_root() / "imagenet-sample"
-    if not folder.is_dir() or not any(folder.glob("*.JPEG")):
-        pytest.skip(reason=f"imagenet-sample not found at {folder.resolve()}; set {DATASETS_ENV} to the folder "
-                           "that holds imagenet-sample/ to run this test")
-    return folder
 
 
 @pytest.fixture(scope="module")
