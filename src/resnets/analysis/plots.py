@@ -41,3 +41,20 @@ def plot_error_curves(panels: Mapping[str, Mapping[str, Sequence[Mapping[str, An
     atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path
+
+
+def plot_layer_responses(responses: Mapping[str, Sequence[float]], path: str | Path, sort: bool = False) -> Path:
+    """Fig. 7: std of each 3x3 layer's response, one line per model; in layer order, or sorted (descending)."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for index, (label, stds) in enumerate(responses.items()):
+        values = sorted(stds, reverse=True) if sort else list(stds)
+        ax.plot(range(1, len(values) + 1), values, "-", color=f"C{index}", linewidth=1.2, label=label)
+    ax.set_xlabel("layer index (sorted by magnitude)" if sort else "layer index (original)")
+    ax.set_ylabel("std")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path

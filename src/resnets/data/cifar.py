@@ -316,6 +316,16 @@ def read_cache(path: Path, count: int) -> dict[str, Any] | None:
     return blob if valid else None
 
 
+def spread_indices(total: int, count: int | None) -> torch.Tensor:
+    """`count` indices spread evenly over range(total) (every total//count-th): image-folder copies list the test
+    set class by class, so its first 1,000 images would all be airplanes; these take 100 of each class."""
+    if count is None or count >= total:
+        return torch.arange(total)
+    if count < 1:
+        raise ValueError(f"a test subset needs at least 1 image, got {count}")
+    return torch.arange(count) * (total // count)
+
+
 def train_val_split(n: int, val_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted index tensors of a random (train, val) partition of range(n): the paper's 45k/5k split (Sec. 4.2).
     Sorted so that the held-out set does not depend on how the caller iterates, only on (n, val_size, seed)."""

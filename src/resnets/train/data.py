@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..data.cifar import load_cifar, per_pixel_mean, train_val_split
+from ..data.cifar import load_cifar, per_pixel_mean, spread_indices, train_val_split
 from ..data.loader import TensorBatchLoader
 from .recipes import Recipe, RunOptions
 from .runtime import Runtime
@@ -55,8 +55,9 @@ def build_cifar_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -> T
     if options.subset:
         chosen = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(options.seed))
         train_images, train_labels = train_images[chosen[: options.subset]], train_labels[chosen[: options.subset]]
-    if options.eval_subset:
-        evals_source = {k: (x[: options.eval_subset], y[: options.eval_subset]) for k, (x, y) in evals_source.items()}
+    if options.eval_subset:  # spread evenly: image folders list the test set class by class
+        picks = {k: spread_indices(len(y), options.eval_subset) for k, (_, y) in evals_source.items()}
+        evals_source = {k: (x[picks[k]], y[picks[k]]) for k, (x, y) in evals_source.items()}
     # Sec. 4.2: "the per-pixel mean subtracted", computed on the images the network trains on.
     mean = per_pixel_mean(train_images).to(device)
     common = {"mean": mean, "channels_last": options.channels_last}

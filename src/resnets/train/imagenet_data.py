@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from ..data.cifar import spread_indices
 from ..data.folder import ImageFolderDataset, open_image_folder
 from ..data.paths import datasets_root
 from ..data.transforms import EvalTransform, Normalize, PaperTrainTransform, compute_mean_image
@@ -113,8 +114,8 @@ def build_imagenet_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -
                                      world_size=runtime.world_size, workers=options.workers,
                                      channels_last=options.channels_last)
     eval_transform = EvalTransform(recipe.eval_resize, recipe.crop_size, normalize)
-    val_samples = val_set if not options.eval_subset else Subset(val_set, range(min(options.eval_subset,
-                                                                                     len(val_set))))
+    val_samples = val_set if not options.eval_subset else Subset(
+        val_set, spread_indices(len(val_set), options.eval_subset).tolist())  # val folders are sorted by class
     eval_loader = DataLoader(_with_transform(val_samples, eval_transform), batch_size=EVAL_BATCH,
                              num_workers=options.workers, pin_memory=device.type == "cuda")
     preprocess = {"kind": "imagenet", "resize": recipe.eval_resize, "crop": recipe.crop_size,

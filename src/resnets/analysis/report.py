@@ -1,0 +1,362 @@
+"""`resnets report`: REPRODUCTION.md from run directories. Every number is read from the runs' files or computed
+here (Table 1 by `complexity`); the paper's values come from `models.specs`. Nothing is typed by hand.
+
+A run directory is refused, with one error naming it and the problem, when summary.json, config.json or
+metrics.jsonl is missing or unreadable, or when they disagree (model, dataset, iteration counts).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models import create_model, model_from_config, model_spec
+from ..models.specs import IMAGENET_STAGES, PAPER_CIFAR10_ERROR, PAPER_IMAGENET_GFLOPS
+from ..train.checkpoint import atomic_write_bytes, atomic_write_text
+from ..train.recipes import Recipe, RunOptions, get_recipe
+from ..train.schedule import milestone_iterations
+from .complexity import complexity
+from .responses import model_kind_depth, read_responses_csv
+
+RUN_FILES = ("summary.json", "config.json", "metrics.jsonl")
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
+# IJG (libjpeg) standard luminance quantisation table, natural order: encoders scale it by the quality setting.
+IJG_LUMINANCE = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+                 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+                 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99)
+
+
+class RunDirectoryError(ValueError):
+    """A run directory that cannot be reported: missing files or files that disagree."""
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    summary: dict[str, Any]
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunDirectoryError(f"{path} is not valid JSON ({error}); the run directory is damaged: retrain or "
+                                "resume it, or leave it out") from None
+
+
+def load_run(path: str | Path) -> RunRecord:
+    """A finished run directory, checked for completeness and self-consistency."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirectoryError(f"{path} is not a directory; give run directories written by `resnets train`")
+    missing = [name for name in RUN_FILES if not (path / name).is_file()]
+    if missing:
+        raise RunDirectoryError(f"{path}: {', '.join(missing)} missing; a finished run directory holds "
+                                f"{', '.join(RUN_FILES)} (finish it with `resnets train --resume --out {path}` "
+                                "or leave it out)")
+    summary, config = _read_json(path / "summary.json"), _read_json(path / "config.json")
+    lines = (path / "metrics.jsonl").read_text().splitlines()
+    try:
+        metrics = [json.loads(line) for line in lines if line.strip()]
+    except json.JSONDecodeError as error:
+        raise RunDirectoryError(f"{path / 'metrics.jsonl'}: a line is not JSON ({error}); retrain or leave "
+                                "it out") from None
+    try:
+        problems = _inconsistencies(summary, config, metrics)
+    except (KeyError, TypeError, ValueError) as error:
+        raise RunDirectoryError(f"{path}: summary.json or config.json lacks {error} or has it malformed; it was "
+                                "not written by this resnets: retrain it or leave it out") from None
+    if problems:
+        raise RunDirectoryError(f"{path} is inconsistent: {'; '.join(problems)}; the files were edited or come from "
+                                "different runs: retrain it or leave it out")
+    return RunRecord(path, summary, config, metrics)
+
+
+def _inconsistencies(summary: dict[str, Any], config: dict[str, Any], metrics: list[dict[str, Any]]) -> list[str]:
+    options = config["options"]
+    problems = []
+    if summary["model"] != options["model"]:
+        problems.append(f"summary.json says model {summary['model']!r}, config.json {options['model']!r}")
+    elif model_spec(summary["model"]).name != model_from_config_name(config["model_config"]):
+        problems.append(f"summary.json says model {summary['model']!r}, config.json's architecture is "
+                        f"{model_from_config_name(config['model_config'])!r}")
+    if summary["dataset"] != options["dataset"]:
+        problems.append(f"summary.json says dataset {summary['dataset']!r}, config.json {options['dataset']!r}")
+    last = metrics[-1]["iteration"] if metrics else None
+    if summary["iterations"] != last:
+        problems.append(f"summary.json says {summary['iterations']} iterations, metrics.jsonl ends at {last}")
+    if summary["scheduled_iterations"] != config["iterations"]:
+        problems.append(f"summary.json schedules {summary['scheduled_iterations']} iterations, config.json "
+                        f"{config['iterations']}")
+    return problems
+
+
+def model_from_config_name(config: dict[str, Any]) -> str:
+    with torch.device("meta"):  # only the spec is needed: no memory, no initialisation cost
+        return model_from_config(config).spec.name
+
+
+def parameter_count(config: dict[str, Any]) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in model_from_config(config).parameters())
+
+
+def jpeg_quality(folder: Path) -> int | None:
+    """The IJG quality setting whose scaled luminance table equals that of the first JPEG in `folder`, if any."""
+    try:
+        from PIL import Image
+
+        first = next(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+        with Image.open(first) as image:
+            table = tuple(image.quantization[0])  # type: ignore[attr-defined]
+    except (StopIteration, OSError, AttributeError, KeyError):
+        return None
+    for quality in range(1, 101):
+        scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+        if tuple(min(255, max(1, (b * scale + 50) // 100)) for b in IJG_LUMINANCE) == table:
+            return quality
+    return None
+
+
+def data_copy(data: dict[str, Any]) -> str:
+    """E.g. "CIFAR-10 (JPEG q75 copy)" for an image-folder copy, "CIFAR-10 (official binaries)"."""
+    name = DATASET_NAMES.get(data.get("dataset", ""), data.get("dataset", "?"))
+    source = data.get("source", "")
+    folder = re.match(r"image folder (.+?) \((\w+)\)", source)
+    if folder:
+        quality = jpeg_quality(Path(folder[1])) if folder[2] == "JPEG" else None
+        return f"{name} ({folder[2]}{f' q{quality}' if quality else ''} copy)"
+    if source.startswith("official binary"):
+        return f"{name} (official binaries)"
+    return f"{name} ({source or 'source not recorded'})"
+
+
+def recipe_brief(recipe: dict[str, Any], iterations: int) -> str:
+    text = f"{recipe['name']}: lr {recipe['lr']:g}"
+    if recipe["schedule"] == "step":
+        steps = milestone_iterations(Recipe(milestones=tuple(recipe["milestones"])), iterations)
+        text += f" /10 at {', '.join(f'{m:,}' for m in steps)} of {iterations:,} it." if steps else " constant"
+    else:
+        text += f" {recipe['schedule']}"
+    return text + f", batch {recipe['batch_size']}, wd {recipe['weight_decay']:g}"
+
+
+def training_command(config: dict[str, Any]) -> str:
+    """A `resnets train` command line that reproduces the run of config.json (options and recipe)."""
+    options, recipe = config["options"], config["recipe"]
+    words = ["resnets", "train", "--model", options["model"], "--recipe", recipe["name"]]
+    defaults = RunOptions()
+    for key in ("dataset", "data", "precision", "seed", "shortcut", "num_classes", "subset", "eval_subset",
+                "max_iterations"):
+        if options.get(key) is not None and options.get(key) != getattr(defaults, key):
+            words += [f"--{key.replace('_', '-')}", str(options[key])]
+    if options.get("deterministic"):
+        words.append("--deterministic")
+    try:
+        base = get_recipe(recipe["name"], depth=config["model_config"]["depth"]).to_dict()
+    except ValueError:  # a recipe name this version does not know: state every field
+        base = {}
+    for key, value in recipe.items():
+        if key not in ("name", "notes") and base.get(key) != value:
+            shown = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else value
+            words += ["--set", f"{key}={shown}"]
+    return shlex.join([*words, "--out", options["out"]])
+
+
+def hardware_brief(hardware: dict[str, Any]) -> str:
+    device = hardware.get("gpu") or f"CPU {hardware.get('cpu', '?')}, {hardware.get('threads', '?')} threads"
+    count = hardware.get("world_size", 1)
+    return f"{f'{count} x ' if count > 1 else ''}{device}, torch {hardware.get('torch', '?')}"
+
+
+def duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
+def table1() -> str:
+    rows = []
+    for depth, (block, _stages) in IMAGENET_STAGES.items():
+        costs = []
+        for stride_in_1x1 in (True, False):
+            with torch.device("meta"):
+                model = create_model(f"resnet{depth}", stride_in_1x1=None if block == "basic" else stride_in_1x1)
+            costs.append(complexity(model))
+        v1, v15 = costs
+        rows.append((f"ResNet-{depth}", block, f"{v1.params:,}", f"{v1.gmacs:.2f}", f"{v15.gmacs:.2f}",
+                     f"{PAPER_IMAGENET_GFLOPS[depth]:.1f}"))
+    return table(("model", "block", "params", "GMACs v1 (stride on 1x1, paper)", "GMACs v1.5 (stride on 3x3)",
+                  "paper FLOPs (1e9)"), rows)
+
+
+def paper_error(run: RunRecord) -> str:
+    config = run.config["model_config"]
+    known = (run.summary["dataset"] == "cifar10" and config["shortcut"] == "A"
+             and config["depth"] in PAPER_CIFAR10_ERROR and config["family"] == "cifar")
+    return f"{PAPER_CIFAR10_ERROR[config['depth']]:.2f}" if known else "-"
+
+
+def run_row(run: RunRecord) -> tuple[Any, ...]:
+    s = run.summary
+    done = "" if s["complete"] else f" (stopped at {s['iterations']:,} of {s['scheduled_iterations']:,})"
+    return (f"`{run.name}` {s['model']}", f"{parameter_count(run.config['model_config']):,}",
+            f"{s['test_top1_error']:.2f}{done}", paper_error(run), recipe_brief(run.config["recipe"],
+                                                                               s["scheduled_iterations"]),
+            f"{s['epochs']:g} ({s['iterations']:,} it.)", duration(s["wall_seconds"]), s["precision"],
+            hardware_brief(s["hardware"]), data_copy(s["data"]),
+            f"{s['data'].get('train_images', '?'):,} / {s['test_images']:,}")
+
+
+class ReportWriter:
+    """Collects figures to copy into figures/ beside the output; they are written only once all inputs passed."""
+
+    def __init__(self, out: Path) -> None:
+        self.figures = out.parent / "figures"
+        self.pending: dict[Path, bytes] = {}
+
+    def figure(self, source: Path, name: str, caption: str) -> str:
+        if not source.is_file():
+            raise FileNotFoundError(f"{source} is missing; regenerate it with the command that wrote {source.parent}")
+        self.pending[self.figures / name] = source.read_bytes()
+        return f"![{caption}](figures/{name})"
+
+    def flush(self) -> None:
+        for target, data in self.pending.items():
+            atomic_write_bytes(target, lambda f, data=data: f.write(data))
+
+
+def report_command(run_dirs: Sequence[str | Path], out: str | Path, degradation: str | Path | None,
+                   responses: str | Path | None) -> str:
+    words = ["resnets", "report", *map(str, run_dirs)]
+    for flag, value in (("--degradation", degradation), ("--responses", responses)):
+        if value is not None:
+            words += [flag, str(value)]
+    return shlex.join([*words, "--out", str(out)])
+
+
+def write_report(run_dirs: Sequence[str | Path], out: str | Path = "REPRODUCTION.md",
+                 degradation: str | Path | None = None, responses: str | Path | None = None,
+                 command: str | None = None) -> Path:
+    """Validate every input first (nothing is written if one is refused), then write `out` and figures/."""
+    from .experiments import degradation_results, load_runs
+
+    out = Path(out)
+    runs = [load_run(path) for path in run_dirs]
+    if not runs and degradation is None and responses is None:
+        raise ValueError("nothing to report: give run directories, --degradation DIR or --responses DIR")
+    fig6 = None
+    if degradation is not None:
+        fig6 = _read_degradation(Path(degradation))
+        degradation_runs = load_runs(degradation, fig6["models"])
+        fig6["recomputed"] = degradation_results(degradation_runs)
+        fig6["setting"] = sorted({f"{data_copy(r.summary['data'])} on {hardware_brief(r.summary['hardware'])}"
+                                  for r in degradation_runs.values()})
+        if fig6["recomputed"]["verdict"] != fig6["verdict"]:
+            raise RunDirectoryError(f"{degradation}/degradation.json disagrees with its run directories; rerun "
+                                    f"`{fig6.get('command')}` (complete runs are skipped) to rewrite it")
+    writer = ReportWriter(out)
+    command = command or report_command(run_dirs, out, degradation, responses)
+    parts = ["# Reproduction: measured results",
+             "Generated by `resnets report` from the run directories named below; every number is read from "
+             "their files or computed by the package. Regenerate this file with:",
+             f"```\n{command}\n```",
+             "## Table 1: ImageNet architectures (parameters, multiply-adds)",
+             "Computed by `resnets.complexity` at 224x224 (conv and FC multiply-adds for one image), beside the "
+             "paper's FLOPs row. v1 puts the bottleneck's stride on the first 1x1 (the paper), v1.5 on the 3x3 "
+             "(torchvision); basic blocks are the same in both.",
+             table1()]
+    names = [run.name for run in runs]  # figure file names; two runs may share a folder name
+    by_dataset: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        by_dataset.setdefault(run.summary["dataset"], []).append(run)
+    header = ("run / model", "params", "test error (%)", "paper (%)", "recipe", "epochs", "wall time", "precision",
+              "hardware", "data", "train / test images")
+    for dataset, members in by_dataset.items():
+        title = "Table 6: CIFAR-10 test error" if dataset == "cifar10" else f"Runs on {DATASET_NAMES.get(dataset)}"
+        jpeg = any("JPEG" in data_copy(run.summary["data"]) for run in members)
+        parts += [f"## {title}", table(header, [run_row(run) for run in members]),
+                  "Single 32x32 view of each test image; paper: Table 6 (option A shortcuts)."
+                  + (" JPEG compression removes detail, so a JPEG copy costs test error against the official "
+                     "binaries the paper used." if jpeg else ""), "### How each run was made"]
+        for run in members:
+            name = run.name if names.count(run.name) == 1 else f"{run.path.parent.name}-{run.name}"
+            curves = writer.figure(run.path / "curves.png", f"{name}-curves.png", f"{run.name} curves")
+            parts += [f"- `{run.name}`: `{training_command(run.config)}`; {hardware_brief(run.summary['hardware'])}",
+                      f"  {curves}"]
+    if fig6 is not None:
+        parts += _degradation_section(writer, Path(degradation), fig6)  # type: ignore[arg-type]
+    if responses is not None:
+        parts += _responses_section(writer, Path(responses))
+    writer.flush()
+    atomic_write_text(out, "\n\n".join(part for part in parts if part) + "\n")
+    return out
+
+
+def _read_degradation(folder: Path) -> dict[str, Any]:
+    path = folder / "degradation.json"
+    if not path.is_file():
+        raise RunDirectoryError(f"{path} is missing; run `resnets experiment degradation --out {folder}` first")
+    return _read_json(path)
+
+
+def _degradation_section(writer: ReportWriter, folder: Path, fig6: dict[str, Any]) -> list[str]:
+    runs, statement = fig6["recomputed"]["runs"], fig6["budget"]["statement"]
+    rows = [(r["label"], f"`{folder / name}`", f"{r['final_train_error']:.2f}", f"{r['final_test_error']:.2f}",
+             f"{r['epochs']:g} ({r['iterations']:,} it.)" + ("" if r["complete"] else " incomplete"),
+             duration(r["wall_seconds"]), r["precision"]) for name, r in runs.items()]
+    return ["## Fig. 6: plain vs residual nets of growing depth (degradation)",
+            f"Made by `{fig6['command']}`. {statement[0].upper()}{statement[1:]}. Data and hardware: "
+            f"{'; '.join(fig6['setting'])}.",
+            writer.figure(folder / "degradation.png", "degradation.png", "Fig. 6: degradation"),
+            "Dashed: training error (augmented mini-batches, train mode); solid: test error.",
+            table(("net", "run", "final train error (%, last epoch)", "test error (%)", "epochs", "wall time",
+                   "precision"), rows),
+            "Verdict (computed from the runs):\n\n" + "\n".join(f"- {line}" for line in
+                                                                fig6["recomputed"]["verdict"]["lines"])]
+
+
+def _responses_section(writer: ReportWriter, folder: Path) -> list[str]:
+    series = read_responses_csv(folder / "responses.csv")
+    provenance_path = folder / "responses.json"
+    provenance = _read_json(provenance_path) if provenance_path.is_file() else {}
+    mean = {label: sum(stds) / len(stds) for label, stds in series.items()}
+    rows = [(label, len(stds), f"{mean[label]:.3f}", f"{max(stds):.3f}") for label, stds in series.items()]
+    kinds = {model_kind_depth(label): label for label in series if model_kind_depth(label)}
+    claims = []
+    for (kind, depth), label in sorted(kinds.items()):
+        plain = kinds.get(("plain", depth))
+        if kind == "resnet" and plain:
+            claims.append(f"{label} responds less than {plain}: {'yes' if mean[label] < mean[plain] else 'no'} "
+                          f"(mean std {mean[label]:.3f} vs {mean[plain]:.3f})")
+    resnets = sorted((depth, label) for (kind, depth), label in kinds.items() if kind == "resnet")
+    if len(resnets) >= 2:
+        (_d0, shallow), (_d1, deep) = resnets[0], resnets[-1]
+        claims.append(f"deeper ResNet has smaller responses: {'yes' if mean[deep] < mean[shallow] else 'no'} "
+                      f"({deep} {mean[deep]:.3f} vs {shallow} {mean[shallow]:.3f})")
+    made_by = f"Made by `{provenance['command']}`. " if provenance.get("command") else ""
+    return ["## Fig. 7: layer responses",
+            f"{made_by}Std of each 3x3 layer's output after BN and before the addition/ReLU, over "
+            f"{provenance.get('test_images', 'the')} test images; top: in layer order, bottom: sorted by magnitude.",
+            writer.figure(folder / "responses_by_layer.png", "responses_by_layer.png", "Fig. 7 top"),
+            writer.figure(folder / "responses_sorted.png", "responses_sorted.png", "Fig. 7 bottom"),
+            table(("model", "3x3 layers", "mean std", "max std"), rows),
+            "\n".join(f"- {claim}" for claim in claims)]

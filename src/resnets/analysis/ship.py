@@ -1,0 +1,92 @@
+"""Ship a finished run's weights inside the package (`create_model(name, pretrained=True)`): a weights-only fp32 file
+and a JSON of what it measured and how it was made, so that the numbers travel with the weights.
+
+The JSON also holds the error on a fixed 1,000-image test subset (100 per class, see `spread_indices`) measured at
+shipping time: a check on 1,000 images cannot be held to the 10,000-image number within 1 point (its standard
+error alone is ~0.9 points at 10% error), but it must reproduce the subset's own number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..evaluate.metrics import evaluate_batches
+from ..models.registry import create_model, model_config, model_from_config
+from ..models.weights import _pretrained_dir, extract_state_dict, import_state_dict, read_weight_file
+from ..train.checkpoint import atomic_torch_save, atomic_write_text
+from ..train.runtime import setup_runtime
+from .report import data_copy, load_run, training_command
+from .responses import cifar_test_batches
+
+CHECK_IMAGES = 1000
+
+
+def subset_error(model: torch.nn.Module, meta: dict[str, Any], data: str | Path | None = None,
+                 images: int = CHECK_IMAGES, device: str = "auto") -> dict[str, Any]:
+    """Top-1 error (fp32) on `images` test images spread evenly over the test set (the same ones every time)."""
+    target = setup_runtime(device).device
+    batches, source = cifar_test_batches(meta, data, images, target)
+    result = evaluate_batches(model.to(target), batches, target, "fp32")
+    return {"images": result["images"], "top1_error": result["top1_error"], "source": source,
+            "selection": f"resnets.data.cifar.spread_indices(test images, {images}): evenly spread"}
+
+
+def json_ready(value: Any) -> Any:
+    """Tensors (the mean image) as nested lists, rounded to 7 decimals: far below a uint8 pixel step (1/255)."""
+    if isinstance(value, torch.Tensor):
+        return json_ready(value.tolist())
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    return round(value, 7) if isinstance(value, float) else value
+
+
+def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str | Path | None = None,
+                 data: str | Path | None = None, device: str = "auto") -> Path:
+    """Copy RUN_DIR/model.pt to WEIGHTS_DIR/<name>.pt (weights-only, fp32) with <name>.json; returns the .pt path.
+
+    Only a complete CIFAR run is shipped: a shipped file claims the accuracy of a finished recipe.
+    """
+    run = load_run(run_dir)
+    if not run.summary["complete"]:
+        raise ValueError(f"{run.path} stopped at {run.summary['iterations']} of {run.summary['scheduled_iterations']} "
+                         f"iterations; only a complete run is shipped (finish it with --resume)")
+    if run.summary["dataset"] not in ("cifar10", "cifar100"):
+        raise ValueError(f"{run.path} is a {run.summary['dataset']} run; shipped weights are CIFAR networks")
+    name = name or run.summary["model"]
+    stored = read_weight_file(run.path / "model.pt")
+    with torch.device("meta"):  # only the architecture is compared
+        named = model_config(create_model(name, num_classes=stored["model_config"]["num_classes"]))
+    if named != stored["model_config"]:
+        raise ValueError(f"--name {name!r} does not build the architecture of {run.path} ({run.summary['model']}); "
+                         "a shipped file is loaded by create_model(name, pretrained=True): use the run's model name")
+    model = model_from_config(stored["model_config"])
+    import_state_dict(model, extract_state_dict(stored), source=f"weights in {run.path / 'model.pt'}")
+    model = model.float()  # fp32 whatever the training precision: eval/predict/export expect it
+    meta = dict(stored.get("meta") or {})
+    check = subset_error(model, meta, data, device=device)
+    target_dir = Path(weights_dir) if weights_dir is not None else _pretrained_dir()
+    weights_path = target_dir / f"{name}.pt"
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save({"model_config": stored["model_config"], "model": state, "meta": meta}, weights_path)
+    summary = run.summary
+    description = {
+        "model": summary["model"], "dataset": summary["dataset"], "test_top1_error": summary["test_top1_error"],
+        "test_images": summary["test_images"], "check_subset": check, "recipe": run.config["recipe"],
+        "epochs": summary["epochs"], "iterations": summary["iterations"], "data": data_copy(summary["data"]),
+        "train_images": summary["data"].get("train_images"), "data_source": summary["data"].get("source"),
+        "precision": summary["precision"],
+        "hardware": summary["hardware"], "wall_seconds": summary["wall_seconds"],
+        "command": training_command(run.config), "shipped_from": str(run.path),
+        "sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
+        # `resnets predict --model NAME --pretrained` reads its preprocessing and class names from this JSON.
+        "classes": meta.get("classes"), "preprocess": json_ready(meta.get("preprocess") or {}),
+    }
+    atomic_write_text(target_dir / f"{name}.json", json.dumps(description, indent=2))
+    return weights_path

@@ -1,0 +1,96 @@
+"""`resnets analyze responses|ship`, `resnets report` and `resnets experiment degradation`: the paper's CIFAR-10
+evidence (Fig. 6, Fig. 7, Table 6) regenerated from run directories, and trained weights shipped in the package."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    analyze = subparsers.add_parser("analyze", help="layer responses (Fig. 7); ship a run's weights in the package")
+    analyses = analyze.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+    r = analyses.add_parser("responses", help="std of each 3x3 layer's response after BN, over the test set (Fig. 7)")
+    r.add_argument("--checkpoint", action="append", required=True,
+                   help="run directory, checkpoint or weight file; repeat for each model")
+    r.add_argument("--data", default=None, help="CIFAR directory (default: the datasets root)")
+    r.add_argument("--out", default="runs/responses", help="folder for responses.csv and the two figures")
+    r.add_argument("--subset", type=int, default=None, help="N test images spread over the set (default: all)")
+    r.add_argument("--device", default="auto")
+    r.set_defaults(handler=run_responses)
+
+    s = analyses.add_parser("ship", help="copy a finished run's weights into the package (pretrained=True)")
+    s.add_argument("run_dir", help="a complete CIFAR run directory")
+    s.add_argument("--name", default=None, help="shipped name (default: the run's model, e.g. resnet20)")
+    s.add_argument("--data", default=None, help="CIFAR directory for the 1,000-image check (default: datasets root)")
+    s.add_argument("--weights-dir", default=None, help="target folder (default: the package's assets/weights)")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(handler=run_ship)
+
+    rep = subparsers.add_parser("report", help="write REPRODUCTION.md from run directories (Tables 1 and 6, "
+                                               "Fig. 6, Fig. 7)")
+    rep.add_argument("run_dirs", nargs="*", help="run directories for Table 6")
+    rep.add_argument("--degradation", default=None, help="folder of `resnets experiment degradation`")
+    rep.add_argument("--responses", default=None, help="folder of `resnets analyze responses`")
+    rep.add_argument("--out", default="REPRODUCTION.md")
+    rep.set_defaults(handler=run_report)
+
+    experiment = subparsers.add_parser("experiment", help="the paper's experiments (degradation: Fig. 6)")
+    experiments = experiment.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    d = experiments.add_parser("degradation", help="plain-20/56 vs ResNet-20/56 under one budget (Fig. 6)")
+    d.add_argument("--budget", type=float, default=None,
+                   help="epochs per network, lr /10 at 50%% and 75%% (default: the paper's 64k iterations)")
+    d.add_argument("--models", nargs="+", default=None, help="networks (default: plain20 plain56 resnet20 resnet56)")
+    d.add_argument("--out", default="runs/degradation")
+    d.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    d.add_argument("--data", default=None, help="CIFAR directory (default: the datasets root)")
+    d.add_argument("--subset", type=int, default=None, help="train on N training images (smoke runs)")
+    d.add_argument("--eval-subset", type=int, default=None, help="evaluate on the first N test images")
+    d.add_argument("--device", default="auto")
+    d.add_argument("--no-progress", dest="progress", action="store_false")
+    d.set_defaults(handler=run_degradation)
+
+
+def run_responses(args: argparse.Namespace) -> int:
+    from ..analysis.responses import analyze_responses
+
+    words = ["resnets", "analyze", "responses"]
+    for checkpoint in args.checkpoint:
+        words += ["--checkpoint", checkpoint]
+    for flag, value in (("--data", args.data), ("--subset", args.subset)):
+        if value is not None:
+            words += [flag, str(value)]
+    written = analyze_responses(args.checkpoint, args.out, args.data, args.subset, args.device,
+                                command=shlex.join([*words, "--out", args.out]))
+    print("\n".join(f"wrote {path}" for path in written.values()))
+    return 0
+
+
+def run_ship(args: argparse.Namespace) -> int:
+    import json
+
+    from ..analysis.ship import ship_weights
+
+    path = ship_weights(args.run_dir, args.name, args.weights_dir, args.data, args.device)
+    shipped = json.loads(path.with_suffix(".json").read_text())
+    print(f"shipped {path} (+ {path.with_suffix('.json').name}): test error {shipped['test_top1_error']:.2f}% on "
+          f"{shipped['test_images']:,} images, {shipped['check_subset']['top1_error']:.2f}% on the "
+          f"{shipped['check_subset']['images']:,}-image check subset")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from ..analysis.report import write_report
+
+    path = write_report(args.run_dirs, args.out, args.degradation, args.responses)
+    print(f"wrote {path}")
+    return 0
+
+
+def run_degradation(args: argparse.Namespace) -> int:
+    from ..analysis.experiments import DEGRADATION_MODELS
+    from ..analysis.experiments import run_degradation as run
+
+    run(args.out, args.models or DEGRADATION_MODELS, args.budget, args.precision, args.data, args.subset,
+        args.eval_subset, args.device, progress=args.progress)
+    return 0

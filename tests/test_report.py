@@ -1,0 +1,170 @@
+"""`resnets report` reads real run directories (made here by a tiny degradation experiment), puts their measured
+numbers in its tables, and refuses missing or inconsistent ones; `ship_weights` round-trips a run's weights."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+from resnets import complexity, create_model, load_model
+from resnets.analysis.experiments import run_degradation
+from resnets.analysis.report import (
+    RunDirectoryError,
+    data_copy,
+    jpeg_quality,
+    load_run,
+    training_command,
+    write_report,
+)
+from resnets.analysis.responses import analyze_responses, read_responses_csv
+from resnets.analysis.ship import ship_weights, subset_error
+from resnets.cli import build_parser, main
+from resnets.cli.train import resolve
+from resnets.deploy.predict import preprocess_from_meta
+from resnets.models.weights import extract_state_dict, read_weight_file
+
+from .test_experiments import write_tiny_cifar
+
+
+@pytest.fixture(scope="module")
+def made(cifar10_jpeg_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two complete tiny runs (also a degradation folder) and their Fig. 7 responses."""
+    root = tmp_path_factory.mktemp("report")
+    data = write_tiny_cifar(cifar10_jpeg_dir, root / "data")
+    degradation = root / "degradation"
+    run_degradation(degradation, ["plain8", "resnet8"], budget=1, data=data, device="cpu", progress=False,
+                    log=lambda _line: None)
+    responses = root / "responses"
+    analyze_responses([degradation / "plain8", degradation / "resnet8"], responses, data, device="cpu",
+                      command="resnets analyze responses (test)")
+    return {"root": root, "data": data, "degradation": degradation, "responses": responses}
+
+
+def summary(run: Path) -> dict[str, Any]:
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_report_holds_the_measured_numbers(made: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    runs = [made["degradation"] / "resnet8", made["degradation"] / "plain8"]
+    out = made["root"] / "site" / "REPRODUCTION.md"
+    args = ["report", *map(str, runs), "--degradation", str(made["degradation"]), "--responses",
+            str(made["responses"]), "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    text = out.read_text()
+    assert f"```\nresnets {shlex.join(args)}\n```" in text  # the exact command at the top
+    resnet50 = complexity(create_model("resnet50"))
+    assert f"| ResNet-50 | bottleneck | {resnet50.params:,} | {resnet50.gmacs:.2f} | 4.09 | 3.8 |" in text
+    for run in runs:
+        s = summary(run)
+        params = sum(p.numel() for p in create_model(s["model"]).parameters())
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{run.name}` {s['model']} |"))
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[1:4] == [f"{params:,}", f"{s['test_top1_error']:.2f}", "-"]  # resnet8/plain8: not in Table 6
+        assert cells[5] == f"{s['epochs']:g} ({s['iterations']:,} it.)" and cells[7] == s["precision"]
+        assert cells[9:] == ["CIFAR-10 (official binaries)", f"128 / {s['test_images']}"]
+        assert cells[4].startswith("paper: lr 0.1 /10 at 0, 1 of 1 it.")  # 50% and 75% of 1 iteration, rounded
+        assert f"`{training_command(json.loads((run / 'config.json').read_text()))}`" in text
+        assert (out.parent / "figures" / f"{run.name}-curves.png").is_file()
+    degradation = json.loads((made["degradation"] / "degradation.json").read_text())
+    assert "- plain: not measured (needs two depths)" in text and degradation["budget"]["statement"][1:] in text
+    stds = read_responses_csv(made["responses"] / "responses.csv")
+    mean = {label: sum(v) / len(v) for label, v in stds.items()}
+    assert f"| plain8 | 7 | {mean['plain8']:.3f} | {max(stds['plain8']):.3f} |" in text
+    answer = "yes" if mean["resnet8"] < mean["plain8"] else "no"
+    assert f"resnet8 responds less than plain8: {answer}" in text
+    for figure in ("degradation.png", "responses_by_layer.png", "responses_sorted.png"):
+        assert f"](figures/{figure})" in text and (out.parent / "figures" / figure).is_file()
+
+
+def test_jpeg_copy_is_named_with_its_measured_quality(cifar10_jpeg_dir: Path, tmp_path: Path) -> None:
+    Image.new("RGB", (32, 32), (90, 120, 200)).save(tmp_path / "a.jpg", quality=90)
+    assert jpeg_quality(tmp_path) == 90
+    source = f"image folder {cifar10_jpeg_dir / 'train'} (JPEG), cached /somewhere.pt"
+    assert data_copy({"dataset": "cifar10", "source": source}) == "CIFAR-10 (JPEG q75 copy)"
+
+
+def test_training_command_reproduces_the_run(made: dict[str, Path]) -> None:
+    config = json.loads((made["degradation"] / "plain8" / "config.json").read_text())
+    options, recipe = resolve(build_parser().parse_args(shlex.split(training_command(config))[1:]))
+    assert recipe.to_dict() == config["recipe"]
+    for key in ("model", "dataset", "data", "precision", "out", "subset"):
+        assert getattr(options, key) == config["options"][key], key
+
+
+def broken_copy(made: dict[str, Path], name: str) -> Path:
+    copy = made["root"] / "broken" / name
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(made["degradation"] / "resnet8", copy)
+    return copy
+
+
+def refusal(run: Path, capsys: pytest.CaptureFixture, made: dict[str, Path]) -> str:
+    out = made["root"] / "refused" / "REPRODUCTION.md"
+    assert main(["report", str(made["degradation"] / "plain8"), str(run), "--out", str(out)]) == 2
+    assert not out.exists()
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(run) in error
+    return error
+
+
+def test_report_refuses_missing_or_inconsistent_runs(made: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    run = broken_copy(made, "no-metrics")
+    (run / "metrics.jsonl").unlink()
+    assert "metrics.jsonl missing" in refusal(run, capsys, made)
+
+    run = broken_copy(made, "other-model")
+    edited = {**summary(run), "model": "resnet20"}
+    (run / "summary.json").write_text(json.dumps(edited))
+    assert "summary.json says model 'resnet20', config.json 'resnet8'" in refusal(run, capsys, made)
+
+    run = broken_copy(made, "short-metrics")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n" if len(lines) > 1 else "")
+    assert "metrics.jsonl ends at" in refusal(run, capsys, made)
+
+    run = broken_copy(made, "other-dataset")
+    (run / "summary.json").write_text(json.dumps({**summary(run), "dataset": "cifar100"}))
+    assert "dataset 'cifar100'" in refusal(run, capsys, made)
+
+    stale = made["root"] / "stale-degradation"
+    shutil.copytree(made["degradation"], stale)
+    document = json.loads((stale / "degradation.json").read_text())
+    document["verdict"]["lines"] = ["deeper plain net has higher training error than the shallower one: yes"]
+    (stale / "degradation.json").write_text(json.dumps(document))
+    load_run(stale / "plain8")  # the runs themselves are fine: the JSON is stale
+    with pytest.raises(RunDirectoryError, match="disagrees with its run directories"):
+        write_report([], made["root"] / "x.md", degradation=stale)
+
+
+def test_ship_weights_round_trip(made: dict[str, Path]) -> None:
+    run = made["degradation"] / "resnet8"
+    target = made["root"] / "weights"
+    path = ship_weights(run, weights_dir=target, data=made["data"], device="cpu")
+    shipped = json.loads((target / "resnet8.json").read_text())
+    s = summary(run)
+    assert shipped["test_top1_error"] == s["test_top1_error"] and shipped["epochs"] == s["epochs"]
+    assert shipped["recipe"] == json.loads((run / "config.json").read_text())["recipe"]
+    assert shipped["command"].startswith("resnets train --model resnet8 --recipe paper")
+    assert shipped["check_subset"]["images"] == 100 and shipped["data"] == "CIFAR-10 (official binaries)"
+    ours, theirs = extract_state_dict(read_weight_file(path)), extract_state_dict(read_weight_file(run / "model.pt"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k].float()) for k in ours)
+    model = load_model(path)
+    meta = read_weight_file(path)["meta"]
+    assert subset_error(model, meta, made["data"], device="cpu")["top1_error"] == shipped["check_subset"]["top1_error"]
+    # `resnets predict --model resnet8 --pretrained` takes its preprocessing from the JSON.
+    from_json = preprocess_from_meta(shipped, model).mean_image
+    assert torch.allclose(from_json, meta["preprocess"]["mean_image"], atol=1e-6)
+
+    with pytest.raises(ValueError, match="does not build the architecture"):
+        ship_weights(run, name="resnet20", weights_dir=target, data=made["data"], device="cpu")
+    incomplete = broken_copy(made, "incomplete")
+    (incomplete / "summary.json").write_text(json.dumps({**summary(incomplete), "complete": False}))
+    with pytest.raises(ValueError, match="only a complete run is shipped"):
+        ship_weights(incomplete, weights_dir=target, data=made["data"], device="cpu")
