@@ -99,7 +99,8 @@ def main() -> None:
     peak32 = matmul_peak_gflops(torch.float32)
     print(f"matmul peak on this machine: bf16 {peak:.0f} GFLOP/s, fp32 {peak32:.0f} GFLOP/s, "
           f"{torch.get_num_threads()} threads")
-    print(f"{'model':<10} {'prec':<5} {'ours img/s':>10} {'conv. img/s':>11} {'ratio':>6} {'GFLOP/s':>8} {'of peak':>8}")
+    header = f"{'model':<10} {'prec':<5} {'ours img/s':>10} {'conv. img/s':>11} {'ratio':>6} {'GFLOP/s':>8}"
+    print(f"{header} {'of peak':>8}")
     results = []
     for model in args.models:
         flops_per_image = 3 * 2 * resnets.complexity(resnets.create_model(model)).macs

@@ -1,0 +1,53 @@
+"""`resnets predict`: top-k classes with names and probabilities for image files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..deploy.predict import format_prediction, load_predictor, predict_files, prediction_json
+
+PREPROCESS_HELP = """preprocessing: the weight file's meta["preprocess"] when it has one; otherwise ImageNet models:
+shorter side 256, centre crop 224, /255, minus mean (0.485, 0.456, 0.406), / std (0.229, 0.224, 0.225);
+CIFAR models: shorter side 32, centre crop 32, /255, minus the per-pixel mean image stored with the weights
+(else the per-channel CIFAR mean), no std division. Class names: meta["classes"], else CIFAR-10/100 or the
+1,000 ImageNet names. Unreadable images are reported on stderr and the others still predicted (exit 1)."""
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """--weights / --checkpoint / --model NAME --pretrained (shared with `resnets export`)."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", metavar="FILE", help="weight file (ours, or a torchvision/timm ResNet file)")
+    source.add_argument("--checkpoint", metavar="DIR", help="run directory (its model.pt, else checkpoints/last.pt) "
+                                                            "or a checkpoint file")
+    source.add_argument("--model", metavar="NAME", help="model name, with --pretrained for the shipped weights")
+    parser.add_argument("--pretrained", action="store_true", help="with --model: the weights shipped with resnets")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("predict", help="top-k classes of image files", epilog=PREPROCESS_HELP,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, BMP, TIFF)")
+    add_weights_arguments(parser)
+    parser.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--json", action="store_true",
+                        help='one JSON object per image: {"image", "top": [{"rank", "index", "class", "probability"}]}')
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.pretrained and args.model is None:
+        raise ValueError("--pretrained goes with --model NAME")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    predictor = load_predictor(args.weights, args.checkpoint, args.model, args.pretrained)
+    if not predictor.meta.get("preprocess"):
+        print(f"resnets predict: note: preprocessing {predictor.preprocess.describe()} "
+              f"({predictor.preprocess_note})", file=sys.stderr)
+    predictions, failures = predict_files(predictor, args.images, args.topk, args.batch_size)
+    for failure in failures:
+        print(f"resnets predict: error: {failure.message}", file=sys.stderr)
+    for prediction in predictions:
+        print(prediction_json(prediction) if args.json else format_prediction(prediction))
+    return 1 if failures else 0

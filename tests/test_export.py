@@ -1,0 +1,121 @@
+"""ONNX (through onnxruntime) and TorchScript round trips on real photos, with a dynamic batch dimension."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import resnets
+from resnets.cli import main
+from resnets.data.paths import DATASETS_ENV, datasets_root
+from resnets.deploy.export import ExportError, export_model, read_metadata, run_exported
+from resnets.deploy.predict import Predictor, default_preprocess, load_images, load_predictor
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small batches gain nothing from intra-op threads, and on shared cores OpenMP barriers stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[Path]:
+    folder = datasets_root() / "imagenet-sample"
+    files = sorted(folder.glob("*.JPEG")) if folder.is_dir() else []
+    if len(files) < 3:
+        pytest.skip(reason=f"ImageNet sample photos not found at {folder.resolve()}; set {DATASETS_ENV} to the "
+                           "folder that holds imagenet-sample/ to run this test")
+    return files[::67][:3]  # three classes, photos of different sizes
+
+
+def calibrated(name: str, images: torch.Tensor) -> resnets.ResNet:
+    """A random network whose BN statistics come from real photos, so its logits have a trained net's scale."""
+    model = resnets.create_model(name)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # cumulative average over the calibration batch
+    with torch.no_grad():
+        model.train()(images)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory: pytest.TempPathFactory, photos: list[Path]) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pt"
+    model = resnets.create_model("resnet18")
+    images = torch.stack([t for _, t in load_images(photos, default_preprocess(model))[0]])
+    return resnets.save_weights(calibrated("resnet18", images), path, {"dataset": "test"})
+
+
+def photo_batch(predictor: Predictor, photos: list[Path]) -> torch.Tensor:
+    return torch.stack([t for _, t in load_images(photos, predictor.preprocess)[0]])
+
+
+def check_against_pytorch(predictor: Predictor, got: torch.Tensor, inputs: torch.Tensor) -> None:
+    with torch.no_grad():
+        expected = predictor.model.eval()(inputs)
+    assert got.shape == expected.shape
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    assert float((got - expected).abs().max()) < 1e-4
+
+
+def test_onnx_round_trip_on_photos_with_dynamic_batch(tmp_path: Path, resnet18_file: Path,
+                                                      photos: list[Path]) -> None:
+    predictor = load_predictor(weights=resnet18_file)
+    out, check = export_model(predictor, tmp_path / "r18.onnx", "onnx", images=photos)
+    assert check is not None and check.runtime == "onnxruntime" and check.top1_agree == 3
+    inputs = photo_batch(predictor, photos)
+    for batch in (inputs[:1], inputs):  # batch 1 and batch 3 through the same file
+        check_against_pytorch(predictor, run_exported(out, "onnx", batch), batch)
+    meta = read_metadata(out)
+    assert json.loads(meta["resnets.preprocess"]) == predictor.preprocess.to_meta()
+    assert json.loads(meta["resnets.preprocess"])["crop"] == 224
+    assert len(json.loads(meta["resnets.classes"])) == 1000 and meta["resnets.model"] == "resnet18"
+    assert [p.name for p in tmp_path.iterdir()] == ["r18.onnx"]  # no temporary file left behind
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_torchscript_round_trip_with_dynamic_batch(tmp_path: Path, resnet18_file: Path, photos: list[Path]) -> None:
+    predictor = load_predictor(weights=resnet18_file)
+    out, check = export_model(predictor, tmp_path / "r18.pt", "torchscript", images=photos)
+    assert check is not None and check.runtime == "torch.jit"
+    module = torch.jit.load(str(out))
+    inputs = photo_batch(predictor, photos)
+    with torch.no_grad():
+        for batch in (inputs[:1], inputs):
+            check_against_pytorch(predictor, module(batch), batch)
+    assert json.loads(read_metadata(out)["resnets.preprocess"])["mean"] == [0.485, 0.456, 0.406]
+
+
+def test_failed_verification_writes_nothing(tmp_path: Path, resnet18_file: Path, photos: list[Path]) -> None:
+    predictor = load_predictor(weights=resnet18_file)
+    with pytest.raises(ExportError, match="verification failed"):
+        export_model(predictor, tmp_path / "r18.onnx", "onnx", images=photos, atol=0.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_cli_cifar_onnx(tmp_path: Path, photos: list[Path], capsys: pytest.CaptureFixture) -> None:
+    weights = resnets.save_weights(resnets.create_model("resnet20").eval(), tmp_path / "r20.pt",
+                                   {"preprocess": {"kind": "cifar", "size": 32, "mean": [0.5, 0.5, 0.5], "std": None}})
+    out = tmp_path / "exported" / "r20.onnx"
+    code = main(["export", "--weights", str(weights), "--format", "onnx", "--out", str(out), "--opset", "17",
+                 "--verify-images", *map(str, photos)])
+    printed = capsys.readouterr().out
+    assert code == 0 and out.is_file()
+    assert "verified: onnxruntime: 3/3 top-1 agree" in printed and "centre crop 32" in printed
+    assert json.loads(read_metadata(out)["resnets.preprocess"])["mean"] == [0.5, 0.5, 0.5]
+    assert run_exported(out, "onnx", torch.zeros(5, 3, 32, 32)).shape == (5, 10)
+
+
+def test_export_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["export", "--weights", str(tmp_path / "missing.pt"), "--format", "onnx",
+                 "--out", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "missing.pt does not exist" in err
