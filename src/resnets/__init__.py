@@ -1,6 +1,7 @@
 """resnets: Deep Residual Learning for Image Recognition (He et al., CVPR 2016) on PyTorch."""
 
 from .analysis.complexity import Complexity, complexity
+from .deploy.fuse import fuse_for_inference
 from .models import (
     ResNet,
     ResNetSpec,
@@ -24,6 +25,7 @@ __all__ = [
     "ResNetSpec",
     "complexity",
     "create_model",
+    "fuse_for_inference",
     "import_state_dict",
     "infer_spec",
     "list_models",

@@ -41,7 +41,8 @@ CHECKPOINT_VERSION = 1
 
 def save_training_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                              schedule: Any, loader: Any, ema: Any, scaler: Any, iteration: int, epoch: int,
-                             best_error: float, elapsed_seconds: float, recipe: Any, options: Any) -> Path:
+                             best_error: float, elapsed_seconds: float, recipe: Any, options: Any,
+                             meta: dict[str, Any] | None = None) -> Path:
     """Everything needed to continue bit-exactly: weights, optimizer, schedule, data position, RNG."""
     from dataclasses import asdict
 
@@ -54,7 +55,8 @@ def save_training_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: t
         "loader": loader.state_dict(), "ema": ema.state_dict() if ema is not None else None,
         "scaler": scaler.state_dict(), "iteration": iteration, "epoch": epoch, "best_error": best_error,
         "elapsed_seconds": elapsed_seconds, "rng": rng_state(), "recipe": recipe.to_dict(),
-        "options": {k: v for k, v in asdict(options).items() if k != "extra"},
+        "options": asdict(options),
+        "meta": meta or {},  # classes and preprocessing, so that predict/eval work from any checkpoint
     }
     return atomic_torch_save(state, path)
 

@@ -144,13 +144,15 @@ def _train(options: RunOptions, recipe: Recipe, runtime: Runtime) -> dict[str, A
     eval_split = "val" if "val" in data.evals else "test"
     eval_every = recipe.eval_every or iterations_per_epoch
 
+    checkpoint_meta = {"classes": data.classes, "preprocess": data.preprocess, "dataset": options.dataset}
+
     def checkpoint(tag: str = "last") -> None:
         if runtime.is_main:
             save_training_checkpoint(out / "checkpoints" / f"{tag}.pt", model=model, optimizer=optimizer,
                                      schedule=schedule, loader=data.train, ema=ema, scaler=scaler,
                                      iteration=iteration, epoch=epoch, best_error=best_error,
                                      elapsed_seconds=elapsed_before + time.perf_counter() - start,
-                                     recipe=recipe, options=options)
+                                     recipe=recipe, options=options, meta=checkpoint_meta)
         runtime.barrier()
 
     def evaluate(split: str) -> dict[str, float]:

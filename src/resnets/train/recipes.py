@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -181,4 +181,3 @@ class RunOptions:
     eval_subset: int | None = None  # evaluate on the first N test (and val) images
     max_iterations: int | None = None  # stop early (for tests and smoke runs) without changing the schedule
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
