@@ -13,6 +13,8 @@ Also measures this machine's bf16 matmul peak and reports ours as a fraction of 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import statistics
 import tempfile
@@ -44,13 +46,14 @@ def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -
     return 2 * size**3 / min(times) / 1e9
 
 
-def ours(model: str, precision: str, data: Path, iterations: int, log_every: int) -> list[float]:
+def ours(model: str, precision: str, data: Path, iterations: int, log_every: int, compile: bool = False) -> list[float]:
     with tempfile.TemporaryDirectory() as out:
         recipe = get_recipe("paper", depth=resnets.model_spec(model).depth)
         recipe.error_warmup_lr = None  # a throughput run: the lr does not matter
         options = RunOptions(model=model, data=str(data), out=out, precision=precision, progress=False,
-                             max_iterations=iterations, log_every=log_every, eval_subset=500)
-        train(options, recipe)
+                             max_iterations=iterations, log_every=log_every, eval_subset=500, compile=compile)
+        with contextlib.redirect_stdout(io.StringIO()):  # the run's own report; we print a table
+            train(options, recipe)
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     # the first window includes warm-up (allocations, oneDNN primitive creation)
     return [r["images_per_s"] for r in records[1:] if "images_per_s" in r and r["iterations"] == log_every]
@@ -92,6 +95,7 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=10, help="iterations per timed window")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional trainer")
     parser.add_argument("--data", type=Path, default=datasets_root() / "cifar10-jpeg")
+    parser.add_argument("--compile", action="store_true", help="also measure ours with torch.compile")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
@@ -99,7 +103,7 @@ def main() -> None:
     peak32 = matmul_peak_gflops(torch.float32)
     print(f"matmul peak on this machine: bf16 {peak:.0f} GFLOP/s, fp32 {peak32:.0f} GFLOP/s, "
           f"{torch.get_num_threads()} threads")
-    header = f"{'model':<10} {'prec':<5} {'ours img/s':>10} {'conv. img/s':>11} {'ratio':>6} {'GFLOP/s':>8}"
+    header = f"{'model':<10} {'prec':<7} {'ours img/s':>10} {'conv. img/s':>11} {'ratio':>6} {'GFLOP/s':>8}"
     print(f"{header} {'of peak':>8}")
     results = []
     for model in args.models:
@@ -108,12 +112,19 @@ def main() -> None:
             our_rate = statistics.median(ours(model, precision, args.data, args.iterations, args.log_every))
             their_rate = statistics.median(conventional(model, precision, args.data, args.iterations,
                                                         args.log_every, args.workers))
-            gflops = our_rate * flops_per_image / 1e9
-            fraction = gflops / (peak if precision == "bf16" else peak32)
-            results.append({"model": model, "precision": precision, "ours": our_rate, "conventional": their_rate,
-                            "ratio": our_rate / their_rate, "gflops": gflops, "fraction_of_peak": fraction})
-            print(f"{model:<10} {precision:<5} {our_rate:>10.0f} {their_rate:>11.0f} {our_rate / their_rate:>5.2f}x "
-                  f"{gflops:>8.0f} {100 * fraction:>7.0f}%", flush=True)
+            variants = {"eager": our_rate}
+            if args.compile:
+                variants["compiled"] = statistics.median(ours(model, precision, args.data, args.iterations,
+                                                              args.log_every, compile=True))
+            for variant, rate in variants.items():
+                gflops = rate * flops_per_image / 1e9
+                fraction = gflops / (peak if precision == "bf16" else peak32)
+                results.append({"model": model, "precision": precision, "variant": variant, "ours": rate,
+                                "conventional": their_rate, "ratio": rate / their_rate, "gflops": gflops,
+                                "fraction_of_peak": fraction})
+                label = f"{precision}{'+c' if variant == 'compiled' else ''}"
+                print(f"{model:<10} {label:<7} {rate:>10.0f} {their_rate:>11.0f} {rate / their_rate:>5.2f}x "
+                      f"{gflops:>8.0f} {100 * fraction:>7.0f}%", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"peak_bf16": peak, "peak_fp32": peak32, "results": results}, indent=2))
 
