@@ -10,6 +10,12 @@ from typing import Any
 import torch
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, write: Any) -> Path:
     """Call write(file_object) on a temporary file beside `path`, fsync, then rename over `path`."""
     path = Path(path)
@@ -20,6 +26,7 @@ def atomic_write_bytes(path: Path, write: Any) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the mode open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
