@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from resnets.data.paths import DATASETS_ENV, datasets_root
 
@@ -27,3 +28,12 @@ def imagenet_sample_dir() -> Path:
         pytest.skip(reason=f"imagenet-sample not found at {folder.resolve()}; set {DATASETS_ENV} to the folder "
                            "that holds imagenet-sample/ to run this test")
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small batches gain nothing from intra-op threads, and on shared cores OpenMP barriers stall (up to 8x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

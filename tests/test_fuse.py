@@ -10,14 +10,7 @@ from torch import nn
 import resnets
 from resnets.deploy.fuse import compile_for_inference, fold_batchnorms_, fold_conv_bn, fuse_for_inference
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny inputs gain nothing from intra-op threads, and on shared cores OpenMP barriers stall (8x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Relative to the largest logit: random BN statistics give logits of very different scales across depths.

@@ -20,23 +20,12 @@ from resnets.deploy.predict import (
     preprocess_from_meta,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batches gain nothing from intra-op threads, and on shared cores OpenMP barriers stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def photos() -> list[Path]:
-    folder = datasets_root() / "imagenet-sample"
-    files = sorted(folder.glob("*.JPEG")) if folder.is_dir() else []
-    if len(files) < 2:
-        pytest.skip(reason=f"ImageNet sample photos not found at {folder.resolve()}; set {DATASETS_ENV} to the "
-                           "folder that holds imagenet-sample/ to run this test")
+def photos(imagenet_sample_dir: Path) -> list[Path]:
+    files = sorted(imagenet_sample_dir.glob("*.JPEG"))
     return [files[0], files[100]]
 
 
