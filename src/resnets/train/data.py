@@ -4,6 +4,7 @@ and augments whole batches there (Sec. 4.2); ImageNet decodes JPEGs in DataLoade
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ class TrainingData:
     train_size: int
     preprocess: dict[str, Any]  # stored with the weights so that predict/eval/export reproduce it
     description: dict[str, Any] = field(default_factory=dict)
+    bad_images: Callable[[], list[str]] = list  # unreadable files skipped so far (--on-bad-image skip)
 
     @property
     def num_classes(self) -> int:

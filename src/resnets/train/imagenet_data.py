@@ -17,7 +17,13 @@ from torch.utils.data import DataLoader, Subset
 from ..data.cifar import spread_indices
 from ..data.folder import ImageFolderDataset, open_image_folder
 from ..data.paths import datasets_root
-from ..data.transforms import EvalTransform, Normalize, PaperTrainTransform, compute_mean_image
+from ..data.transforms import (
+    EvalTransform,
+    Normalize,
+    PaperTrainTransform,
+    compute_mean_image,
+    compute_pca_lighting,
+)
 from .data import TrainingData
 from .recipes import Recipe, RunOptions
 from .runtime import Runtime
@@ -103,9 +109,17 @@ def build_imagenet_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -
     else:
         normalize = Normalize()  # torchvision's per-channel mean/std
     device = runtime.device
+    if recipe.lighting_pca not in ("imagenet", "computed"):
+        raise ValueError(f"lighting_pca must be 'imagenet' or 'computed', got {recipe.lighting_pca!r}")
+    pca = {}
+    if recipe.lighting_pca == "computed" and recipe.lighting_std > 0:
+        eigval, eigvec = compute_pca_lighting(train_set, max_images=recipe.mean_images, resize=recipe.eval_resize,
+                                              size=recipe.crop_size)
+        pca = {"eigval": eigval, "eigvec": eigvec}
     if recipe.augment:
         transform = PaperTrainTransform(scale=(recipe.scale_min, recipe.scale_max), crop_size=recipe.crop_size,
-                                        lighting_std=recipe.lighting_std, normalize=normalize, uint8_output=True)
+                                        lighting_std=recipe.lighting_std, normalize=normalize, uint8_output=True,
+                                        **pca)
     else:  # no augmentation: the evaluation view (overfitting checks, feature extraction)
         transform = _EvalGeometry(EvalTransform(recipe.eval_resize, recipe.crop_size, normalize))
     finish = transform.finish_batch
@@ -123,10 +137,13 @@ def build_imagenet_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -
                   "mean": normalize.channel_mean.tolist(),
                   "std": None if normalize.std is None else normalize.std.tolist()}
     description = {"source": f"image folders {root} (JPEG)", "dataset": "imagenet", "train_images": len(train_set),
+                   "lighting": {k: v.tolist() for k, v in pca.items()} or "imagenet (AlexNet)",
                    "test_images": len(val_samples), "classes": len(train_set.classes),
                    "class_to_idx": train_set.class_to_idx}
-    return TrainingData(train_loader, {"test": eval_loader}, list(train_set.classes), len(train_set),
+    data = TrainingData(train_loader, {"test": eval_loader}, list(train_set.classes), len(train_set),
                         preprocess, description)
+    data.bad_images = lambda: train_set.bad_images + val_set.bad_images
+    return data
 
 
 class _EvalGeometry:

@@ -257,7 +257,8 @@ def finish(options: RunOptions, recipe: Recipe, runtime: Runtime, model: torch.n
                    "epochs": round(iteration / len(data.train), 2), "wall_seconds": round(wall, 1),
                    "test_top1_error": test["top1_error"], "test_top5_error": test["top5_error"],
                    "test_images": test["images"], "complete": iteration >= total,
-                   "hardware": hardware_description(runtime), "precision": options.precision}
+                   "hardware": hardware_description(runtime), "precision": options.precision,
+                   "skipped_images": data.bad_images()}
         meta = {"classes": data.classes, "preprocess": data.preprocess, "dataset": options.dataset,
                 "recipe": recipe.to_dict(), "test_top1_error": test["top1_error"],
                 "test_top5_error": test["top5_error"], "iterations": iteration, "data": data.description}
@@ -266,6 +267,8 @@ def finish(options: RunOptions, recipe: Recipe, runtime: Runtime, model: torch.n
         if metrics is not None and metrics.records:
             plot_error_curves({options.model: {options.model: metrics.records}}, out / "curves.png",
                               eval_key="val_error" if "val" in data.evals else "test_error")
+        if summary["skipped_images"]:
+            log(f"skipped {len(summary['skipped_images'])} unreadable images (listed in summary.json)")
         top5 = f", top-5 {test['top5_error']:.2f}%" if data.num_classes > 10 else ""
         log(f"test error: {test['top1_error']:.2f}% (top-1{top5}) on {test['images']} images after "
             f"{iteration} iterations ({summary['epochs']} epochs), {wall / 60:.1f} min -> {out}")

@@ -43,6 +43,7 @@ class Recipe:
     crop_size: int = 224
     eval_resize: int = 256  # evaluation during training: shorter side, then the centre crop
     lighting_std: float = 0.1  # AlexNet PCA lighting noise, 0 turns it off
+    lighting_pca: str = "imagenet"  # "imagenet": AlexNet's eigenvalues/vectors; "computed": from the training images
     mean: str = "pixel"  # ImageNet: "pixel" (paper: per-pixel mean image) or "channel" (torchvision mean/std)
     mean_images: int = 10_000  # training images averaged for the mean image
     augment: bool = True
