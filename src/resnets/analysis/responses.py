@@ -24,7 +24,7 @@ from torch import nn
 from ..data.cifar import load_cifar, per_pixel_mean, spread_indices
 from ..data.loader import TensorBatchLoader
 from ..evaluate.run import resolve_weights, weights_metadata
-from ..models.weights import load_model
+from ..models.weights import model_from_weight_data, read_weight_file
 from ..train.checkpoint import atomic_write_text
 from ..train.runtime import setup_runtime
 from .plots import plot_layer_responses
@@ -132,8 +132,9 @@ def checkpoint_responses(path: str | Path, data: str | Path | None = None, image
     """Responses of a run directory, checkpoint or weight file over the test set (or `images` spread over it)."""
     weights = resolve_weights(Path(path))
     target = setup_runtime(device).device
-    model = load_model(weights).to(target)
-    batches, _source = cifar_test_batches(weights_metadata(weights), data, images, target)
+    contents = read_weight_file(weights)
+    model = model_from_weight_data(contents, source=f"weights in {weights}").to(target)
+    batches, _source = cifar_test_batches(weights_metadata(weights, contents), data, images, target)
     return model, layer_responses(model, batches, target)
 
 

@@ -24,8 +24,8 @@ def model_rows(names: list[str], shortcut: str | None = None, v15: bool = False)
     rows = []
     shipped = list_pretrained()
     for name in names:
-        plain = model_spec(name).shortcut == "none"
-        bottleneck = model_spec(name).block == "bottleneck"
+        named = model_spec(name)
+        plain, bottleneck = named.shortcut == "none", named.block == "bottleneck"
         model = create_model(name, shortcut=None if plain else shortcut,
                              stride_in_1x1=False if v15 and bottleneck else None)
         cost = complexity(model)

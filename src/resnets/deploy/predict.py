@@ -20,9 +20,9 @@ import torch
 
 from ..data.folder import BadImageError, read_image
 from ..data.transforms import IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, EvalTransform, Normalize
-from ..models import create_model, list_pretrained, load_model
+from ..models import create_model, list_pretrained
 from ..models.resnet import ResNet
-from ..models.weights import read_weight_file
+from ..models.weights import model_from_weight_data, read_weight_file
 
 # Per-channel means of the training sets on [0, 1] (the fallback when a file stores no mean image).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -202,8 +202,9 @@ def load_predictor(weights: str | Path | None = None, checkpoint: str | Path | N
         source = f"shipped weights {model_name}"
     else:
         path = Path(weights) if weights is not None else resolve_weights_path(checkpoint)
-        model = load_model(path)
-        meta = dict(read_weight_file(path).get("meta") or {})
+        contents = read_weight_file(path)
+        model = model_from_weight_data(contents, source=f"weights in {path}")
+        meta = dict(contents.get("meta") or {})
         source = str(path)
     model.eval()
     return Predictor(model, preprocess_from_meta(meta, model, source), class_names(meta, model, source), meta, source)

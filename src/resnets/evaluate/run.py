@@ -11,7 +11,7 @@ import torch
 
 from ..data.cifar import load_cifar, per_pixel_mean
 from ..data.loader import TensorBatchLoader
-from ..models.weights import load_model, read_weight_file
+from ..models.weights import model_from_weight_data, read_weight_file
 from ..train.runtime import setup_runtime
 from .metrics import evaluate_batches
 
@@ -28,9 +28,9 @@ def resolve_weights(path: Path) -> Path:
     return path
 
 
-def weights_metadata(path: Path) -> dict[str, Any]:
-    """meta stored in a weight file, else what the run directory's config.json says."""
-    data = read_weight_file(path)
+def weights_metadata(path: Path, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """meta stored in a weight file (`data`: the file, if already read), else what the run's config.json says."""
+    data = read_weight_file(path) if data is None else data
     meta = dict(data.get("meta") or {})
     if "dataset" not in meta and isinstance(data.get("options"), dict):
         meta["dataset"] = data["options"].get("dataset")
@@ -45,8 +45,9 @@ def evaluate_checkpoint(path: Path, data: str | None = None, dataset: str | None
     """Test error of a checkpoint: the single 32x32 view on CIFAR (Sec. 4.2), or an ImageNet protocol
     (`center`, `10crop`, `multiscale`; Sec. 3.4) on an image folder (`imagenet` keywords go to protocols.evaluate)."""
     weights = resolve_weights(Path(path))
-    meta = weights_metadata(weights)
-    model = load_model(weights)
+    contents = read_weight_file(weights)
+    meta = weights_metadata(weights, contents)
+    model = model_from_weight_data(contents, source=f"weights in {weights}")
     dataset = dataset or meta.get("dataset")
     if dataset is None:
         dataset = "cifar10" if model.spec.family == "cifar" else "imagenet"

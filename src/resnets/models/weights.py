@@ -125,11 +125,15 @@ def infer_spec(state: StateDict, stride_in_1x1: bool = False) -> ResNetSpec:
 
 def load_model(path: str | Path) -> ResNet:
     """A ready model from our checkpoint/weights file, or from a torchvision/timm file (built as v1.5)."""
-    data = read_weight_file(path)
+    return model_from_weight_data(read_weight_file(path), source=f"weights in {path}")
+
+
+def model_from_weight_data(data: dict[str, Any], source: str = "weights") -> ResNet:
+    """`load_model` for a file already read with `read_weight_file` (callers that also need its meta)."""
     state = extract_state_dict(data)
     config = data.get("model_config")
     model = model_from_config(config) if isinstance(config, dict) else ResNet(infer_spec(state))
-    return import_state_dict(model, state, source=f"weights in {path}")
+    return import_state_dict(model, state, source=source)
 
 
 def save_weights(model: ResNet, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
