@@ -4,14 +4,15 @@ a directory made under another budget, plots Fig. 6 and writes the verdict."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from resnets.analysis.experiments import final_train_error, run_degradation
-from resnets.cli import main
+from resnets.analysis.experiments import degradation_command, final_train_error, run_degradation
+from resnets.cli import build_parser, main
 from resnets.data.cifar import FORMATS, load_cifar, spread_indices
 
 MODELS = ["plain8", "plain14", "resnet8", "resnet14"]
@@ -36,6 +37,15 @@ def write_tiny_cifar(source: Path, folder: Path, train: int = 128, test: int = 1
 @pytest.fixture(scope="module")
 def tiny_cifar(cifar10_jpeg_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_cifar(cifar10_jpeg_dir, tmp_path_factory.mktemp("tiny-cifar"))
+
+
+def test_recorded_command_parses_back_to_the_same_experiment() -> None:
+    command = degradation_command("runs/x", ["plain20", "resnet20"], 12.0, "bf16", "/data", None, 500, True)
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    assert (args.out, args.models, args.budget, args.precision, args.data, args.subset, args.eval_subset,
+            args.compile) == ("runs/x", ["plain20", "resnet20"], 12.0, "bf16", "/data", None, 500, True)
+    assert not build_parser().parse_args(shlex.split(degradation_command("o", ["a"], None, "fp32", None, None,
+                                                                         None))[1:]).compile
 
 
 def test_final_train_error_averages_the_last_epoch_by_iterations() -> None:

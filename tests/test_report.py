@@ -96,6 +96,9 @@ def test_training_command_reproduces_the_run(made: dict[str, Path]) -> None:
     assert recipe.to_dict() == config["recipe"]
     for key in ("model", "dataset", "data", "precision", "out", "subset"):
         assert getattr(options, key) == config["options"][key], key
+    config["options"].update(compile=True, deterministic=True)
+    options, _ = resolve(build_parser().parse_args(shlex.split(training_command(config))[1:]))
+    assert options.compile and options.deterministic
 
 
 def broken_copy(made: dict[str, Path], name: str) -> Path:

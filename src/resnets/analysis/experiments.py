@@ -48,7 +48,8 @@ def budget_statement(budget: float | None, iterations: int | None, train_images:
 
 
 def degradation_command(out: str | Path, models: Sequence[str], budget: float | None, precision: str,
-                        data: str | Path | None, subset: int | None, eval_subset: int | None) -> str:
+                        data: str | Path | None, subset: int | None, eval_subset: int | None,
+                        compile: bool = False) -> str:
     """The command line that (re)makes this experiment, recorded in degradation.json and the report."""
     words = ["resnets", "experiment", "degradation", "--out", str(out)]
     if tuple(models) != DEGRADATION_MODELS:
@@ -59,6 +60,8 @@ def degradation_command(out: str | Path, models: Sequence[str], budget: float | 
             words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     if precision != "fp32":
         words += ["--precision", precision]
+    if compile:
+        words.append("--compile")
     return shlex.join(words)
 
 
@@ -82,7 +85,7 @@ def _check_same_plan(run_dir: Path, recipe: Recipe, options: RunOptions) -> None
 def run_degradation(out: str | Path = "runs/degradation", models: Sequence[str] = DEGRADATION_MODELS,
                     budget: float | None = None, precision: str = "fp32", data: str | Path | None = None,
                     subset: int | None = None, eval_subset: int | None = None, device: str = "auto",
-                    max_iterations: int | None = None, progress: bool = True,
+                    max_iterations: int | None = None, progress: bool = True, compile: bool = False,
                     log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Train (or resume, or skip) each network, then write degradation.png and degradation.json; returns the JSON.
 
@@ -103,7 +106,8 @@ def run_degradation(out: str | Path = "runs/degradation", models: Sequence[str] 
         recipe = degradation_recipe(budget, spec.depth)
         options = RunOptions(model=name, dataset="cifar10", data=None if data is None else str(data),
                              out=str(run_dir), precision=precision, device=device, subset=subset,
-                             eval_subset=eval_subset, max_iterations=max_iterations, progress=progress)
+                             eval_subset=eval_subset, max_iterations=max_iterations, progress=progress,
+                             compile=compile)
         _check_same_plan(run_dir, recipe, options)
         summary_path = run_dir / "summary.json"
         if summary_path.is_file() and json.loads(summary_path.read_text()).get("complete"):
@@ -114,7 +118,7 @@ def run_degradation(out: str | Path = "runs/degradation", models: Sequence[str] 
         statuses[name] = "resumed" if options.resume else "trained"
         log(f"{name}: {'resuming' if options.resume else 'training'} in {run_dir}")
         train(options, recipe)
-    command = degradation_command(out, models, budget, precision, data, subset, eval_subset)
+    command = degradation_command(out, models, budget, precision, data, subset, eval_subset, compile)
     result = write_degradation(out, models, budget, command)
     result["status"] = statuses
     for line in [result["budget"]["statement"], *result["verdict"]["lines"]]:

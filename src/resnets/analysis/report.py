@@ -163,8 +163,9 @@ def training_command(config: dict[str, Any]) -> str:
                 "max_iterations"):
         if options.get(key) is not None and options.get(key) != getattr(defaults, key):
             words += [f"--{key.replace('_', '-')}", str(options[key])]
-    if options.get("deterministic"):
-        words.append("--deterministic")
+    for flag in ("deterministic", "compile"):
+        if options.get(flag):
+            words.append(f"--{flag}")
     try:
         base = get_recipe(recipe["name"], depth=config["model_config"]["depth"]).to_dict()
     except ValueError:  # a recipe name this version does not know: state every field

@@ -47,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--subset", type=int, default=None, help="train on N training images (smoke runs)")
     d.add_argument("--eval-subset", type=int, default=None, help="evaluate on the first N test images")
     d.add_argument("--device", default="auto")
+    d.add_argument("--compile", action="store_true", help="torch.compile each network (faster after a warm-up)")
     d.add_argument("--no-progress", dest="progress", action="store_false")
     d.set_defaults(handler=run_degradation)
 
@@ -92,5 +93,5 @@ def run_degradation(args: argparse.Namespace) -> int:
     from ..analysis.experiments import run_degradation as run
 
     run(args.out, args.models or DEGRADATION_MODELS, args.budget, args.precision, args.data, args.subset,
-        args.eval_subset, args.device, progress=args.progress)
+        args.eval_subset, args.device, progress=args.progress, compile=args.compile)
     return 0
