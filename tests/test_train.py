@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnets.models.weights import extract_state_dict, read_weight_file
+from resnets.data.cifar import load_cifar, spread_indices
+from resnets.data.loader import TensorBatchLoader
+from resnets.evaluate.metrics import evaluate_batches
+from resnets.models.weights import extract_state_dict, model_from_weight_data, read_weight_file
 
 SMOKE = ["--model", "resnet8", "--recipe", "fast", "--no-progress", "--seed", "3"]
 
@@ -105,6 +108,17 @@ def test_torchrun_two_cpu_processes(cifar10_jpeg_dir: Path, tmp_path: Path) -> N
     summary = json.loads((out / "summary.json").read_text())
     assert summary["iterations"] == 32 and summary["test_top1_error"] < 90
     assert result.stdout.count("test error:") == 1  # only rank 0 reports
+    # Each rank evaluated half of the 256 test images; summed, they match one process evaluating the saved weights.
+    assert summary["test_images"] == 256
+    contents = read_weight_file(out / "model.pt")
+    model = model_from_weight_data(contents)
+    test = load_cifar(cifar10_jpeg_dir, "cifar10", "test")
+    chosen = spread_indices(len(test.labels), 256)
+    loader = TensorBatchLoader(test.images[chosen], test.labels[chosen], batch_size=100,
+                               mean=contents["meta"]["preprocess"]["mean_image"])
+    alone = evaluate_batches(model, loader, torch.device("cpu"))
+    assert alone["images"] == 256
+    assert abs(alone["top1_error"] - summary["test_top1_error"]) <= 100 / 256 + 1e-9  # at most one image flips
 
 
 def test_nan_loss_stops_with_one_clear_line_and_keeps_the_checkpoint(cifar10_jpeg_dir: Path, tmp_path: Path) -> None:

@@ -67,8 +67,9 @@ def build_cifar_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -> T
         train_images.to(device), train_labels.to(device), batch_size=recipe.batch_size // runtime.world_size,
         shuffle=True, augment=recipe.augment, pad=recipe.pad, drop_last=True, seed=options.seed,
         rank=runtime.rank, world_size=runtime.world_size, **common)
-    evals = {split: TensorBatchLoader(images.to(device), labels.to(device), batch_size=EVAL_BATCH, shuffle=False,
-                                      augment=False, drop_last=False, **common)
+    shard = slice(runtime.rank, None, runtime.world_size)  # each rank evaluates every world_size-th image
+    evals = {split: TensorBatchLoader(images[shard].to(device), labels[shard].to(device), batch_size=EVAL_BATCH,
+                                      shuffle=False, augment=False, drop_last=False, **common)
              for split, (images, labels) in evals_source.items()}
     preprocess = {"kind": "cifar", "size": 32, "mean_image": mean.cpu(),
                   "mean": mean.mean(dim=(1, 2)).cpu().tolist(), "std": None}

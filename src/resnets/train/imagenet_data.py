@@ -128,9 +128,10 @@ def build_imagenet_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -
                                      world_size=runtime.world_size, workers=options.workers,
                                      channels_last=options.channels_last)
     eval_transform = EvalTransform(recipe.eval_resize, recipe.crop_size, normalize)
-    val_samples = val_set if not options.eval_subset else Subset(
-        val_set, spread_indices(len(val_set), options.eval_subset).tolist())  # val folders are sorted by class
-    eval_loader = DataLoader(_with_transform(val_samples, eval_transform), batch_size=EVAL_BATCH,
+    # Val folders are sorted by class: a subset is spread over them. Each rank evaluates every world_size-th image.
+    val_indices = spread_indices(len(val_set), options.eval_subset).tolist()
+    val_shard = Subset(val_set, val_indices[runtime.rank::runtime.world_size])
+    eval_loader = DataLoader(_with_transform(val_shard, eval_transform), batch_size=EVAL_BATCH,
                              num_workers=options.workers, pin_memory=device.type == "cuda")
     preprocess = {"kind": "imagenet", "resize": recipe.eval_resize, "crop": recipe.crop_size,
                   **{f"normalize_{k}": v for k, v in normalize.state_dict().items()},
@@ -138,7 +139,7 @@ def build_imagenet_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -
                   "std": None if normalize.std is None else normalize.std.tolist()}
     description = {"source": f"image folders {root} (JPEG)", "dataset": "imagenet", "train_images": len(train_set),
                    "lighting": {k: v.tolist() for k, v in pca.items()} or "imagenet (AlexNet)",
-                   "test_images": len(val_samples), "classes": len(train_set.classes),
+                   "test_images": len(val_indices), "classes": len(train_set.classes),
                    "class_to_idx": train_set.class_to_idx}
     data = TrainingData(train_loader, {"test": eval_loader}, list(train_set.classes), len(train_set),
                         preprocess, description)

@@ -28,6 +28,7 @@ from .runtime import (
     Runtime,
     all_reduce_sum,
     autocast,
+    broadcast_buffers,
     hardware_description,
     set_determinism,
     setup_runtime,
@@ -156,8 +157,7 @@ def _train(options: RunOptions, recipe: Recipe, runtime: Runtime) -> dict[str, A
         runtime.barrier()
 
     def evaluate(split: str) -> dict[str, float]:
-        return evaluate_batches(ema.module if ema is not None else model, data.evals[split], device,
-                                options.precision)
+        return evaluate_shards(ema.module if ema is not None else model, data.evals[split], runtime, options.precision)
 
     stop_at = min(total, options.max_iterations) if options.max_iterations else total
     progress = tqdm(total=total, initial=iteration, disable=not (options.progress and runtime.is_main),
@@ -213,7 +213,7 @@ def _train(options: RunOptions, recipe: Recipe, runtime: Runtime) -> dict[str, A
                 progress.set_postfix(loss=f"{record['train_loss']:.3f}", err=f"{record['train_error']:.1f}%",
                                      img_s=f"{record['images_per_s']:.0f}", lr=f"{lr:.3g}")
             if eval_due:
-                result = evaluate(eval_split) if runtime.is_main else {}
+                result = evaluate(eval_split)
                 record.setdefault("iteration", iteration)
                 record.setdefault("epoch", round(iteration / iterations_per_epoch, 3))
                 if runtime.is_main:
@@ -221,11 +221,9 @@ def _train(options: RunOptions, recipe: Recipe, runtime: Runtime) -> dict[str, A
                     record[f"{eval_split}_loss"] = result["loss"]
                     if data.num_classes > 10:
                         record[f"{eval_split}_top5_error"] = result["top5_error"]
-                error = torch.tensor([result.get("top1_error", 0.0)], dtype=torch.float64)
-                error = all_reduce_sum(error, runtime)  # only rank 0 contributes: a broadcast
-                schedule.observe_eval_error(error.item())
-                improved = error.item() < best_error
-                best_error = min(best_error, error.item())
+                schedule.observe_eval_error(result["top1_error"])  # the same on every rank: summed over shards
+                improved = result["top1_error"] < best_error
+                best_error = min(best_error, result["top1_error"])
                 checkpoint()
                 if improved:
                     checkpoint("best")
@@ -244,14 +242,21 @@ def _train(options: RunOptions, recipe: Recipe, runtime: Runtime) -> dict[str, A
     return finish(options, recipe, runtime, model, ema, data, metrics, iteration, total, wall, log)
 
 
+def evaluate_shards(model: torch.nn.Module, batches: Any, runtime: Runtime, precision: str) -> dict[str, float]:
+    """Each rank evaluates its shard of the eval set with rank 0's weights; the totals are summed over ranks."""
+    broadcast_buffers(model, runtime)
+    return evaluate_batches(model, batches, runtime.device, precision,
+                            reduce=lambda totals: all_reduce_sum(totals, runtime))
+
+
 def finish(options: RunOptions, recipe: Recipe, runtime: Runtime, model: torch.nn.Module, ema: Any, data: Any,
            metrics: MetricsLog | None, iteration: int, total: int, wall: float, log: Any) -> dict[str, Any]:
     """Final test (once), weights-only file with its measured accuracy, curves, summary.json."""
     out = Path(options.out)
     final_model = ema.module if ema is not None else model
     summary: dict[str, Any] = {}
+    test = evaluate_shards(final_model, data.evals["test"], runtime, options.precision)
     if runtime.is_main:
-        test = evaluate_batches(final_model, data.evals["test"], runtime.device, options.precision)
         summary = {"model": options.model, "dataset": options.dataset, "data": data.description,
                    "recipe": recipe.name, "iterations": iteration, "scheduled_iterations": total,
                    "epochs": round(iteration / len(data.train), 2), "wall_seconds": round(wall, 1),

@@ -111,3 +111,11 @@ def all_reduce_sum(tensor: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     if runtime.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def broadcast_buffers(module: torch.nn.Module, runtime: Runtime) -> None:
+    """Give every rank rank 0's buffers (BN running statistics). DDP syncs them at the start of each forward, so
+    after the last step each rank holds its own batch's update; rank 0's are the ones saved with the weights."""
+    if runtime.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
