@@ -4,6 +4,9 @@ ours:          `resnets.train.loop.train` itself (decoded uint8 tensors in memor
                training device, channels_last), images/s read from its own metrics log.
 conventional:  torchvision ImageFolder over the JPEG files + per-sample RandomCrop(32, 4) / RandomHorizontalFlip /
                ToTensor / Normalize in DataLoader workers, the same model in the default memory format.
+model step:    with --ceiling, the forward + backward + SGD step alone on one batch held in memory (no data
+               work at all), in the conventional trainer's memory format and in ours (channels_last, optionally
+               compiled): the most any trainer could reach with this model and precision on this machine.
 Also measures this machine's bf16 matmul peak and reports ours as a fraction of it (training FLOPs taken as
 3 x forward multiply-adds x 2).
 
@@ -87,6 +90,29 @@ def conventional(model_name: str, precision: str, data: Path, iterations: int, l
     return rates[1:]
 
 
+def model_step(model_name: str, precision: str, iterations: int, log_every: int, channels_last: bool,
+               compile: bool = False) -> list[float]:
+    """images/s of the training step alone: one random batch, reused, so that no data work is timed."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = resnets.create_model(model_name).to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    step_model = torch.compile(model) if compile else model
+    inputs = torch.randn(BATCH, 3, 32, 32).contiguous(memory_format=memory_format)
+    labels = torch.randint(0, 10, (BATCH,))
+    device = torch.device("cpu")
+    rates, start = [], time.perf_counter()
+    for step in range(1, iterations + 1):
+        with autocast(device, precision):
+            loss = F.cross_entropy(step_model(inputs).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % log_every == 0:
+            rates.append(log_every * BATCH / (time.perf_counter() - start))
+            start = time.perf_counter()
+    return rates[1:]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["resnet20", "resnet56", "resnet110"])
@@ -96,6 +122,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional trainer")
     parser.add_argument("--data", type=Path, default=datasets_root() / "cifar10-jpeg")
     parser.add_argument("--compile", action="store_true", help="also measure ours with torch.compile")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also time the model step alone (no data work): the bound on any trainer")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
@@ -104,7 +132,7 @@ def main() -> None:
     print(f"matmul peak on this machine: bf16 {peak:.0f} GFLOP/s, fp32 {peak32:.0f} GFLOP/s, "
           f"{torch.get_num_threads()} threads")
     header = f"{'model':<10} {'prec':<7} {'ours img/s':>10} {'conv. img/s':>11} {'ratio':>6} {'GFLOP/s':>8}"
-    print(f"{header} {'of peak':>8}")
+    print(f"{header} {'of peak':>8}  variant")
     results = []
     for model in args.models:
         flops_per_image = 3 * 2 * resnets.complexity(resnets.create_model(model)).macs
@@ -116,15 +144,21 @@ def main() -> None:
             if args.compile:
                 variants["compiled"] = statistics.median(ours(model, precision, args.data, args.iterations,
                                                               args.log_every, compile=True))
+            if args.ceiling:
+                steps = {"step, default format": (False, False), "step, channels_last": (True, False)}
+                if args.compile:
+                    steps["step, channels_last, compiled"] = (True, True)
+                for variant, (channels_last, compiled) in steps.items():
+                    variants[variant] = statistics.median(model_step(model, precision, args.iterations,
+                                                                     args.log_every, channels_last, compiled))
             for variant, rate in variants.items():
                 gflops = rate * flops_per_image / 1e9
                 fraction = gflops / (peak if precision == "bf16" else peak32)
                 results.append({"model": model, "precision": precision, "variant": variant, "ours": rate,
                                 "conventional": their_rate, "ratio": rate / their_rate, "gflops": gflops,
                                 "fraction_of_peak": fraction})
-                label = f"{precision}{'+c' if variant == 'compiled' else ''}"
-                print(f"{model:<10} {label:<7} {rate:>10.0f} {their_rate:>11.0f} {rate / their_rate:>5.2f}x "
-                      f"{gflops:>8.0f} {100 * fraction:>7.0f}%", flush=True)
+                print(f"{model:<10} {precision:<7} {rate:>10.0f} {their_rate:>11.0f} {rate / their_rate:>5.2f}x "
+                      f"{gflops:>8.0f} {100 * fraction:>7.0f}%  {variant}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"peak_bf16": peak, "peak_fp32": peak32, "results": results}, indent=2))
 
