@@ -117,5 +117,7 @@ def test_sample_photo_names_match_shipped_class_names() -> None:
 def test_predict_cli_argument_errors(resnet18_file: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["predict", "x.jpg", "--model", "resnet18"]) == 2
     assert "--pretrained" in capsys.readouterr().err
+    assert main(["predict", "x.jpg", "--weights", str(resnet18_file), "--tag", "fast"]) == 2
+    assert "--pretrained and --tag go with --model NAME" in capsys.readouterr().err
     assert main(["predict", "x.jpg", "--weights", str(resnet18_file), "--topk", "0"]) == 2
     assert "--topk must be >= 1" in capsys.readouterr().err

@@ -151,6 +151,7 @@ def test_ship_weights_round_trip(made: dict[str, Path]) -> None:
     target = made["root"] / "weights"
     path = ship_weights(run, weights_dir=target, data=made["data"], device="cpu")
     shipped = json.loads((target / "resnet8.json").read_text())
+    assert shipped["model"] == "resnet8" and shipped["pretrained"] is True  # a paper-recipe run: pretrained=True
     s = summary(run)
     assert shipped["test_top1_error"] == s["test_top1_error"] and shipped["epochs"] == s["epochs"]
     assert shipped["recipe"] == json.loads((run / "config.json").read_text())["recipe"]
@@ -165,6 +166,11 @@ def test_ship_weights_round_trip(made: dict[str, Path]) -> None:
     from_json = preprocess_from_meta(shipped, model).mean_image
     assert torch.allclose(from_json, meta["preprocess"]["mean_image"], atol=1e-6)
 
+    tagged = ship_weights(run, weights_dir=target, data=made["data"], device="cpu", tag="trial")
+    assert tagged.name == "resnet8-trial.pt"
+    assert json.loads(tagged.with_suffix(".json").read_text())["pretrained"] == "trial"
+    with pytest.raises(ValueError, match="names a file"):
+        ship_weights(run, weights_dir=target, data=made["data"], device="cpu", tag="../x")
     with pytest.raises(ValueError, match="does not build the architecture"):
         ship_weights(run, name="resnet20", weights_dir=target, data=made["data"], device="cpu")
     incomplete = broken_copy(made, "incomplete")

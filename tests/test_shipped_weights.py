@@ -29,7 +29,7 @@ def test_shipped_weights_reach_their_stated_accuracy(name: str, cifar10_jpeg_dir
     check = stated["check_subset"]
     if "JPEG" not in check.get("source", ""):
         pytest.skip(reason=f"{name}'s check subset was measured on {check.get('source')}, not the JPEG copy here")
-    model = create_model(name, pretrained=True)
+    model = create_model(stated["model"], pretrained=stated.get("pretrained", True))
     meta = read_weight_file(_pretrained_dir() / f"{name}.pt")["meta"]
     measured = subset_error(model, meta, cifar10_jpeg_dir, images=check["images"], device="cpu")
     assert measured["images"] == check["images"] == 1000
@@ -37,3 +37,11 @@ def test_shipped_weights_reach_their_stated_accuracy(name: str, cifar10_jpeg_dir
     p = stated["test_top1_error"] / 100
     standard_error = 100 * math.sqrt(p * (1 - p) / check["images"])
     assert abs(measured["top1_error"] - stated["test_top1_error"]) <= 1.0 + 4 * standard_error, (name, measured)
+
+
+def test_unknown_tag_names_what_ships() -> None:
+    model_name = next((meta["model"] for meta in SHIPPED.values()), None)
+    if model_name is None:
+        pytest.skip(reason="no weights shipped yet")
+    with pytest.raises(ValueError, match=f"no shipped weights '{model_name}-nosuch'; {model_name} ships pretrained="):
+        create_model(model_name, pretrained="nosuch")

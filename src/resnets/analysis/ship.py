@@ -1,5 +1,7 @@
-"""Ship a finished run's weights inside the package (`create_model(name, pretrained=True)`): a weights-only fp32 file
-and a JSON of what it measured and how it was made, so that the numbers travel with the weights.
+"""Ship a finished run's weights inside the package: a weights-only fp32 file and a JSON of what it measured and how
+it was made, so that the numbers travel with the weights. A paper-recipe run ships as `<model>` and loads with
+`create_model(model, pretrained=True)`; a run of another recipe ships as `<model>-<recipe>` and loads with
+`pretrained="<recipe>"` (e.g. `create_model("resnet20", pretrained="fast")`).
 
 The JSON also holds the error on a fixed 1,000-image test subset (100 per class, see `spread_indices`) measured at
 shipping time: a check on 1,000 images cannot be held to the 10,000-image number within 1 point (its standard
@@ -17,7 +19,13 @@ import torch
 
 from ..evaluate.metrics import evaluate_batches
 from ..models.registry import create_model, model_config, model_from_config
-from ..models.weights import _pretrained_dir, extract_state_dict, import_state_dict, read_weight_file
+from ..models.weights import (
+    _pretrained_dir,
+    extract_state_dict,
+    import_state_dict,
+    read_weight_file,
+    shipped_name,
+)
 from ..train.checkpoint import atomic_torch_save, atomic_write_text
 from ..train.runtime import setup_runtime
 from .report import data_copy, load_run, training_command
@@ -48,8 +56,9 @@ def json_ready(value: Any) -> Any:
 
 
 def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str | Path | None = None,
-                 data: str | Path | None = None, device: str = "auto") -> Path:
-    """Copy RUN_DIR/model.pt to WEIGHTS_DIR/<name>.pt (weights-only, fp32) with <name>.json; returns the .pt path.
+                 data: str | Path | None = None, device: str = "auto", tag: str | None = None) -> Path:
+    """Copy RUN_DIR/model.pt to WEIGHTS_DIR/<shipped name>.pt (weights-only, fp32) with its .json; returns the .pt
+    path. tag: the `pretrained=` value that loads it (default: none for the paper recipe, else the recipe's name).
 
     Only a complete CIFAR run is shipped: a shipped file claims the accuracy of a finished recipe.
     """
@@ -60,25 +69,31 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
     if run.summary["dataset"] not in ("cifar10", "cifar100"):
         raise ValueError(f"{run.path} is a {run.summary['dataset']} run; shipped weights are CIFAR networks")
     name = name or run.summary["model"]
+    recipe_name = run.config["recipe"]["name"]
+    tag = tag if tag is not None else (None if recipe_name == "paper" else recipe_name)
+    if tag is not None and not tag.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"tag {tag!r} names a file: use letters, digits, '-' and '_'")
+    stem = shipped_name(name, tag or True)
     stored = read_weight_file(run.path / "model.pt")
     with torch.device("meta"):  # only the architecture is compared
         named = model_config(create_model(name, num_classes=stored["model_config"]["num_classes"]))
     if named != stored["model_config"]:
         raise ValueError(f"--name {name!r} does not build the architecture of {run.path} ({run.summary['model']}); "
-                         "a shipped file is loaded by create_model(name, pretrained=True): use the run's model name")
+                         "a shipped file is loaded by create_model(name, pretrained=...): use the run's model name")
     model = model_from_config(stored["model_config"])
     import_state_dict(model, extract_state_dict(stored), source=f"weights in {run.path / 'model.pt'}")
     model = model.float()  # fp32 whatever the training precision: eval/predict/export expect it
     meta = dict(stored.get("meta") or {})
     check = subset_error(model, meta, data, device=device)
     target_dir = Path(weights_dir) if weights_dir is not None else _pretrained_dir()
-    weights_path = target_dir / f"{name}.pt"
+    weights_path = target_dir / f"{stem}.pt"
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save({"model_config": stored["model_config"], "model": state, "meta": meta}, weights_path)
     summary = run.summary
     description = {
-        "model": summary["model"], "dataset": summary["dataset"], "test_top1_error": summary["test_top1_error"],
-        "test_images": summary["test_images"], "check_subset": check, "recipe": run.config["recipe"],
+        "model": name, "pretrained": tag or True, "dataset": summary["dataset"],
+        "test_top1_error": summary["test_top1_error"], "test_images": summary["test_images"], "check_subset": check,
+        "recipe": run.config["recipe"],
         "epochs": summary["epochs"], "iterations": summary["iterations"], "data": data_copy(summary["data"]),
         "train_images": summary["data"].get("train_images"), "data_source": summary["data"].get("source"),
         "precision": summary["precision"],
@@ -88,5 +103,5 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
         # `resnets predict --model NAME --pretrained` reads its preprocessing and class names from this JSON.
         "classes": meta.get("classes"), "preprocess": json_ready(meta.get("preprocess") or {}),
     }
-    atomic_write_text(target_dir / f"{name}.json", json.dumps(description, indent=2))
+    atomic_write_text(target_dir / f"{stem}.json", json.dumps(description, indent=2))
     return weights_path

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("resnets: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `resnets models | head`: the reader left; say nothing more
+        sys.stdout = None  # type: ignore[assignment]  # keeps the interpreter from flushing into the closed pipe
+        return 0
     except (CommandError, ValueError, ArithmeticError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"resnets {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     s = analyses.add_parser("ship", help="copy a finished run's weights into the package (pretrained=True)")
     s.add_argument("run_dir", help="a complete CIFAR run directory")
-    s.add_argument("--name", default=None, help="shipped name (default: the run's model, e.g. resnet20)")
+    s.add_argument("--name", default=None, help="model name it loads under (default: the run's model, e.g. resnet20)")
+    s.add_argument("--tag", default=None, help="the pretrained= value that loads it (default: none for the paper "
+                   "recipe, i.e. pretrained=True; else the recipe's name, e.g. pretrained='fast')")
     s.add_argument("--data", default=None, help="CIFAR directory for the 1,000-image check (default: datasets root)")
     s.add_argument("--weights-dir", default=None, help="target folder (default: the package's assets/weights)")
     s.add_argument("--device", default="auto")
@@ -72,9 +74,11 @@ def run_ship(args: argparse.Namespace) -> int:
 
     from ..analysis.ship import ship_weights
 
-    path = ship_weights(args.run_dir, args.name, args.weights_dir, args.data, args.device)
+    path = ship_weights(args.run_dir, args.name, args.weights_dir, args.data, args.device, args.tag)
     shipped = json.loads(path.with_suffix(".json").read_text())
-    print(f"shipped {path} (+ {path.with_suffix('.json').name}): test error {shipped['test_top1_error']:.2f}% on "
+    how = "True" if shipped["pretrained"] is True else repr(shipped["pretrained"])
+    print(f"shipped {path} (+ {path.with_suffix('.json').name}), create_model({shipped['model']!r}, "
+          f"pretrained={how}): test error {shipped['test_top1_error']:.2f}% on "
           f"{shipped['test_images']:,} images, {shipped['check_subset']['top1_error']:.2f}% on the "
           f"{shipped['check_subset']['images']:,}-image check subset")
     return 0

@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..deploy.export import DEFAULT_ATOL, DEFAULT_OPSET, FORMATS, export_model
-from ..deploy.predict import load_predictor
-from .predict import add_weights_arguments
+from .predict import add_weights_arguments, predictor_from_args
 
 EPILOG = f"""The exported graph takes input "input": float32 [batch, 3, H, W] RGB, already preprocessed, and returns
 "logits" [batch, classes]. Preprocessing (stored in the ONNX metadata_props / the TorchScript extra file
@@ -34,9 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.pretrained and args.model is None:
-        raise ValueError("--pretrained goes with --model NAME")
-    predictor = load_predictor(args.weights, args.checkpoint, args.model, args.pretrained)
+    predictor = predictor_from_args(args)
     out, check = export_model(predictor, args.out, args.format, opset=args.opset, verify=not args.no_verify,
                               images=args.verify_images, atol=args.atol)
     detail = f"opset {args.opset}, " if args.format == "onnx" else ""

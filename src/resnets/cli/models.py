@@ -38,7 +38,10 @@ def model_rows(names: list[str], shortcut: str | None = None, v15: bool = False)
             if bottleneck else "-",
             "input": spec.input_size, "params": cost.params, "gmacs": round(cost.gmacs, 4),
             "paper_gflops": PAPER_IMAGENET_GFLOPS[spec.depth] if quoted else None,
-            "pretrained": name in shipped, "_cost": cost,
+            # the pretrained= values that load shipped weights: True (paper recipe) and recipe tags
+            "pretrained": sorted((meta.get("pretrained", True) for meta in shipped.values()
+                                  if meta.get("model") == name), key=lambda value: (value is not True, str(value))),
+            "_cost": cost,
         })
     return rows
 
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         paper = f"{r['paper_gflops']:.1f}" if r["paper_gflops"] else "-"
         print(f"{r['name']:<10} {r['family']:<8} {r['depth']:>5} {r['block']:<10} {r['shortcut']:<8} "
               f"{r['bottleneck_stride']:<10} {r['input']:>5} {r['params']:>12,} {r['gmacs']:>8.3f} {paper:>6} "
-              f"{'shipped' if r['pretrained'] else '':<7}")
+              f"{'pretrained=' + '|'.join(map(str, r['pretrained'])) if r['pretrained'] else '-'}")
         if args.layers:
             print(r["_cost"].table() + "\n")
     print("\nGMACs: multiply-adds of conv and FC layers for one image at the native input size "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..deploy.predict import format_prediction, load_predictor, predict_files, prediction_json
+from ..deploy.predict import Predictor, format_prediction, load_predictor, predict_files, prediction_json
 
 PREPROCESS_HELP = """preprocessing: the weight file's meta["preprocess"] when it has one; otherwise ImageNet models:
 shorter side 256, centre crop 224, /255, minus mean (0.485, 0.456, 0.406), / std (0.229, 0.224, 0.225);
@@ -22,6 +22,15 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
                                                             "or a checkpoint file")
     source.add_argument("--model", metavar="NAME", help="model name, with --pretrained for the shipped weights")
     parser.add_argument("--pretrained", action="store_true", help="with --model: the weights shipped with resnets")
+    parser.add_argument("--tag", default=None, help="with --pretrained: the shipped weights of another recipe than "
+                                                    "the paper's, e.g. fast (see `resnets models`)")
+
+
+def predictor_from_args(args: argparse.Namespace) -> Predictor:
+    if (args.pretrained or args.tag) and args.model is None:
+        raise ValueError("--pretrained and --tag go with --model NAME")
+    pretrained = args.tag if args.tag else args.pretrained
+    return load_predictor(args.weights, args.checkpoint, args.model, pretrained)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,11 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.pretrained and args.model is None:
-        raise ValueError("--pretrained goes with --model NAME")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    predictor = load_predictor(args.weights, args.checkpoint, args.model, args.pretrained)
+    predictor = predictor_from_args(args)
     if not predictor.meta.get("preprocess"):
         print(f"resnets predict: note: preprocessing {predictor.preprocess.describe()} "
               f"({predictor.preprocess_note})", file=sys.stderr)

@@ -22,7 +22,7 @@ from ..data.folder import BadImageError, read_image
 from ..data.transforms import IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, EvalTransform, Normalize
 from ..models import create_model, list_pretrained
 from ..models.resnet import ResNet
-from ..models.weights import model_from_weight_data, read_weight_file
+from ..models.weights import model_from_weight_data, read_weight_file, shipped_name
 
 # Per-channel means of the training sets on [0, 1] (the fallback when a file stores no mean image).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -189,17 +189,18 @@ def resolve_weights_path(checkpoint: str | Path) -> Path:
 
 
 def load_predictor(weights: str | Path | None = None, checkpoint: str | Path | None = None,
-                   model_name: str | None = None, pretrained: bool = False) -> Predictor:
-    """One of: a weight file, a run directory/checkpoint, or a model name with the package's shipped weights."""
+                   model_name: str | None = None, pretrained: bool | str = False) -> Predictor:
+    """One of: a weight file, a run directory/checkpoint, or a model name with the package's shipped weights
+    (pretrained=True: the paper recipe's; a tag such as "fast": another recipe's)."""
     if sum(x is not None for x in (weights, checkpoint, model_name)) != 1:
         raise ValueError("give exactly one of --weights FILE, --checkpoint DIR or --model NAME --pretrained")
     if model_name is not None:
         if not pretrained:
             raise ValueError(f"--model {model_name} without --pretrained would predict with random weights; add "
                              "--pretrained, or use --weights FILE / --checkpoint DIR")
-        model = create_model(model_name, pretrained=True)
-        meta = dict(list_pretrained().get(model_name) or {})
-        source = f"shipped weights {model_name}"
+        model = create_model(model_name, pretrained=pretrained)
+        meta = dict(list_pretrained().get(shipped_name(model_name, pretrained)) or {})
+        source = f"shipped weights {shipped_name(model_name, pretrained)}"
     else:
         path = Path(weights) if weights is not None else resolve_weights_path(checkpoint)
         contents = read_weight_file(path)

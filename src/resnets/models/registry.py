@@ -63,19 +63,20 @@ def model_spec(name: str, *, num_classes: int | None = None, shortcut: str | Non
 
 def create_model(name: str, *, num_classes: int | None = None, shortcut: str | None = None,
                  stride_in_1x1: bool | None = None, zero_init_residual: bool = False,
-                 init_mode: str = "fan_out", pretrained: bool = False) -> ResNet:
+                 init_mode: str = "fan_out", pretrained: bool | str = False) -> ResNet:
     """Build a network of the paper by name.
 
     shortcut: "A" (zero-pad identity), "B" (projection where shapes change), "C" (projection
     everywhere) or "none" (plain). stride_in_1x1: True = paper's bottleneck ("v1"), False = v1.5
-    (torchvision). pretrained: load the weights shipped with the package (see `resnets models`).
+    (torchvision). pretrained: load the weights shipped with the package (see `resnets models`); True for the
+    paper recipe's, a tag such as "fast" for another recipe's.
     """
     spec = model_spec(name, num_classes=num_classes, shortcut=shortcut, stride_in_1x1=stride_in_1x1)
     model = ResNet(spec, zero_init_residual=zero_init_residual, init_mode=init_mode)
     if pretrained:
         from .weights import load_pretrained_into
 
-        load_pretrained_into(model, name)
+        load_pretrained_into(model, name, pretrained)
     return model
 
 

@@ -149,19 +149,28 @@ def _pretrained_dir() -> Path:
     return Path(str(resources.files("resnets") / "assets" / "weights"))
 
 
+def shipped_name(model_name: str, pretrained: bool | str = True) -> str:
+    """File stem of shipped weights: `resnet20` for pretrained=True, `resnet20-fast` for pretrained="fast"."""
+    return model_name if pretrained is True else f"{model_name}-{pretrained}"
+
+
 def list_pretrained() -> dict[str, dict[str, Any]]:
-    """Shipped weight files and their metadata (measured accuracy, recipe)."""
+    """Shipped weight files (by shipped name, see `shipped_name`) and their metadata (model, accuracy, recipe)."""
     found = {}
     for meta_file in sorted(_pretrained_dir().glob("*.json")):
         found[meta_file.stem] = json.loads(meta_file.read_text())
     return found
 
 
-def load_pretrained_into(model: ResNet, name: str) -> ResNet:
-    path = _pretrained_dir() / f"{name}.pt"
+def load_pretrained_into(model: ResNet, name: str, pretrained: bool | str = True) -> ResNet:
+    path = _pretrained_dir() / f"{shipped_name(name, pretrained)}.pt"
     if not path.is_file():
-        available = ", ".join(list_pretrained()) or "none yet"
-        raise ValueError(f"no shipped weights for {name!r}; shipped: {available}. "
+        shipped = list_pretrained()
+        tags = [("True" if key == meta.get("model") else repr(key[len(name) + 1:]))
+                for key, meta in shipped.items() if meta.get("model") == name]
+        hint = (f"{name} ships pretrained={' or '.join(tags)}" if tags else
+                f"shipped: {', '.join(shipped) or 'none yet'}")
+        raise ValueError(f"no shipped weights {shipped_name(name, pretrained)!r}; {hint}. "
                          "For torchvision/timm files use resnets.load_model(path)")
     data = read_weight_file(path)
     return import_state_dict(model, extract_state_dict(data), source=f"shipped weights {path.name}")
