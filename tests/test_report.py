@@ -101,6 +101,17 @@ def test_training_command_reproduces_the_run(made: dict[str, Path]) -> None:
     assert options.compile and options.deterministic
 
 
+def test_runs_from_several_folders_are_named_by_their_paths(made: dict[str, Path]) -> None:
+    twin = made["root"] / "twins" / "resnet8"  # the same folder name as degradation/resnet8
+    shutil.rmtree(twin, ignore_errors=True)
+    shutil.copytree(made["degradation"] / "resnet8", twin)
+    out = made["root"] / "twins-site" / "REPRODUCTION.md"
+    text = write_report([made["degradation"] / "resnet8", twin], out).read_text()
+    for label in ("degradation/resnet8", "twins/resnet8"):
+        assert f"| `{label}` resnet8 |" in text
+        assert (out.parent / "figures" / f"{label.replace('/', '-')}-curves.png").is_file()
+
+
 def broken_copy(made: dict[str, Path], name: str) -> Path:
     copy = made["root"] / "broken" / name
     shutil.rmtree(copy, ignore_errors=True)

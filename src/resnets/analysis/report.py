@@ -8,6 +8,7 @@ metrics.jsonl is missing or unreadable, or when they disagree (model, dataset, i
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from collections.abc import Sequence
@@ -43,10 +44,11 @@ class RunRecord:
     summary: dict[str, Any]
     config: dict[str, Any]
     metrics: list[dict[str, Any]]
+    label: str = ""  # how the report names it: its path below the folder that holds all reported runs
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.label or self.path.name
 
 
 def _read_json(path: Path) -> Any:
@@ -285,7 +287,10 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path = "REPRODUCTION
              "paper's FLOPs row. v1 puts the bottleneck's stride on the first 1x1 (the paper), v1.5 on the 3x3 "
              "(torchvision); basic blocks are the same in both.",
              table1()]
-    names = [run.name for run in runs]  # figure file names; two runs may share a folder name
+    if runs:  # `resnet20-paper` and `degradation/resnet20`, not two runs both called `resnet20`
+        common = Path(os.path.commonpath([run.path.resolve().parent for run in runs]))
+        for run in runs:
+            run.label = run.path.resolve().relative_to(common).as_posix()
     by_dataset: dict[str, list[RunRecord]] = {}
     for run in runs:
         by_dataset.setdefault(run.summary["dataset"], []).append(run)
@@ -299,8 +304,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path = "REPRODUCTION
                   + (" JPEG compression removes detail, so a JPEG copy costs test error against the official "
                      "binaries the paper used." if jpeg else ""), "### How each run was made"]
         for run in members:
-            name = run.name if names.count(run.name) == 1 else f"{run.path.parent.name}-{run.name}"
-            curves = writer.figure(run.path / "curves.png", f"{name}-curves.png", f"{run.name} curves")
+            curves = writer.figure(run.path / "curves.png", f"{run.name.replace('/', '-')}-curves.png",
+                                   f"{run.name} curves")
             parts += [f"- `{run.name}`: `{training_command(run.config)}`; {hardware_brief(run.summary['hardware'])}",
                       f"  {curves}"]
     if fig6 is not None:
