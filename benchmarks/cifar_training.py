@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -71,11 +73,17 @@ def conventional(model_name: str, precision: str, data: Path, iterations: int, l
                                                            transforms.ToTensor(), normalize]))
     loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
                                          drop_last=True, persistent_workers=workers > 0)
-    model = resnets.create_model(model_name)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    return timed_steps(resnets.create_model(model_name), loader, precision, iterations, log_every)
+
+
+def timed_steps(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], precision: str,
+                iterations: int, log_every: int, lr: float = 0.1) -> list[float]:
+    """images/s of plain SGD training steps over `batches`, per window of `log_every` steps (the first dropped);
+    fetching the next batch is inside the timed window."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     device = torch.device("cpu")
     rates, seen, start = [], 0, time.perf_counter()
-    for step, (inputs, labels) in enumerate(loader, 1):
+    for step, (inputs, labels) in enumerate(batches, 1):
         with autocast(device, precision):
             loss = F.cross_entropy(model(inputs).float(), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -95,22 +103,10 @@ def model_step(model_name: str, precision: str, iterations: int, log_every: int,
     """images/s of the training step alone: one random batch, reused, so that no data work is timed."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = resnets.create_model(model_name).to(memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    step_model = torch.compile(model) if compile else model
     inputs = torch.randn(BATCH, 3, 32, 32).contiguous(memory_format=memory_format)
     labels = torch.randint(0, 10, (BATCH,))
-    device = torch.device("cpu")
-    rates, start = [], time.perf_counter()
-    for step in range(1, iterations + 1):
-        with autocast(device, precision):
-            loss = F.cross_entropy(step_model(inputs).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % log_every == 0:
-            rates.append(log_every * BATCH / (time.perf_counter() - start))
-            start = time.perf_counter()
-    return rates[1:]
+    step_model = torch.compile(model) if compile else model
+    return timed_steps(step_model, itertools.repeat((inputs, labels)), precision, iterations, log_every, lr=0.01)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import json
 from ..analysis.complexity import complexity
 from ..models import create_model, list_models, list_pretrained, model_spec
 from ..models.specs import PAPER_IMAGENET_GFLOPS
+from ..models.weights import pretrained_values
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,9 +39,7 @@ def model_rows(names: list[str], shortcut: str | None = None, v15: bool = False)
             if bottleneck else "-",
             "input": spec.input_size, "params": cost.params, "gmacs": round(cost.gmacs, 4),
             "paper_gflops": PAPER_IMAGENET_GFLOPS[spec.depth] if quoted else None,
-            # the pretrained= values that load shipped weights: True (paper recipe) and recipe tags
-            "pretrained": sorted((meta.get("pretrained", True) for meta in shipped.values()
-                                  if meta.get("model") == name), key=lambda value: (value is not True, str(value))),
+            "pretrained": pretrained_values(name, shipped),
             "_cost": cost,
         })
     return rows

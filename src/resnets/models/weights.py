@@ -162,14 +162,19 @@ def list_pretrained() -> dict[str, dict[str, Any]]:
     return found
 
 
+def pretrained_values(model_name: str, shipped: dict[str, dict[str, Any]] | None = None) -> list[bool | str]:
+    """The `pretrained=` values that load shipped weights of `model_name`: True (paper recipe) first, then tags."""
+    shipped = list_pretrained() if shipped is None else shipped
+    values = [meta.get("pretrained", True) for meta in shipped.values() if meta.get("model") == model_name]
+    return sorted(values, key=lambda value: (value is not True, str(value)))
+
+
 def load_pretrained_into(model: ResNet, name: str, pretrained: bool | str = True) -> ResNet:
     path = _pretrained_dir() / f"{shipped_name(name, pretrained)}.pt"
     if not path.is_file():
-        shipped = list_pretrained()
-        tags = [("True" if key == meta.get("model") else repr(key[len(name) + 1:]))
-                for key, meta in shipped.items() if meta.get("model") == name]
-        hint = (f"{name} ships pretrained={' or '.join(tags)}" if tags else
-                f"shipped: {', '.join(shipped) or 'none yet'}")
+        values = pretrained_values(name)
+        hint = (f"{name} ships pretrained={' or '.join(map(repr, values))}" if values else
+                f"shipped: {', '.join(list_pretrained()) or 'none yet'}")
         raise ValueError(f"no shipped weights {shipped_name(name, pretrained)!r}; {hint}. "
                          "For torchvision/timm files use resnets.load_model(path)")
     data = read_weight_file(path)
