@@ -33,9 +33,9 @@ from torchvision import transforms
 
 import resnets
 from resnets.data.paths import datasets_root
+from resnets.runtime import autocast
 from resnets.train.loop import train
 from resnets.train.recipes import RunOptions, get_recipe
-from resnets.train.runtime import autocast
 
 BATCH = 128
 

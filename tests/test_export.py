@@ -11,8 +11,9 @@ from torch import nn
 
 import resnets
 from resnets.cli import main
+from resnets.data.preprocess import Preprocessing
 from resnets.deploy.export import ExportError, export_model, read_metadata, run_exported
-from resnets.deploy.predict import Predictor, default_preprocess, load_images, load_predictor
+from resnets.deploy.predict import Predictor, load_images, load_predictor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,8 +38,7 @@ def calibrated(name: str, images: torch.Tensor) -> resnets.ResNet:
 @pytest.fixture(scope="module")
 def resnet18_file(tmp_path_factory: pytest.TempPathFactory, photos: list[Path]) -> Path:
     path = tmp_path_factory.mktemp("weights") / "resnet18.pt"
-    model = resnets.create_model("resnet18")
-    images = torch.stack([t for _, t in load_images(photos, default_preprocess(model))[0]])
+    images = torch.stack([t for _, t in load_images(photos, Preprocessing.default("imagenet", 1000))[0]])
     return resnets.save_weights(calibrated("resnet18", images), path, {"dataset": "test"})
 
 
@@ -63,7 +63,7 @@ def test_onnx_round_trip_on_photos_with_dynamic_batch(tmp_path: Path, resnet18_f
     for batch in (inputs[:1], inputs):  # batch 1 and batch 3 through the same file
         check_against_pytorch(predictor, run_exported(out, "onnx", batch), batch)
     meta = read_metadata(out)
-    assert json.loads(meta["resnets.preprocess"]) == predictor.preprocess.to_meta()
+    assert json.loads(meta["resnets.preprocess"]) == predictor.preprocess.to_json()
     assert json.loads(meta["resnets.preprocess"])["crop"] == 224
     assert len(json.loads(meta["resnets.classes"])) == 1000 and meta["resnets.model"] == "resnet18"
     assert [p.name for p in tmp_path.iterdir()] == ["r18.onnx"]  # no temporary file left behind

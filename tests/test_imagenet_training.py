@@ -8,6 +8,9 @@ from pathlib import Path
 import torch
 import torchvision
 
+import resnets
+from resnets.data.folder import read_image
+
 from .test_train import run_cli
 
 
@@ -26,7 +29,7 @@ def test_resnet18_overfits_20_real_photos(imagenet_sample_dir: Path, tmp_path: P
     corrupt.write_bytes(b"\xff\xd8\xff" + bytes(200))
     out = tmp_path / "run"
     run_cli("train", "--dataset", "imagenet", "--model", "resnet18", "--recipe", "step-90", "--data",
-            str(tmp_path / "data"), "--iterations", "40", "--batch-size", "20", "--lr", "0.05", "--precision", "bf16",
+            str(tmp_path / "data"), "--iterations", "40", "--batch-size", "20", "--lr", "0.05", "--precision", "fp32",
             "--set", "augment=false", "--set", "crop_size=128", "--set", "eval_resize=146", "--set", "weight_decay=0",
             "--set", "mean_images=20", "--set", "eval_every=40", "--workers", "2", "--log-every", "5",
             "--on-bad-image", "skip",
@@ -53,3 +56,36 @@ def test_eval_protocols_on_a_torchvision_file(imagenet_sample_dir: Path, tmp_pat
         assert report["images"] == 3 and report["views_per_image"] == views
         assert 0 <= report["top1_error"] <= 100 and report["top5_error"] <= report["top1_error"]
         assert report["protocol"] == protocol and report["images_per_s"] > 0
+
+
+def test_predict_eval_and_preprocess_agree_image_by_image_after_training(imagenet_sample_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    """A run trained with the per-pixel mean image (Sec. 3.4) is served with that mean by `predict`, `eval` and
+    `resnets.preprocess` alike: the same top-1 class for every photo (predict once fell back to a channel mean)."""
+    photos = link_photos(imagenet_sample_dir, tmp_path / "data" / "train", 20)
+    link_photos(imagenet_sample_dir, tmp_path / "data" / "val", 20)
+    out = tmp_path / "run"
+    run_cli("train", "--dataset", "imagenet", "--model", "resnet18", "--recipe", "step-90", "--data",
+            str(tmp_path / "data"), "--iterations", "20", "--batch-size", "20", "--precision", "fp32",
+            "--set", "crop_size=64", "--set", "scale_min=72", "--set", "scale_max=80", "--set", "eval_resize=72",
+            "--set", "mean_images=20", "--workers", "0", "--no-progress", "--out", str(out))
+    predictions = tmp_path / "eval.jsonl"
+    evaluated = run_cli("eval", "--checkpoint", str(out), "--dataset", "imagenet", "--data", str(tmp_path / "data"),
+                        "--protocol", "center", "--workers", "0", "--predictions", str(predictions), "--json")
+    by_eval = {Path(row["image"]).name: row["top1"] for row in map(json.loads, predictions.read_text().splitlines())}
+    predicted = run_cli("predict", *map(str, photos), "--checkpoint", str(out), "--topk", "1", "--json")
+    by_predict = {Path(row["image"]).name: row["top"][0]["index"]
+                  for row in map(json.loads, predicted.stdout.splitlines())}
+    assert len(by_eval) == 20 and by_predict == by_eval
+    model = resnets.load_model(out / "model.pt").eval()
+    with torch.no_grad():
+        logits = model(resnets.preprocess(model, [read_image(photo) for photo in photos]))
+    assert {photo.name: int(top) for photo, top in zip(photos, logits.argmax(1), strict=True)} == by_eval
+    report = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    wrong = sum(by_eval[photo.name] != label for photo, label in zip(photos, labels_of(out, photos), strict=True))
+    assert report["top1_error"] == 100 * wrong / 20
+
+
+def labels_of(run: Path, photos: list[Path]) -> list[int]:
+    class_to_idx = json.loads((run / "config.json").read_text())["data"]["class_to_idx"]
+    return [class_to_idx[photo.name.split("_")[0]] for photo in photos]

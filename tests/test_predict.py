@@ -10,15 +10,10 @@ import torch
 
 import resnets
 from resnets.cli import main
+from resnets.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES, imagenet_classes, imagenet_wnids
 from resnets.data.paths import DATASETS_ENV, datasets_root
-from resnets.deploy.predict import (
-    CIFAR10_CLASSES,
-    CIFAR100_CLASSES,
-    imagenet_classes,
-    imagenet_wnids,
-    load_predictor,
-    preprocess_from_meta,
-)
+from resnets.data.preprocess import Preprocessing
+from resnets.deploy.predict import load_predictor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -92,16 +87,14 @@ def test_default_class_names_and_preprocessing_per_family() -> None:
     wnids = imagenet_wnids()
     assert len(set(wnids)) == 1000 and wnids == sorted(wnids)
     assert len(CIFAR10_CLASSES) == 10 and len(set(CIFAR100_CLASSES)) == 100
-    cifar = resnets.create_model("resnet20", num_classes=100)
-    pre = preprocess_from_meta({}, cifar)
+    pre = Preprocessing.from_meta({}, "cifar", 100)
     assert (pre.resize, pre.crop, pre.std) == (32, 32, None) and pre.mean[0] == pytest.approx(0.5071)
-    imagenet = resnets.create_model("resnet18")
-    pre = preprocess_from_meta({"preprocess": {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}},
-                               imagenet)
+    pre = Preprocessing.from_meta({"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}, "imagenet",
+                                  1000)
     assert (pre.resize, pre.crop) == (256, 224)
     assert pre.mean == pytest.approx((0.485, 0.456, 0.406)) and pre.std == pytest.approx((0.229, 0.224, 0.225))
     with pytest.raises(ValueError, match="mean_image has shape"):
-        preprocess_from_meta({"preprocess": {"mean_image": torch.zeros(3, 28, 28)}}, cifar)
+        Preprocessing.from_meta({"mean_image": torch.zeros(3, 28, 28)}, "cifar", 10)
 
 
 def test_sample_photo_names_match_shipped_class_names() -> None:

@@ -15,20 +15,14 @@ from PIL import Image
 
 from resnets import complexity, create_model, load_model
 from resnets.analysis.experiments import run_degradation
-from resnets.analysis.report import (
-    RunDirectoryError,
-    data_copy,
-    jpeg_quality,
-    load_run,
-    training_command,
-    write_report,
-)
+from resnets.analysis.report import data_copy, jpeg_quality, training_command, write_report
 from resnets.analysis.responses import analyze_responses, read_responses_csv
 from resnets.analysis.ship import ship_weights, subset_error
 from resnets.cli import build_parser, main
 from resnets.cli.train import resolve
-from resnets.deploy.predict import preprocess_from_meta
+from resnets.data.preprocess import Preprocessing
 from resnets.models.weights import extract_state_dict, read_weight_file
+from resnets.runs import RunDirectoryError, load_run
 
 from .test_experiments import write_tiny_cifar
 
@@ -172,9 +166,9 @@ def test_ship_weights_round_trip(made: dict[str, Path]) -> None:
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k].float()) for k in ours)
     model = load_model(path)
     meta = read_weight_file(path)["meta"]
-    assert subset_error(model, meta, made["data"], device="cpu")["top1_error"] == shipped["check_subset"]["top1_error"]
+    assert subset_error(model, made["data"], device="cpu")["top1_error"] == shipped["check_subset"]["top1_error"]
     # `resnets predict --model resnet8 --pretrained` takes its preprocessing from the JSON.
-    from_json = preprocess_from_meta(shipped, model).mean_image
+    from_json = Preprocessing.from_meta(shipped["preprocess"], "cifar", 10).mean_image
     assert torch.allclose(from_json, meta["preprocess"]["mean_image"], atol=1e-6)
 
     tagged = ship_weights(run, weights_dir=target, data=made["data"], device="cpu", tag="trial")

@@ -1,6 +1,7 @@
 """resnets: Deep Residual Learning for Image Recognition (He et al., CVPR 2016) on PyTorch."""
 
 from .analysis.complexity import Complexity, complexity
+from .data.preprocess import Preprocessing, preprocess, preprocessing_of
 from .deploy.fuse import fuse_for_inference
 from .models import (
     ResNet,
@@ -16,13 +17,14 @@ from .models import (
     model_spec,
     save_weights,
 )
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "Complexity",
+    "Preprocessing",
     "ResNet",
     "ResNetSpec",
+    "__version__",
     "complexity",
     "create_model",
     "fuse_for_inference",
@@ -34,5 +36,7 @@ __all__ = [
     "model_config",
     "model_from_config",
     "model_spec",
+    "preprocess",
+    "preprocessing_of",
     "save_weights",
 ]

@@ -10,16 +10,16 @@ under `out`; a complete run is kept, an interrupted one resumed, so the command 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..io import atomic_write_json, read_json
 from ..models import model_spec
-from ..train.checkpoint import atomic_write_text
+from ..plots import plot_error_curves
+from ..runs import RunPaths, load_run
 from ..train.recipes import Recipe, RunOptions, get_recipe
-from .plots import plot_error_curves
 
 DEGRADATION_MODELS = ("plain20", "plain56", "resnet20", "resnet56")
 PAPER_ITERATIONS = 64_000
@@ -67,10 +67,10 @@ def degradation_command(out: str | Path, models: Sequence[str], budget: float | 
 
 def _check_same_plan(run_dir: Path, recipe: Recipe, options: RunOptions) -> None:
     """A run directory made under another budget or subset must not be silently resumed or reported as this one."""
-    config_path = run_dir / "config.json"
+    config_path = RunPaths(run_dir).config
     if not config_path.is_file():
         return
-    config = json.loads(config_path.read_text())
+    config = read_json(config_path, "run config")
     theirs = config.get("options", {})
     differs = [key for key in ("model", "subset", "eval_subset") if theirs.get(key) != getattr(options, key)]
     theirs_recipe, ours_recipe = config.get("recipe") or {}, recipe.to_dict()
@@ -109,12 +109,11 @@ def run_degradation(out: str | Path = "runs/degradation", models: Sequence[str] 
                              eval_subset=eval_subset, max_iterations=max_iterations, progress=progress,
                              compile=compile)
         _check_same_plan(run_dir, recipe, options)
-        summary_path = run_dir / "summary.json"
-        if summary_path.is_file() and json.loads(summary_path.read_text()).get("complete"):
+        if RunPaths(run_dir).is_complete():
             statuses[name] = "skipped (complete)"
             log(f"{name}: complete in {run_dir}, skipped")
             continue
-        options.resume = (run_dir / "checkpoints" / "last.pt").is_file()
+        options.resume = RunPaths(run_dir).checkpoint("last").is_file()
         statuses[name] = "resumed" if options.resume else "trained"
         log(f"{name}: {'resuming' if options.resume else 'training'} in {run_dir}")
         train(options, recipe)
@@ -145,8 +144,6 @@ def label(name: str) -> str:
 
 def load_runs(out: str | Path, models: Sequence[str]) -> dict[str, Any]:
     """The validated run directory of each network (see report.load_run)."""
-    from .report import load_run  # report validates run directories and imports this module too
-
     return {name: load_run(Path(out) / name) for name in models}
 
 
@@ -221,5 +218,5 @@ def write_degradation(out: str | Path, models: Sequence[str], budget: float | No
                    "statement": budget_statement(budget, iterations, images)},
         **result, "figure": "degradation.png",
     }
-    atomic_write_text(out / "degradation.json", json.dumps(document, indent=2))
+    atomic_write_json(out / "degradation.json", document)
     return document

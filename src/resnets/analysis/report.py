@@ -7,26 +7,25 @@ metrics.jsonl is missing or unreadable, or when they disagree (model, dataset, i
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..models import create_model, model_from_config, model_spec
+from ..io import UnreadableFileError, atomic_write_bytes, atomic_write_text, read_json
+from ..models import create_model, model_from_config
 from ..models.specs import IMAGENET_STAGES, PAPER_CIFAR10_ERROR, PAPER_IMAGENET_GFLOPS
-from ..train.checkpoint import atomic_write_bytes, atomic_write_text
+from ..runs import RunDirectoryError, RunRecord, load_run
 from ..train.recipes import Recipe, RunOptions, get_recipe
 from ..train.schedule import milestone_iterations
 from .complexity import complexity
+from .experiments import degradation_results, load_runs
 from .responses import model_kind_depth, read_responses_csv
 
-RUN_FILES = ("summary.json", "config.json", "metrics.jsonl")
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
 # IJG (libjpeg) standard luminance quantisation table, natural order: encoders scale it by the quality setting.
 IJG_LUMINANCE = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
@@ -34,81 +33,11 @@ IJG_LUMINANCE = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
                  49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99)
 
 
-class RunDirectoryError(ValueError):
-    """A run directory that cannot be reported: missing files or files that disagree."""
-
-
-@dataclass
-class RunRecord:
-    path: Path
-    summary: dict[str, Any]
-    config: dict[str, Any]
-    metrics: list[dict[str, Any]]
-    label: str = ""  # how the report names it: its path below the folder that holds all reported runs
-
-    @property
-    def name(self) -> str:
-        return self.label or self.path.name
-
-
-def _read_json(path: Path) -> Any:
+def read_run_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RunDirectoryError(f"{path} is not valid JSON ({error}); the run directory is damaged: retrain or "
-                                "resume it, or leave it out") from None
-
-
-def load_run(path: str | Path) -> RunRecord:
-    """A finished run directory, checked for completeness and self-consistency."""
-    path = Path(path)
-    if not path.is_dir():
-        raise RunDirectoryError(f"{path} is not a directory; give run directories written by `resnets train`")
-    missing = [name for name in RUN_FILES if not (path / name).is_file()]
-    if missing:
-        raise RunDirectoryError(f"{path}: {', '.join(missing)} missing; a finished run directory holds "
-                                f"{', '.join(RUN_FILES)} (finish it with `resnets train --resume --out {path}` "
-                                "or leave it out)")
-    summary, config = _read_json(path / "summary.json"), _read_json(path / "config.json")
-    lines = (path / "metrics.jsonl").read_text().splitlines()
-    try:
-        metrics = [json.loads(line) for line in lines if line.strip()]
-    except json.JSONDecodeError as error:
-        raise RunDirectoryError(f"{path / 'metrics.jsonl'}: a line is not JSON ({error}); retrain or leave "
-                                "it out") from None
-    try:
-        problems = _inconsistencies(summary, config, metrics)
-    except (KeyError, TypeError, ValueError) as error:
-        raise RunDirectoryError(f"{path}: summary.json or config.json lacks {error} or has it malformed; it was "
-                                "not written by this resnets: retrain it or leave it out") from None
-    if problems:
-        raise RunDirectoryError(f"{path} is inconsistent: {'; '.join(problems)}; the files were edited or come from "
-                                "different runs: retrain it or leave it out")
-    return RunRecord(path, summary, config, metrics)
-
-
-def _inconsistencies(summary: dict[str, Any], config: dict[str, Any], metrics: list[dict[str, Any]]) -> list[str]:
-    options = config["options"]
-    problems = []
-    if summary["model"] != options["model"]:
-        problems.append(f"summary.json says model {summary['model']!r}, config.json {options['model']!r}")
-    elif model_spec(summary["model"]).name != model_from_config_name(config["model_config"]):
-        problems.append(f"summary.json says model {summary['model']!r}, config.json's architecture is "
-                        f"{model_from_config_name(config['model_config'])!r}")
-    if summary["dataset"] != options["dataset"]:
-        problems.append(f"summary.json says dataset {summary['dataset']!r}, config.json {options['dataset']!r}")
-    last = metrics[-1]["iteration"] if metrics else None
-    if summary["iterations"] != last:
-        problems.append(f"summary.json says {summary['iterations']} iterations, metrics.jsonl ends at {last}")
-    if summary["scheduled_iterations"] != config["iterations"]:
-        problems.append(f"summary.json schedules {summary['scheduled_iterations']} iterations, config.json "
-                        f"{config['iterations']}")
-    return problems
-
-
-def model_from_config_name(config: dict[str, Any]) -> str:
-    with torch.device("meta"):  # only the spec is needed: no memory, no initialisation cost
-        return model_from_config(config).spec.name
+        return read_json(path)
+    except UnreadableFileError as error:
+        raise RunDirectoryError(f"{error}; regenerate it with the command that wrote {path.parent}") from None
 
 
 def parameter_count(config: dict[str, Any]) -> int:
@@ -260,8 +189,6 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path = "REPRODUCTION
                  degradation: str | Path | None = None, responses: str | Path | None = None,
                  command: str | None = None) -> Path:
     """Validate every input first (nothing is written if one is refused), then write `out` and figures/."""
-    from .experiments import degradation_results, load_runs
-
     out = Path(out)
     runs = [load_run(path) for path in run_dirs]
     if not runs and degradation is None and responses is None:
@@ -321,7 +248,7 @@ def _read_degradation(folder: Path) -> dict[str, Any]:
     path = folder / "degradation.json"
     if not path.is_file():
         raise RunDirectoryError(f"{path} is missing; run `resnets experiment degradation --out {folder}` first")
-    return _read_json(path)
+    return read_run_json(path)
 
 
 def _degradation_section(writer: ReportWriter, folder: Path, fig6: dict[str, Any]) -> list[str]:
@@ -343,7 +270,7 @@ def _degradation_section(writer: ReportWriter, folder: Path, fig6: dict[str, Any
 def _responses_section(writer: ReportWriter, folder: Path) -> list[str]:
     series = read_responses_csv(folder / "responses.csv")
     provenance_path = folder / "responses.json"
-    provenance = _read_json(provenance_path) if provenance_path.is_file() else {}
+    provenance = read_run_json(provenance_path) if provenance_path.is_file() else {}
     mean = {label: sum(stds) / len(stds) for label, stds in series.items()}
     rows = [(label, len(stds), f"{mean[label]:.3f}", f"{max(stds):.3f}") for label, stds in series.items()]
     kinds = {model_kind_depth(label): label for label in series if model_kind_depth(label)}

@@ -21,13 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.cifar import load_cifar, per_pixel_mean, spread_indices
-from ..data.loader import TensorBatchLoader
-from ..evaluate.run import resolve_weights, weights_metadata
-from ..models.weights import model_from_weight_data, read_weight_file
-from ..train.checkpoint import atomic_write_text
-from ..train.runtime import setup_runtime
-from .plots import plot_layer_responses
+from ..evaluate.run import cifar_test_batches, load_for_evaluation
+from ..io import atomic_write_text
+from ..plots import plot_layer_responses
+from ..runtime import setup_runtime
 
 CSV_COLUMNS = ("model", "layer_index", "layer_name", "std")
 
@@ -111,30 +108,12 @@ def layer_responses(model: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]
     return results
 
 
-def cifar_test_batches(meta: Mapping[str, Any], data: str | Path | None = None, images: int | None = None,
-                       device: torch.device | str = "cpu", batch_size: int = 500) -> tuple[TensorBatchLoader, str]:
-    """Test batches preprocessed as the weights were trained (the mean image stored in the weight file's meta,
-    recomputed from the training set as training does for a file without one), `images` spread over the set;
-    and a description of the data read."""
-    dataset = meta.get("dataset") or "cifar10"
-    test = load_cifar(data, dataset, "test")
-    mean = (meta.get("preprocess") or {}).get("mean_image")
-    if not isinstance(mean, torch.Tensor):
-        mean = per_pixel_mean(load_cifar(data, dataset, "train").images)
-    chosen = spread_indices(len(test), images)
-    loader = TensorBatchLoader(test.images[chosen].to(device), test.labels[chosen].to(device), batch_size=batch_size,
-                               mean=mean.to(device))
-    return loader, test.source
-
-
 def checkpoint_responses(path: str | Path, data: str | Path | None = None, images: int | None = None,
                          device: str = "auto") -> tuple[nn.Module, list[LayerResponse]]:
     """Responses of a run directory, checkpoint or weight file over the test set (or `images` spread over it)."""
-    weights = resolve_weights(Path(path))
     target = setup_runtime(device).device
-    contents = read_weight_file(weights)
-    model = model_from_weight_data(contents, source=f"weights in {weights}").to(target)
-    batches, _source = cifar_test_batches(weights_metadata(weights, contents), data, images, target)
+    model, _weights = load_for_evaluation(path)
+    batches, _source = cifar_test_batches(model.to(target), data, images, target)
     return model, layer_responses(model, batches, target)
 
 

@@ -17,42 +17,28 @@ from typing import Any
 
 import torch
 
+from ..data.preprocess import preprocessing_of
 from ..evaluate.metrics import evaluate_batches
-from ..models.registry import create_model, model_config, model_from_config
-from ..models.weights import (
-    _pretrained_dir,
-    extract_state_dict,
-    import_state_dict,
-    read_weight_file,
-    shipped_name,
-)
-from ..train.checkpoint import atomic_torch_save, atomic_write_text
-from ..train.runtime import setup_runtime
-from .report import data_copy, load_run, training_command
-from .responses import cifar_test_batches
+from ..evaluate.run import cifar_test_batches
+from ..io import atomic_torch_save, atomic_write_text
+from ..models import create_model, model_config
+from ..models.weights import model_from_weight_data, pretrained_dir, read_weight_file, shipped_name
+from ..runs import load_run
+from ..runtime import setup_runtime
+from .report import data_copy, training_command
 
 CHECK_IMAGES = 1000
 
 
-def subset_error(model: torch.nn.Module, meta: dict[str, Any], data: str | Path | None = None,
-                 images: int = CHECK_IMAGES, device: str = "auto") -> dict[str, Any]:
-    """Top-1 error (fp32) on `images` test images spread evenly over the test set (the same ones every time)."""
+def subset_error(model: torch.nn.Module, data: str | Path | None = None, images: int = CHECK_IMAGES,
+                 device: str = "auto") -> dict[str, Any]:
+    """Top-1 error (fp32) on `images` test images spread evenly over the test set (the same ones every time),
+    preprocessed by the record in `model.meta`."""
     target = setup_runtime(device).device
-    batches, source = cifar_test_batches(meta, data, images, target)
+    batches, source = cifar_test_batches(model.to(target), data, images, target)
     result = evaluate_batches(model.to(target), batches, target, "fp32")
     return {"images": result["images"], "top1_error": result["top1_error"], "source": source,
             "selection": f"resnets.data.cifar.spread_indices(test images, {images}): evenly spread"}
-
-
-def json_ready(value: Any) -> Any:
-    """Tensors (the mean image) as nested lists, rounded to 7 decimals: far below a uint8 pixel step (1/255)."""
-    if isinstance(value, torch.Tensor):
-        return json_ready(value.tolist())
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    return round(value, 7) if isinstance(value, float) else value
 
 
 def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str | Path | None = None,
@@ -74,18 +60,17 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
     if tag is not None and not tag.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"tag {tag!r} names a file: use letters, digits, '-' and '_'")
     stem = shipped_name(name, tag or True)
-    stored = read_weight_file(run.path / "model.pt")
+    stored = read_weight_file(run.paths.weights)
     with torch.device("meta"):  # only the architecture is compared
         named = model_config(create_model(name, num_classes=stored["model_config"]["num_classes"]))
     if named != stored["model_config"]:
         raise ValueError(f"--name {name!r} does not build the architecture of {run.path} ({run.summary['model']}); "
                          "a shipped file is loaded by create_model(name, pretrained=...): use the run's model name")
-    model = model_from_config(stored["model_config"])
-    import_state_dict(model, extract_state_dict(stored), source=f"weights in {run.path / 'model.pt'}")
+    model = model_from_weight_data(stored, source=f"weights in {run.paths.weights}")
     model = model.float()  # fp32 whatever the training precision: eval/predict/export expect it
-    meta = dict(stored.get("meta") or {})
-    check = subset_error(model, meta, data, device=device)
-    target_dir = Path(weights_dir) if weights_dir is not None else _pretrained_dir()
+    meta = model.meta
+    check = subset_error(model, data, device=device)
+    target_dir = Path(weights_dir) if weights_dir is not None else pretrained_dir()
     weights_path = target_dir / f"{stem}.pt"
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save({"model_config": stored["model_config"], "model": state, "meta": meta}, weights_path)
@@ -101,7 +86,7 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
         "command": training_command(run.config), "shipped_from": str(run.path),
         "sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
         # `resnets predict --model NAME --pretrained` reads its preprocessing and class names from this JSON.
-        "classes": meta.get("classes"), "preprocess": json_ready(meta.get("preprocess") or {}),
+        "classes": meta.get("classes"), "preprocess": preprocessing_of(model).to_json(),
     }
     atomic_write_text(target_dir / f"{stem}.json", json.dumps(description, indent=2))
     return weights_path

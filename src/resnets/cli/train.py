@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..io import atomic_write_text
 from ..train.recipes import RECIPES, Recipe, RunOptions, apply_overrides, get_recipe, parse_assignments, read_toml
 
 # Flags that map onto recipe fields (dest -> field).
@@ -68,6 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--workers", type=int, default=2, help="ImageNet: DataLoader workers")
     e.add_argument("--on-bad-image", choices=["fail", "skip"], default="fail")
     e.add_argument("--json", action="store_true", help="end with one JSON line of the results")
+    e.add_argument("--predictions", default=None, metavar="FILE",
+                   help="write each test image's top-1 class (JSON lines: image, label, top1)")
     e.set_defaults(handler=run_eval)
 
 
@@ -112,7 +115,11 @@ def run_eval(args: argparse.Namespace) -> int:
     if (args.dataset or "") == "imagenet" or args.protocol != "center":
         imagenet = {"batch_size": args.batch_size, "num_workers": args.workers, "on_bad_image": args.on_bad_image}
     result = evaluate_checkpoint(Path(args.checkpoint), data=args.data, dataset=args.dataset,
-                                 precision=args.precision, device=args.device, protocol=args.protocol, **imagenet)
+                                 precision=args.precision, device=args.device, protocol=args.protocol,
+                                 predictions=args.predictions is not None, **imagenet)
+    if args.predictions is not None:
+        lines = "".join(json.dumps(entry) + "\n" for entry in result.pop("predictions"))
+        atomic_write_text(Path(args.predictions), lines)
     top5 = f", top-5 error {result['top5_error']:.2f}%" if result.get("num_classes", 10) > 10 else ""
     protocol = f" ({result['protocol']})" if "protocol" in result else ""
     print(f"{result['model']} on {result['dataset']}{protocol}: top-1 error {result['top1_error']:.2f}%{top5} "

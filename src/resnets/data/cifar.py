@@ -8,13 +8,11 @@ downloads the official archive as a last resort. Decoded image folders are cache
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import tarfile
 import tempfile
 import urllib.request
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,24 +20,16 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-try:  # ~3x faster than Pillow on 32x32 JPEGs
-    from torchvision.io import ImageReadMode, decode_image
-except ImportError:  # a torchvision without image decoders: Pillow decodes everything
-    decode_image = None
-
-from ..train.checkpoint import atomic_torch_save, atomic_write_bytes
+from ..io import atomic_torch_save, atomic_write_bytes
+from .folder import IMAGE_FORMATS, BadImageError, read_image
 from .paths import DATASETS_ENV, cache_dir, datasets_root
 
 SIZE = 32
 PIXELS = 3 * SIZE * SIZE
 SPLITS = ("train", "test")
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/"
-# Suffix -> format name; torchvision decodes most, Pillow the rest (BMP, TIFF).
-IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
-                 ".tiff": "TIFF"}
 CACHE_VERSION = 1  # bump when the cached layout changes so that old files are ignored, not misread
 
 
@@ -240,12 +230,8 @@ def read_image_folder(root: Path, split: str, cache: bool = True) -> CifarArrays
     if cache and (cached := read_cache(cache_file, len(files))) is not None:
         return CifarArrays(cached["images"], cached["labels"], cached["classes"], f"{source}, cached {cache_file}")
     images = torch.empty(len(files), 3, SIZE, SIZE, dtype=torch.uint8)
-    with warnings.catch_warnings():
-        # torchvision 0.29 deprecates its decoders in favour of TorchCodec (not a dependency here) and warns on every
-        # call; decode_rgb32 falls back to Pillow if they are ever removed.
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
-        for index, path in enumerate(tqdm(files, desc=f"decode {folder}", unit="img", leave=False, disable=None)):
-            images[index] = decode_rgb32(path)
+    for index, path in enumerate(tqdm(files, desc=f"decode {folder}", unit="img", leave=False, disable=None)):
+        images[index] = decode_rgb32(path)
     label_tensor = torch.tensor(labels, dtype=torch.int64)
     if cache:
         atomic_torch_save({"version": CACHE_VERSION, "images": images, "labels": label_tensor, "classes": classes},
@@ -283,17 +269,10 @@ def list_images(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]
 
 def decode_rgb32(path: Path) -> torch.Tensor:
     """3 x 32 x 32 uint8 RGB (grey and palette images are converted); anything else is an error naming the file."""
-    data = path.read_bytes()
     try:
-        if decode_image is None:
-            raise RuntimeError("torchvision cannot decode images")
-        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError):  # a format torchvision cannot decode (BMP, TIFF) or a broken file
-        try:
-            with Image.open(io.BytesIO(data)) as pil_image:
-                image = torch.from_numpy(np.array(pil_image.convert("RGB"))).permute(2, 0, 1)
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise CifarDataError(f"{path}: cannot decode this image ({error}); replace or remove the file") from error
+        image = read_image(path)
+    except BadImageError as error:
+        raise CifarDataError(f"{path}: cannot decode this image ({error.reason}); replace or remove the file") from None
     if tuple(image.shape[1:]) != (SIZE, SIZE):
         raise CifarDataError(f"{path}: image is {image.shape[2]}x{image.shape[1]}, CIFAR images are {SIZE}x{SIZE}; "
                              "resize or remove it")

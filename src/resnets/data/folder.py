@@ -36,7 +36,10 @@ from torchvision.transforms.v2 import functional as TF
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+# Suffix -> format name: what an image folder may hold (torchvision decodes most, Pillow the rest).
+IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".gif": "GIF", ".bmp": "BMP",
+                 ".tif": "TIFF", ".tiff": "TIFF"}
+IMAGE_EXTENSIONS = tuple(IMAGE_FORMATS)
 BAD_IMAGE_POLICIES = ("fail", "skip")
 BadImagePolicy = Literal["fail", "skip"]
 _WNID = re.compile(r"^n\d{8}$")

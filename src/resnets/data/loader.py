@@ -1,20 +1,28 @@
-"""Batches of CIFAR-sized images kept whole on the training device, with the paper's augmentation (Sec. 4.2: pad 4,
-random 32x32 crop, horizontal flip) done on entire batches there.
+"""The training loop's data, behind one small protocol (`BatchLoader`): a resumable iterator of (inputs, labels)
+batches whose position is (epoch, batches already yielded), with one seed scheme (`epoch_seed`).
 
-At 32x32 a DataLoader's per-image Python work costs more than the network's forward pass; here each batch is a few
-tensor ops. All randomness of an epoch is drawn up front from a generator seeded by (seed, epoch), so batch k of an
-epoch is a pure function of (seed, epoch, k): that is what makes resuming bit-exact and DDP shards disjoint.
+`TensorBatchLoader`: CIFAR-sized images kept whole on the training device, with the paper's augmentation (Sec. 4.2:
+pad 4, random 32x32 crop, horizontal flip) done on entire batches there. At 32x32 a DataLoader's per-image Python
+work costs more than the network's forward pass; here each batch is a few tensor ops. All randomness of an epoch is
+drawn up front from a generator seeded by (seed, epoch), so batch k of an epoch is a pure function of
+(seed, epoch, k): that is what makes resuming bit-exact and DDP shards disjoint.
+
+`FolderBatchLoader`: image folders (ImageNet, Sec. 3.4) decoded in DataLoader workers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .preprocess import Preprocessing
 
 
 def draw_crop_flip(count: int, pad: int = 4, generator: torch.Generator | None = None,
@@ -53,9 +61,55 @@ def pad_crop_flip(images: torch.Tensor, pad: int = 4, generator: torch.Generator
     return crop_flip(images, offsets, flips, pad)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit seed per (seed, epoch); hashed rather than e.g. seed * K + epoch, which collides across runs."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
+def epoch_seed(seed: int, epoch: int, *more: int) -> int:
+    """A 63-bit seed per (seed, epoch, ...); hashed rather than e.g. seed * K + epoch, which collides across runs.
+    The one seed scheme of the package: epoch orders, augmentation draws, DataLoader worker seeds."""
+    key = ":".join(str(int(part)) for part in (seed, epoch, *more))
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
+
+
+class BatchLoader(Protocol):
+    """What the training loop iterates: `len()` batches per epoch for this rank, resumable at a batch boundary."""
+
+    epoch: int
+    position: int
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def set_epoch(self, epoch: int) -> None: ...
+    def state_dict(self) -> dict[str, int]: ...
+    def load_state_dict(self, state: dict[str, int]) -> None: ...
+
+
+class ResumablePosition:
+    """(epoch, position) bookkeeping shared by both loaders: set_epoch, state_dict, load_state_dict."""
+
+    epoch: int = 0
+    position: int = 0
+    _completed: bool = False  # this object ran the current epoch to its end (TensorBatchLoader replays it then)
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its first batch. Calling it with the current epoch keeps the position, so a trainer
+        may call set_epoch after load_state_dict without losing its place."""
+        if epoch != self.epoch:
+            self.epoch, self.position, self._completed = epoch, 0, False
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if not 0 <= position <= len(self):
+            raise ValueError(f"loader position {position} is outside 0..{len(self)} batches per epoch; the checkpoint "
+                             "was written with another batch size, dataset or world size")
+        self.epoch, self.position, self._completed = epoch, position, False
+
+    @property
+    def epoch_finished(self) -> bool:
+        return self.position >= len(self)
 
 
 @dataclass
@@ -68,7 +122,7 @@ class EpochPlan:
     flips: torch.Tensor | None
 
 
-class TensorBatchLoader:
+class TensorBatchLoader(ResumablePosition):
     """Iterates (inputs, labels) batches of uint8 images held on the training device.
 
     inputs = crop_flip(((images / 255) - mean) / std), cast to `dtype`. Normalising before padding makes the padded
@@ -126,22 +180,6 @@ class TensorBatchLoader:
         per_rank = self.samples_per_rank
         return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Start `epoch` from its first batch. Calling it with the current epoch keeps the position, so a trainer
-        may call set_epoch after load_state_dict without losing its place."""
-        if epoch != self.epoch:
-            self.epoch, self.position, self._completed = epoch, 0, False
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if not 0 <= position <= len(self):
-            raise ValueError(f"loader position {position} is outside 0..{len(self)} batches per epoch; the checkpoint "
-                             "was written with another batch size, dataset or world size")
-        self.epoch, self.position, self._completed = epoch, position, False
-
     def plan(self, epoch: int) -> EpochPlan:
         """The epoch's order and augmentation, drawn in full for all ranks (cheap: a few N-sized tensors) so that a
         sample's augmentation depends only on its place in the epoch, not on which rank draws it."""
@@ -187,3 +225,63 @@ class TensorBatchLoader:
             self.position += 1  # counted before the yield: a checkpoint taken while the batch trains resumes after it
             yield self.batch(self.epoch, index)
         self._completed = True
+
+
+class FolderBatchLoader(ResumablePosition):
+    """DataLoader over an image-folder dataset with the resumable interface of TensorBatchLoader (epoch, position).
+
+    The epoch's order is a pure function of (seed, epoch), sharded over ranks like DistributedSampler; on resume the
+    loader starts at the next unseen batch. Workers draw augmentation from torch seeds derived from
+    (seed, epoch, position, rank): a resumed run sees the same images in the same order, with fresh augmentation
+    draws (exact bit-identity is a CIFAR feature, where augmentation is batched). `finish` runs on each collated
+    uint8 batch on the training device (float conversion, lighting, mean subtraction).
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, finish: Callable[[torch.Tensor], torch.Tensor],
+                 device: torch.device, seed: int = 0, rank: int = 0, world_size: int = 1, workers: int = 4,
+                 channels_last: bool = False) -> None:
+        self.dataset, self.batch_size, self.finish, self.device = dataset, batch_size, finish, device
+        self.seed, self.rank, self.world_size, self.workers = seed, rank, world_size, workers
+        self.channels_last = channels_last
+        self.epoch, self.position = 0, 0
+
+    def __len__(self) -> int:
+        return (len(self.dataset) // self.world_size) // self.batch_size  # type: ignore[arg-type]
+
+    def epoch_indices(self) -> list[int]:
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(  # type: ignore[arg-type]
+            epoch_seed(self.seed, self.epoch)))
+        per_rank = len(self) * self.batch_size
+        shard = order[: per_rank * self.world_size][self.rank :: self.world_size]
+        return shard[self.position * self.batch_size :].tolist()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        workers_seed = epoch_seed(self.seed, self.epoch, self.position, self.rank)
+        loader = DataLoader(Subset(self.dataset, self.epoch_indices()), batch_size=self.batch_size,
+                            num_workers=self.workers, drop_last=True, pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(workers_seed),
+                            persistent_workers=False, prefetch_factor=4 if self.workers else None)
+        for images, labels in loader:
+            self.position += 1
+            inputs = self.finish(images.to(self.device, non_blocking=True))
+            if self.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            yield inputs, labels.to(self.device, non_blocking=True)
+
+
+@dataclass
+class TrainingData:
+    """What the training loop needs from a dataset: a resumable train loader, eval loaders, the classes and the
+    preprocessing record stored with the weights."""
+
+    train: BatchLoader
+    evals: dict[str, Any]  # "test" always; "val" when the recipe holds out a validation split
+    classes: list[str]
+    train_size: int
+    preprocess: Preprocessing
+    description: dict[str, Any] = field(default_factory=dict)
+    bad_images: Callable[[], list[str]] = list  # unreadable files skipped so far (--on-bad-image skip)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)

@@ -21,9 +21,9 @@ from typing import Any, Literal
 
 import torch
 
-from .. import __version__
 from ..data.paths import datasets_root
 from ..models import model_config
+from ..version import __version__
 from .fuse import fuse_for_inference
 from .predict import Predictor, load_images
 
@@ -63,7 +63,7 @@ def export_metadata(predictor: Predictor) -> dict[str, str]:
         "resnets.version": __version__,
         "resnets.model": model.spec.name,
         "resnets.model_config": json.dumps(model_config(model)),
-        "resnets.preprocess": json.dumps(predictor.preprocess.to_meta()),
+        "resnets.preprocess": json.dumps(predictor.preprocess.to_json()),
         "resnets.preprocess_text": predictor.preprocess.describe(),
         "resnets.input": f"{INPUT_NAME}: float32 [batch, 3, {predictor.preprocess.crop}, {predictor.preprocess.crop}] "
                          "RGB, preprocessed as resnets.preprocess says; batch is dynamic",

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..data.folder import BadImagePolicy, ImageFolderDataset, open_image_folder
 from ..data.transforms import Normalize, resize_shorter_side, to_float
-from ..train.runtime import autocast
+from ..runtime import autocast
 from .metrics import topk_correct
 
 PROTOCOLS = ("center", "10crop", "multiscale")
@@ -158,14 +158,15 @@ def evaluate(model: nn.Module, data: Dataset | str | os.PathLike, protocol: str 
              normalize: Normalize | None = None, class_to_idx: dict[str, int] | None = None,
              on_bad_image: BadImagePolicy = "fail", resize: int = 256, crop_size: int = 224,
              scales: Sequence[int] = MULTISCALE_SHORTER_SIDES, fcn_reduction: str = "softmax_then_mean",
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, keep_predictions: bool = False) -> dict[str, Any]:
     """Top-1/top-5 error (%) of `model` under a test protocol (`center`, `10crop` or `multiscale`).
 
     `data` is an image folder (any layout `open_image_folder` reads; `class_to_idx` maps its classes to the
     model's outputs) or a dataset of (uint8 (3, H, W) image, label) pairs. `normalize` must match training
     (default: torchvision's ImageNet mean/std). `multiscale` runs one image at a time (the views differ in
     size), so `batch_size` only applies to the other protocols. Returns top1_error, top5_error, images,
-    images_per_s, seconds, protocol, views_per_image and skipped_images (unreadable files skipped).
+    images_per_s, seconds, protocol, views_per_image and skipped_images (unreadable files skipped); with
+    `keep_predictions` also "predictions", each image's top-1 class in dataset order.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown test protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
@@ -190,6 +191,7 @@ def evaluate(model: nn.Module, data: Dataset | str | os.PathLike, protocol: str 
     model.eval()
     correct1 = correct5 = images = 0
     views_per_image = 0
+    predictions: list[torch.Tensor] = []
     start = time.perf_counter()
     bar = tqdm(total=len(views_dataset), unit="img", desc=f"{protocol} test", disable=not progress)  # type: ignore[arg-type]
     try:
@@ -203,6 +205,8 @@ def evaluate(model: nn.Module, data: Dataset | str | os.PathLike, protocol: str 
             if int(labels.max()) >= probabilities.shape[1]:
                 raise ValueError(f"label {int(labels.max())} is beyond the model's {probabilities.shape[1]} classes; "
                                  "pass class_to_idx mapping the folder's classes to the model's outputs")
+            if keep_predictions:
+                predictions.append(probabilities.argmax(1))
             hits1, hits5 = topk_correct(probabilities, labels)
             correct1, correct5, images = correct1 + hits1, correct5 + hits5, images + labels.numel()
             bar.update(labels.numel())
@@ -213,7 +217,8 @@ def evaluate(model: nn.Module, data: Dataset | str | os.PathLike, protocol: str 
     seconds = time.perf_counter() - start
     if images == 0:
         raise ValueError("evaluation saw no images")
-    return {
+    extra = {"predictions": torch.cat(predictions).tolist()} if keep_predictions else {}
+    return extra | {
         "protocol": protocol,
         "top1_error": 100.0 * (1 - correct1 / images),
         "top5_error": 100.0 * (1 - correct5 / images),

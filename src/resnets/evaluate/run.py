@@ -1,99 +1,104 @@
-"""`resnets eval`: the test error of a run directory, training checkpoint or weight file."""
+"""`resnets eval`: the test error of a run directory, training checkpoint or weight file, preprocessed by the weights'
+own record (`data.preprocess`), on CIFAR (the single 32x32 view of Sec. 4.2) or an ImageNet folder (Sec. 3.4)."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..data.cifar import load_cifar, per_pixel_mean
+from ..data.cifar import load_cifar, spread_indices
+from ..data.classes import imagenet_wnids
+from ..data.folder import open_image_folder
 from ..data.loader import TensorBatchLoader
-from ..models.weights import model_from_weight_data, read_weight_file
-from ..train.runtime import setup_runtime
+from ..data.paths import datasets_root
+from ..data.preprocess import preprocessing_of
+from ..models import load_model
+from ..runs import resolve_weights, run_dataset
+from ..runtime import setup_runtime
 from .metrics import evaluate_batches
+from .protocols import evaluate
+
+CIFAR_EVAL_BATCH = 500
 
 
-def resolve_weights(path: Path) -> Path:
-    """A run directory means its final model.pt, or its last checkpoint while the run is unfinished."""
-    if path.is_dir():
-        for candidate in (path / "model.pt", path / "checkpoints" / "last.pt"):
-            if candidate.is_file():
-                return candidate
-        raise FileNotFoundError(f"{path} holds neither model.pt nor checkpoints/last.pt; is it a run directory?")
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; give a run directory, checkpoint or weight file")
-    return path
+def load_for_evaluation(path: str | Path) -> tuple[torch.nn.Module, Path]:
+    """The model of a run directory, checkpoint or weight file, with `meta["dataset"]` filled from the run's
+    config.json when the file itself does not say."""
+    weights = resolve_weights(path)
+    model = load_model(weights)
+    if "dataset" not in model.meta:
+        dataset = run_dataset(weights)
+        if dataset is not None:
+            model.meta["dataset"] = dataset
+    return model, weights
 
 
-def weights_metadata(path: Path, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """meta stored in a weight file (`data`: the file, if already read), else what the run's config.json says."""
-    data = read_weight_file(path) if data is None else data
-    meta = dict(data.get("meta") or {})
-    if "dataset" not in meta and isinstance(data.get("options"), dict):
-        meta["dataset"] = data["options"].get("dataset")
-    config = path.parent.parent / "config.json" if path.parent.name == "checkpoints" else path.parent / "config.json"
-    if "dataset" not in meta and config.is_file():
-        meta["dataset"] = json.loads(config.read_text())["options"]["dataset"]
-    return meta
+def cifar_test_batches(model: torch.nn.Module, data: str | Path | None = None, images: int | None = None,
+                       device: torch.device | str = "cpu") -> tuple[TensorBatchLoader, str]:
+    """CIFAR test batches preprocessed as `model`'s weights expect, `images` of them spread evenly over the test set
+    (every class alike); and a description of the data read."""
+    dataset = model.meta.get("dataset") or ("cifar100" if model.spec.num_classes == 100 else "cifar10")
+    test = load_cifar(data, dataset, "test")
+    if int(test.labels.max()) >= model.spec.num_classes:
+        raise ValueError(f"the weights have {model.spec.num_classes} classes but {dataset} has more; pass the "
+                         "matching --dataset")
+    record = preprocessing_of(model)
+    mean = record.mean_image if record.mean_image is not None else torch.tensor(record.mean)[:, None, None]
+    std = None if record.std is None else torch.tensor(record.std)[:, None, None]
+    chosen = spread_indices(len(test), images)
+    loader = TensorBatchLoader(test.images[chosen].to(device), test.labels[chosen].to(device),
+                               batch_size=CIFAR_EVAL_BATCH, mean=mean.to(device),
+                               std=None if std is None else std.to(device))
+    return loader, test.source
 
 
-def evaluate_checkpoint(path: Path, data: str | None = None, dataset: str | None = None, precision: str = "fp32",
-                        device: str = "auto", protocol: str = "center", **imagenet: Any) -> dict[str, Any]:
+def evaluate_checkpoint(path: str | Path, data: str | None = None, dataset: str | None = None,
+                        precision: str = "fp32", device: str = "auto", protocol: str = "center",
+                        predictions: bool = False, **imagenet: Any) -> dict[str, Any]:
     """Test error of a checkpoint: the single 32x32 view on CIFAR (Sec. 4.2), or an ImageNet protocol
-    (`center`, `10crop`, `multiscale`; Sec. 3.4) on an image folder (`imagenet` keywords go to protocols.evaluate)."""
-    weights = resolve_weights(Path(path))
-    contents = read_weight_file(weights)
-    meta = weights_metadata(weights, contents)
-    model = model_from_weight_data(contents, source=f"weights in {weights}")
-    dataset = dataset or meta.get("dataset")
-    if dataset is None:
-        dataset = "cifar10" if model.spec.family == "cifar" else "imagenet"
+    (`center`, `10crop`, `multiscale`; Sec. 3.4) on an image folder (`imagenet` keywords go to protocols.evaluate).
+    `predictions` adds "predictions": one {"image", "label", "top1"} per test image (CIFAR: its index in the test
+    set; folders: its file)."""
+    model, weights = load_for_evaluation(path)
+    if dataset is not None:
+        model.meta["dataset"] = dataset
+    dataset = model.meta.get("dataset") or ("cifar10" if model.spec.family == "cifar" else "imagenet")
     runtime = setup_runtime(device)
     model = model.to(runtime.device).eval()
     if dataset == "imagenet":
-        return evaluate_imagenet(model, weights, meta, data, protocol, precision, **imagenet)
-    test = load_cifar(data, dataset, "test")
-    if test.labels.max().item() >= model.spec.num_classes:
-        raise ValueError(f"{weights} has {model.spec.num_classes} classes but {dataset} has more; "
-                         "pass the matching --dataset")
-    preprocess = meta.get("preprocess") or {}
-    mean = preprocess.get("mean_image")
-    if not isinstance(mean, torch.Tensor):  # a checkpoint without metadata: recompute as training did
-        mean = per_pixel_mean(load_cifar(data, dataset, "train").images)
-    loader = TensorBatchLoader(test.images.to(runtime.device), test.labels.to(runtime.device), batch_size=500,
-                               shuffle=False, augment=False, drop_last=False, mean=mean.to(runtime.device))
+        return evaluate_imagenet(model, weights, data, protocol, precision, predictions, **imagenet)
+    loader, source = cifar_test_batches(model, data, device=runtime.device)
     start = time.perf_counter()
-    result = evaluate_batches(model, loader, runtime.device, precision)
+    result = evaluate_batches(model, loader, runtime.device, precision, keep_predictions=predictions)
     seconds = time.perf_counter() - start
-    return {"model": model.spec.name, "dataset": dataset, "weights": str(weights), "source": test.source,
-            "top1_error": result["top1_error"], "top5_error": result["top5_error"], "loss": result["loss"],
-            "images": result["images"], "images_per_s": result["images"] / seconds, "precision": precision,
-            "num_classes": model.spec.num_classes}
+    if predictions:
+        labels = loader.labels.tolist()
+        result["predictions"] = [{"image": index, "label": label, "top1": top1}
+                                 for index, (label, top1) in enumerate(zip(labels, result["predictions"], strict=True))]
+    return result | {"model": model.spec.name, "dataset": dataset, "weights": str(weights), "source": source,
+                     "images_per_s": result["images"] / seconds, "precision": precision,
+                     "num_classes": model.spec.num_classes}
 
 
-def evaluate_imagenet(model: torch.nn.Module, weights: Path, meta: dict[str, Any], data: str | None, protocol: str,
-                      precision: str, **options: Any) -> dict[str, Any]:
-    from ..data.paths import datasets_root
-    from ..data.transforms import Normalize
-    from .protocols import evaluate
-
+def evaluate_imagenet(model: torch.nn.Module, weights: Path, data: str | None, protocol: str, precision: str,
+                      predictions: bool = False, **options: Any) -> dict[str, Any]:
     folder = Path(data) if data else datasets_root() / "imagenet-sample"
     if (folder / "val").is_dir():
         folder = folder / "val"
-    preprocess = meta.get("preprocess") or {}
-    # Our runs store their normalisation; torchvision/timm files were trained with torchvision's mean/std.
-    normalize = (Normalize(preprocess["normalize_mean"], preprocess.get("normalize_std"))
-                 if "normalize_mean" in preprocess else Normalize())
-    class_to_idx = meta.get("data", {}).get("class_to_idx") or options.pop("class_to_idx", None)
+    record = preprocessing_of(model)
+    class_to_idx = model.meta.get("data", {}).get("class_to_idx") or options.pop("class_to_idx", None)
     if class_to_idx is None and model.spec.num_classes == 1000:
-        from ..deploy.predict import imagenet_wnids
-
         class_to_idx = {wnid: index for index, wnid in enumerate(imagenet_wnids())}
-    result = evaluate(model, folder, protocol, precision=precision, normalize=normalize, class_to_idx=class_to_idx,
-                      resize=int(preprocess.get("resize", 256)), crop_size=int(preprocess.get("crop", 224)),
-                      **options)
+    images = open_image_folder(folder, class_to_idx=class_to_idx, on_bad_image=options.pop("on_bad_image", "fail"))
+    result = evaluate(model, images, protocol, precision=precision, normalize=record.normalize,
+                      resize=record.resize, crop_size=record.crop, keep_predictions=predictions, **options)
+    if predictions:
+        skipped = set(images.bad_images)
+        result["predictions"] = [{"image": path, "label": label, "top1": top1, **({"skipped": True} if path in skipped
+                                                                                   else {})}
+                                 for (path, label), top1 in zip(images.samples, result["predictions"], strict=True)]
     return {"model": model.spec.name, "dataset": "imagenet", "weights": str(weights), "source": str(folder),
             "precision": precision, "num_classes": model.spec.num_classes, **result}

@@ -1,5 +1,5 @@
-from .registry import create_model, list_models, model_config, model_from_config, model_spec
-from .resnet import ResNet
+from .registry import create_model, list_models, model_spec
+from .resnet import ResNet, model_config, model_from_config
 from .specs import ResNetSpec
 from .weights import import_state_dict, infer_spec, list_pretrained, load_model, save_weights
 

@@ -85,8 +85,7 @@ class BasicBlock(ResidualBlock):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: Shortcut = "B",
-                 stride_in_1x1: bool = True) -> None:
+    def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: Shortcut = "B") -> None:
         super().__init__(shortcut, in_channels, planes, stride)
         self.conv1 = conv3x3(in_channels, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)

@@ -4,8 +4,6 @@ CIFAR (Sec. 4.2); `cifar_resnet<6n+2>` reaches CIFAR depths that collide with Ta
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
-from typing import Any
 
 from .resnet import ResNet
 from .specs import (
@@ -16,6 +14,7 @@ from .specs import (
     cifar_spec,
     imagenet_spec,
 )
+from .weights import load_pretrained_into
 
 _NAME = re.compile(r"^(?P<cifar>cifar_)?(?P<kind>resnet|plain)(?P<depth>\d+)$")
 
@@ -74,26 +73,5 @@ def create_model(name: str, *, num_classes: int | None = None, shortcut: str | N
     spec = model_spec(name, num_classes=num_classes, shortcut=shortcut, stride_in_1x1=stride_in_1x1)
     model = ResNet(spec, zero_init_residual=zero_init_residual, init_mode=init_mode)
     if pretrained:
-        from .weights import load_pretrained_into
-
         load_pretrained_into(model, name, pretrained)
     return model
-
-
-def model_config(model: ResNet) -> dict[str, Any]:
-    """A plain dict that rebuilds the architecture (stored in checkpoints and weight files)."""
-    config = asdict(model.spec)
-    config["stages"] = list(config["stages"])
-    config["widths"] = list(config["widths"])
-    return config
-
-
-def model_from_config(config: dict[str, Any]) -> ResNet:
-    fields = dict(config)
-    fields["stages"] = tuple(fields["stages"])
-    fields["widths"] = tuple(fields["widths"])
-    try:
-        spec = ResNetSpec(**fields)
-    except TypeError as exc:
-        raise ValueError(f"model config is not one this version of resnets understands: {exc}") from None
-    return ResNet(spec)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,10 +19,15 @@ from .specs import ResNetSpec
 
 
 class ResNet(nn.Module):
+    """`meta` carries what the weights were trained with (classes, preprocessing, measured error) once weights are
+    loaded from a file or the package; `resnets.preprocess(model, images)` reads it."""
+
     def __init__(self, spec: ResNetSpec, zero_init_residual: bool = False, init_mode: str = "fan_out") -> None:
         super().__init__()
         self.spec = spec
+        self.meta: dict[str, Any] = {}
         block = BLOCKS[spec.block]
+        make_block = partial(block, stride_in_1x1=spec.stride_in_1x1) if spec.block == "bottleneck" else block
         stem_width = spec.widths[0]
         if spec.family == "imagenet":
             self.conv1 = nn.Conv2d(3, stem_width, 7, stride=2, padding=3, bias=False)
@@ -42,8 +49,7 @@ class ResNet(nn.Module):
             reduction *= stride
             layers = []
             for b in range(blocks):
-                layers.append(block(in_channels, width, stride if b == 0 else 1, spec.shortcut,
-                                    spec.stride_in_1x1))
+                layers.append(make_block(in_channels, width, stride if b == 0 else 1, spec.shortcut))
                 in_channels = width * block.expansion
             name = f"layer{index + 1}"
             self.add_module(name, nn.Sequential(*layers))
@@ -102,3 +108,11 @@ class ResNet(nn.Module):
         weight = self.fc.weight[:, :, None, None].to(trunk.dtype)
         return nn.functional.conv2d(trunk, weight, self.fc.bias.to(trunk.dtype))
 
+
+def model_config(model: ResNet) -> dict[str, Any]:
+    """A plain dict that rebuilds the architecture (stored in checkpoints and weight files)."""
+    return model.spec.to_config()
+
+
+def model_from_config(config: dict[str, Any]) -> ResNet:
+    return ResNet(ResNetSpec.from_config(config))

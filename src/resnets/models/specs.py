@@ -6,8 +6,8 @@ else decides depth, widths or block type.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 BlockType = Literal["basic", "bottleneck"]
 Shortcut = Literal["A", "B", "C", "none"]
@@ -62,8 +62,20 @@ class ResNetSpec:
         base = "resnet" if self.residual else "plain"
         return f"{base}{self.depth}"
 
-    def with_options(self, **changes: object) -> ResNetSpec:
-        return replace(self, **changes)
+    def to_config(self) -> dict[str, Any]:
+        """A plain JSON-able dict that rebuilds this spec (stored in checkpoints and weight files)."""
+        config = asdict(self)
+        config["stages"], config["widths"] = list(self.stages), list(self.widths)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ResNetSpec:
+        fields = dict(config)
+        try:
+            fields["stages"], fields["widths"] = tuple(fields["stages"]), tuple(fields["widths"])
+            return cls(**fields)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"model config is not one this version of resnets understands: {exc}") from None
 
 
 def imagenet_spec(depth: int, shortcut: Shortcut = "B", num_classes: int = 1000,

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .registry import model_config, model_from_config
-from .resnet import ResNet
+from ..io import atomic_torch_save, load_torch_file
+from .resnet import ResNet, model_config, model_from_config
 from .specs import IMAGENET_STAGES, ResNetSpec
 
 StateDict = dict[str, torch.Tensor]
@@ -30,9 +30,9 @@ class IncompatibleWeightsError(ValueError):
 def read_weight_file(path: str | Path) -> dict[str, Any]:
     """Load a .pt/.pth/.safetensors file safely; returns the raw top-level dict."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weight file {path} does not exist")
     if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise FileNotFoundError(f"weight file {path} does not exist")
         try:
             from safetensors.torch import load_file
         except ImportError:
@@ -40,14 +40,7 @@ def read_weight_file(path: str | Path) -> dict[str, Any]:
                 f"{path}: reading .safetensors needs the 'safetensors' package (pip install safetensors)"
             ) from None
         return dict(load_file(str(path)))
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated, foreign or unsafe files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IncompatibleWeightsError(
-            f"{path}: not a readable weights-only PyTorch file ({first_line}); re-save it with "
-            "torch.save(model.state_dict(), ...)"
-        ) from None
+    data = load_torch_file(path, "weight file", "re-save it with torch.save(model.state_dict(), ...)")
     if not isinstance(data, dict):
         raise IncompatibleWeightsError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
     return data
@@ -133,19 +126,19 @@ def model_from_weight_data(data: dict[str, Any], source: str = "weights") -> Res
     state = extract_state_dict(data)
     config = data.get("model_config")
     model = model_from_config(config) if isinstance(config, dict) else ResNet(infer_spec(state))
-    return import_state_dict(model, state, source=source)
+    import_state_dict(model, state, source=source)
+    model.meta = dict(data.get("meta") or {})
+    return model
 
 
 def save_weights(model: ResNet, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """Weights-only file with the architecture config, written atomically."""
-    from ..train.checkpoint import atomic_torch_save
-
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return atomic_torch_save({"model_config": model_config(model), "model": state, "meta": meta or {}},
                              Path(path))
 
 
-def _pretrained_dir() -> Path:
+def pretrained_dir() -> Path:
     return Path(str(resources.files("resnets") / "assets" / "weights"))
 
 
@@ -157,7 +150,7 @@ def shipped_name(model_name: str, pretrained: bool | str = True) -> str:
 def list_pretrained() -> dict[str, dict[str, Any]]:
     """Shipped weight files (by shipped name, see `shipped_name`) and their metadata (model, accuracy, recipe)."""
     found = {}
-    for meta_file in sorted(_pretrained_dir().glob("*.json")):
+    for meta_file in sorted(pretrained_dir().glob("*.json")):
         found[meta_file.stem] = json.loads(meta_file.read_text())
     return found
 
@@ -170,7 +163,7 @@ def pretrained_values(model_name: str, shipped: dict[str, dict[str, Any]] | None
 
 
 def load_pretrained_into(model: ResNet, name: str, pretrained: bool | str = True) -> ResNet:
-    path = _pretrained_dir() / f"{shipped_name(name, pretrained)}.pt"
+    path = pretrained_dir() / f"{shipped_name(name, pretrained)}.pt"
     if not path.is_file():
         values = pretrained_values(name)
         hint = (f"{name} ships pretrained={' or '.join(map(repr, values))}" if values else
@@ -178,4 +171,7 @@ def load_pretrained_into(model: ResNet, name: str, pretrained: bool | str = True
         raise ValueError(f"no shipped weights {shipped_name(name, pretrained)!r}; {hint}. "
                          "For torchvision/timm files use resnets.load_model(path)")
     data = read_weight_file(path)
-    return import_state_dict(model, extract_state_dict(data), source=f"shipped weights {path.name}")
+    import_state_dict(model, extract_state_dict(data), source=f"shipped weights {path.name}")
+    # The JSON describes the run; the file's own meta (exact mean image as a tensor, classes) wins where both say.
+    model.meta = {**(list_pretrained().get(shipped_name(name, pretrained)) or {}), **(data.get("meta") or {})}
+    return model

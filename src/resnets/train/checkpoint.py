@@ -1,46 +1,16 @@
-"""Checkpoints: atomic writes (temporary file + rename) and weights-only reads."""
+"""Training checkpoints: everything needed to continue a run bit-exactly, written atomically, read weights-only."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, write: Any) -> Path:
-    """Call write(file_object) on a temporary file beside `path`, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the mode open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_torch_save(obj: Any, path: Path) -> Path:
-    return atomic_write_bytes(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, lambda f: f.write(text.encode()))
-
+from ..io import atomic_torch_save, load_torch_file
+from ..models import import_state_dict, model_config
+from ..runtime import rng_state, set_rng_state
 
 CHECKPOINT_FORMAT = "resnets-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -51,11 +21,6 @@ def save_training_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: t
                              best_error: float, elapsed_seconds: float, recipe: Any, options: Any,
                              meta: dict[str, Any] | None = None) -> Path:
     """Everything needed to continue bit-exactly: weights, optimizer, schedule, data position, RNG."""
-    from dataclasses import asdict
-
-    from ..models import model_config
-    from .runtime import rng_state
-
     state = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model_config": model_config(model),
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
@@ -70,11 +35,7 @@ def save_training_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: t
 
 def read_training_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, foreign or unsafe files raise several types
-        raise ValueError(f"{path}: cannot read this checkpoint ({str(exc).strip().splitlines()[0][:200]}); "
-                         "it may be truncated; an earlier one is checkpoints/best.pt") from None
+    state = load_torch_file(path, "checkpoint", "it may be truncated; an earlier one is checkpoints/best.pt")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a resnets training checkpoint (for weight files use resnets.load_model)")
     if state.get("version") != CHECKPOINT_VERSION:
@@ -86,10 +47,6 @@ def read_training_checkpoint(path: Path) -> dict[str, Any]:
 def load_training_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
                              loader: Any, ema: Any, scaler: Any) -> dict[str, Any]:
     """Restore a run in place; refuses a checkpoint of another architecture with one clear error."""
-    from ..models import model_config
-    from ..models.weights import import_state_dict
-    from .runtime import set_rng_state
-
     state = read_training_checkpoint(path)
     if state["model_config"] != model_config(model):
         theirs, ours = state["model_config"], model_config(model)

@@ -1,45 +1,37 @@
-"""What the training loop needs from a dataset: a resumable train loader, eval loaders, classes and the
-preprocessing to store with the weights. CIFAR keeps decoded uint8 tensors on the training device
-and augments whole batches there (Sec. 4.2); ImageNet decodes JPEGs in DataLoader workers (Sec. 3.4)."""
+"""The training loop's data (`data.loader.TrainingData`) from a run's options and recipe.
+
+CIFAR keeps decoded uint8 tensors on the training device and augments whole batches there (Sec. 4.2); ImageNet-style
+folders decode JPEGs in DataLoader workers with the paper's scale augmentation (Sec. 3.4), while lighting and mean
+subtraction run on the collated batch on the training device. ImageNet layout under --data: train/<wnid>/*.JPEG and
+val/<wnid>/*.JPEG, or a flat val/ folder with a labels file (--val-labels FILE), or flat folders of <wnid>_<name> files.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Subset
 
 from ..data.cifar import load_cifar, per_pixel_mean, spread_indices, train_val_split
-from ..data.loader import TensorBatchLoader
+from ..data.folder import ImageFolderDataset, open_image_folder
+from ..data.loader import FolderBatchLoader, TensorBatchLoader, TrainingData
+from ..data.paths import datasets_root
+from ..data.preprocess import Preprocessing
+from ..data.transforms import EvalTransform, Normalize, PaperTrainTransform, compute_mean_image, compute_pca_lighting
+from ..runtime import Runtime
 from .recipes import Recipe, RunOptions
-from .runtime import Runtime
 
 CIFAR_DATASETS = ("cifar10", "cifar100")
-EVAL_BATCH = 500
-
-
-@dataclass
-class TrainingData:
-    train: Any  # iterable of (inputs, labels) with __len__, set_epoch, state_dict, load_state_dict
-    evals: dict[str, Any]  # "test" always; "val" when the recipe holds out a validation split
-    classes: list[str]
-    train_size: int
-    preprocess: dict[str, Any]  # stored with the weights so that predict/eval/export reproduce it
-    description: dict[str, Any] = field(default_factory=dict)
-    bad_images: Callable[[], list[str]] = list  # unreadable files skipped so far (--on-bad-image skip)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+CIFAR_EVAL_BATCH = 500
+IMAGENET_EVAL_BATCH = 50
 
 
 def build_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -> TrainingData:
     if options.dataset in CIFAR_DATASETS:
         return build_cifar_data(options, recipe, runtime)
     if options.dataset == "imagenet":
-        from .imagenet_data import build_imagenet_data
-
         return build_imagenet_data(options, recipe, runtime)
     raise ValueError(f"unknown dataset {options.dataset!r}; valid: {', '.join((*CIFAR_DATASETS, 'imagenet'))}")
 
@@ -68,11 +60,91 @@ def build_cifar_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -> T
         shuffle=True, augment=recipe.augment, pad=recipe.pad, drop_last=True, seed=options.seed,
         rank=runtime.rank, world_size=runtime.world_size, **common)
     shard = slice(runtime.rank, None, runtime.world_size)  # each rank evaluates every world_size-th image
-    evals = {split: TensorBatchLoader(images[shard].to(device), labels[shard].to(device), batch_size=EVAL_BATCH,
+    evals = {split: TensorBatchLoader(images[shard].to(device), labels[shard].to(device), batch_size=CIFAR_EVAL_BATCH,
                                       shuffle=False, augment=False, drop_last=False, **common)
              for split, (images, labels) in evals_source.items()}
-    preprocess = {"kind": "cifar", "size": 32, "mean_image": mean.cpu(),
-                  "mean": mean.mean(dim=(1, 2)).cpu().tolist(), "std": None}
+    preprocess = Preprocessing("cifar", 32, 32, tuple(mean.mean(dim=(1, 2)).cpu().tolist()), None, mean.cpu())
     description = {"source": train.source, "dataset": options.dataset, "train_images": len(train_labels),
                    "test_images": len(evals_source["test"][1]), "val_images": recipe.val_split}
     return TrainingData(train_loader, evals, list(train.classes), len(train_labels), preprocess, description)
+
+
+def _find_split(root: Path, split: str) -> Path:
+    folder = root / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"ImageNet-style data needs {folder}/ (<wnid>/*.JPEG folders or <wnid>_*.JPEG files); "
+                                "point --data at the folder holding train/ and val/")
+    return folder
+
+
+def build_imagenet_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -> TrainingData:
+    root = Path(options.data) if options.data else datasets_root() / "imagenet"
+    on_bad = options.on_bad_image
+    train_set = open_image_folder(_find_split(root, "train"), on_bad_image=on_bad)
+    val_set = open_image_folder(_find_split(root, "val"), class_to_idx=train_set.class_to_idx,
+                                labels_file=options.val_labels, on_bad_image=on_bad)
+    if options.subset:
+        chosen = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(options.seed))
+        train_set = ImageFolderDataset.from_samples([train_set.samples[i] for i in chosen[: options.subset]],
+                                                    train_set.classes, root=train_set.root, on_bad_image=on_bad)
+    if recipe.mean == "pixel":  # Sec. 3.4: "the per-pixel mean subtracted"
+        normalize = Normalize(compute_mean_image(train_set, size=recipe.crop_size, resize=recipe.eval_resize,
+                                                 max_images=recipe.mean_images), std=None)
+    else:
+        normalize = Normalize()  # torchvision's per-channel mean/std
+    device = runtime.device
+    if recipe.lighting_pca not in ("imagenet", "computed"):
+        raise ValueError(f"lighting_pca must be 'imagenet' or 'computed', got {recipe.lighting_pca!r}")
+    pca = {}
+    if recipe.lighting_pca == "computed" and recipe.lighting_std > 0:
+        eigval, eigvec = compute_pca_lighting(train_set, max_images=recipe.mean_images, resize=recipe.eval_resize,
+                                              size=recipe.crop_size)
+        pca = {"eigval": eigval, "eigvec": eigvec}
+    if recipe.augment:
+        transform = PaperTrainTransform(scale=(recipe.scale_min, recipe.scale_max), crop_size=recipe.crop_size,
+                                        lighting_std=recipe.lighting_std, normalize=normalize, uint8_output=True,
+                                        **pca)
+    else:  # no augmentation: the evaluation view (overfitting checks, feature extraction)
+        transform = _EvalGeometry(EvalTransform(recipe.eval_resize, recipe.crop_size, normalize))
+    finish = transform.finish_batch
+    train_loader = FolderBatchLoader(train_set.with_transform(transform), recipe.batch_size // runtime.world_size,
+                                     finish=finish, device=device, seed=options.seed, rank=runtime.rank,
+                                     world_size=runtime.world_size, workers=options.workers,
+                                     channels_last=options.channels_last)
+    eval_transform = EvalTransform(recipe.eval_resize, recipe.crop_size, normalize)
+    # Val folders are sorted by class: a subset is spread over them. Each rank evaluates every world_size-th image.
+    val_indices = spread_indices(len(val_set), options.eval_subset).tolist()
+    val_shard = Subset(val_set, val_indices[runtime.rank::runtime.world_size])
+    eval_loader = DataLoader(_with_transform(val_shard, eval_transform), batch_size=IMAGENET_EVAL_BATCH,
+                             num_workers=options.workers, pin_memory=device.type == "cuda")
+    preprocess = Preprocessing("imagenet", recipe.eval_resize, recipe.crop_size, tuple(normalize.channel_mean.tolist()),
+                               None if normalize.std is None else tuple(normalize.std.tolist()),
+                               normalize.mean if normalize.per_pixel else None)
+    description = {"source": f"image folders {root} (JPEG)", "dataset": "imagenet", "train_images": len(train_set),
+                   "lighting": {k: v.tolist() for k, v in pca.items()} or "imagenet (AlexNet)",
+                   "test_images": len(val_indices), "classes": len(train_set.classes),
+                   "class_to_idx": train_set.class_to_idx}
+    data = TrainingData(train_loader, {"test": eval_loader}, list(train_set.classes), len(train_set),
+                        preprocess, description)
+    data.bad_images = lambda: train_set.bad_images + val_set.bad_images
+    return data
+
+
+class _EvalGeometry:
+    """The evaluation view as a training transform with the uint8-in-workers / float-on-device split."""
+
+    def __init__(self, transform: EvalTransform) -> None:
+        self.transform = transform
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.transform.geometry(image)
+
+    def finish_batch(self, images: torch.Tensor) -> torch.Tensor:
+        return self.transform.normalize(images.float().div_(255))
+
+
+def _with_transform(dataset: ImageFolderDataset | Subset, transform: Any) -> Any:
+    if isinstance(dataset, Subset):
+        return Subset(dataset.dataset.with_transform(transform), dataset.indices)
+    return dataset.with_transform(transform)
+

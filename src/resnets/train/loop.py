@@ -1,16 +1,19 @@
 """The one training loop (CIFAR and ImageNet differ only in `build_data` and the recipe).
 
-Read top to bottom: set up runtime -> data -> model -> optimizer/schedule -> (resume) -> iterate:
-step, log, evaluate, checkpoint -> final test, weights, plot, summary.
+Read `train` at the bottom first: set up a `Run` (runtime, data, model, optimizer, schedule, resume), then for
+every batch: `step`, and when due `log`, `evaluate` (which checkpoints), `checkpoint`; at the end `finish` (final
+test, weights, curves, summary). The helpers above it are each a few lines.
+
+Host synchronisation: a step never waits for the device. Non-finite losses are flagged on the device and the flag
+is read only where the run must be sound anyway: before a metrics line or a checkpoint is written. So a NaN stops
+the run at the next log line, and no checkpoint ever holds the weights it produced.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -18,13 +21,13 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..analysis.plots import plot_error_curves
+from ..data.loader import TrainingData
 from ..evaluate.metrics import evaluate_batches
+from ..io import atomic_write_json
 from ..models import create_model, model_config, save_weights
-from .checkpoint import atomic_write_text, load_training_checkpoint, save_training_checkpoint
-from .data import build_data
-from .recipes import Recipe, RunOptions, describe
-from .runtime import (
+from ..plots import plot_error_curves
+from ..runs import MetricsLog, RunPaths
+from ..runtime import (
     Runtime,
     all_reduce_sum,
     autocast,
@@ -34,6 +37,9 @@ from .runtime import (
     setup_runtime,
     teardown_runtime,
 )
+from .checkpoint import load_training_checkpoint, save_training_checkpoint
+from .data import build_data
+from .recipes import Recipe, RunOptions, describe
 from .schedule import LrSchedule
 
 
@@ -52,231 +58,259 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
 
 
-def epoch_finished(loader: Any) -> bool:
-    return loader.state_dict()["position"] >= len(loader)
-
-
 def total_iterations(recipe: Recipe, iterations_per_epoch: int) -> int:
     if recipe.epochs is not None:
         return max(1, round(recipe.epochs * iterations_per_epoch))
     return recipe.iterations
 
 
-class MetricsLog:
-    """metrics.jsonl: one JSON object per line; on resume, lines past the checkpoint are dropped."""
+@dataclass
+class Position:
+    """Where a run stands; stored in every checkpoint."""
 
-    def __init__(self, path: Path, resume_from_iteration: int | None) -> None:
-        self.path = path
-        self.records: list[dict[str, Any]] = []
-        if resume_from_iteration is not None and path.exists():
-            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            self.records = [r for r in lines if r["iteration"] <= resume_from_iteration]
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.records))
-        elif path.exists():
-            path.unlink()
+    iteration: int = 0
+    epoch: int = 0
+    best_error: float = math.inf
+    elapsed_before: float = 0.0  # seconds spent by earlier processes of this run (before a resume)
 
-    def append(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+
+class Run:
+    """Everything one training run holds, set up in reading order; `train` drives it."""
+
+    def __init__(self, options: RunOptions, recipe: Recipe, runtime: Runtime) -> None:
+        self.options, self.recipe, self.runtime = options, recipe, runtime
+        self.paths = RunPaths(options.out)
+        self.log_line = print if runtime.is_main else (lambda *_a, **_k: None)
+        last = self.paths.checkpoint("last")
+        if not options.resume and last.exists():
+            raise ValueError(f"{self.paths.root} already holds a run; pass --resume to continue it or choose another "
+                             "--out")
+        if options.resume and not last.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {last}; start without --resume")
+        if recipe.batch_size % runtime.world_size:
+            raise ValueError(f"batch size {recipe.batch_size} does not split over {runtime.world_size} processes")
+        set_determinism(options.seed, options.deterministic)
+        device = runtime.device
+
+        self.data: TrainingData = build_data(options, recipe, runtime)  # loaders yield channels_last when asked
+        self.model = create_model(options.model, num_classes=options.num_classes or self.data.num_classes,
+                                  shortcut=options.shortcut).to(device)
+        if options.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(self.model, recipe)
+        self.iterations_per_epoch = len(self.data.train)
+        self.total = total_iterations(recipe, self.iterations_per_epoch)
+        self.stop_at = min(self.total, options.max_iterations) if options.max_iterations else self.total
+        self.schedule = LrSchedule(recipe, self.total)
+        self.ema = None
+        if recipe.ema_decay:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(recipe.ema_decay),
+                use_buffers=True)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
+        self.meta = {"classes": self.data.classes, "preprocess": self.data.preprocess.to_meta(),
+                     "dataset": options.dataset}
+
+        self.at = Position()
+        if options.resume:
+            state = load_training_checkpoint(last, self.model, self.optimizer, self.schedule, self.data.train,
+                                             self.ema, self.scaler)
+            self.at = Position(state["iteration"], state["epoch"], state["best_error"], state["elapsed_seconds"])
+            self.log_line(f"resumed {last} at iteration {self.at.iteration} (epoch {self.at.epoch})")
+        else:
+            self.data.train.set_epoch(0)
+        self.train_model: torch.nn.Module = torch.compile(self.model) if options.compile else self.model
+        if runtime.distributed:
+            self.train_model = DistributedDataParallel(self.train_model)
+
+        self.eval_split = "val" if "val" in self.data.evals else "test"
+        self.eval_every = recipe.eval_every or self.iterations_per_epoch
+        self.metrics = self._start_records() if runtime.is_main else None
+        # Device-side accumulators, read at log time: loss sum, wrong, images; and the first non-finite iteration.
+        self.window = torch.zeros(3, dtype=torch.float64, device=device)
+        self.first_nonfinite = torch.full((), -1, dtype=torch.int64, device=device)
+        self.window_start, self.window_iteration = time.perf_counter(), self.at.iteration
+        self.lr = self.schedule.lr(self.at.iteration)
+        self.started = time.perf_counter()
+        self.progress = tqdm(total=self.total, initial=self.at.iteration, unit="it", dynamic_ncols=True,
+                             smoothing=0.05, disable=not (options.progress and runtime.is_main))
+
+    def _start_records(self) -> MetricsLog:
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        config = {"options": asdict(self.options), "recipe": self.recipe.to_dict(),
+                  "model_config": model_config(self.model), "data": self.data.description, "iterations": self.total,
+                  "iterations_per_epoch": self.iterations_per_epoch, "hardware": hardware_description(self.runtime)}
+        atomic_write_json(self.paths.config, config)
+        self.log_line(f"recipe {self.recipe.name}:\n{describe(self.recipe)}")
+        self.log_line(f"{self.options.model} on {self.data.description['source']}: {self.data.train_size} training "
+                      f"images, {self.iterations_per_epoch} iterations/epoch x {self.runtime.world_size} "
+                      f"process(es), {self.total} iterations")
+        return MetricsLog(self.paths.metrics, self.at.iteration if self.options.resume else None)
+
+    @property
+    def iteration(self) -> int:
+        return self.at.iteration
+
+    @property
+    def elapsed(self) -> float:
+        return self.at.elapsed_before + time.perf_counter() - self.started
+
+    def batches(self) -> Any:
+        """Training batches until `stop_at`, moving to the next epoch whenever the loader finishes one."""
+        while self.at.iteration < self.stop_at:
+            for batch in self.data.train:
+                yield batch
+                if self.at.iteration >= self.stop_at:
+                    return
+            if self.data.train.epoch_finished:
+                self.at.epoch += 1
+                self.data.train.set_epoch(self.at.epoch)
+
+    def step(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        """One SGD step; everything it measures stays on the device."""
+        self.lr = lr = self.schedule.lr(self.at.iteration)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(self.runtime.device, self.options.precision):
+            logits = self.train_model(inputs)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.recipe.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        with torch.no_grad():
+            loss = loss.detach()
+            self.first_nonfinite = torch.where((self.first_nonfinite < 0) & ~torch.isfinite(loss),
+                                               self.at.iteration, self.first_nonfinite)
+            self.window += torch.stack([loss.double() * labels.numel(), (logits.argmax(1) != labels).sum().double(),
+                                        torch.tensor(float(labels.numel()), device=loss.device, dtype=torch.float64)])
+        self.at.iteration += 1
+        self.progress.update(1)
+
+    def ensure_finite(self) -> None:
+        """Stop before anything of a non-finite loss is written (one host sync, at log and checkpoint time only)."""
+        bad = int(self.first_nonfinite.item())
+        anywhere = all_reduce_sum(torch.tensor([float(bad >= 0)], device=self.runtime.device), self.runtime)
+        if anywhere.item() > 0:  # every rank stops together, also when only another one saw it
+            where = f"iteration {bad} (lr {self.schedule.lr(bad):g})" if bad >= 0 else "another process"
+            raise NonFiniteLossError(
+                f"loss became non-finite at {where}; stopped without "
+                f"saving, the last good checkpoint is {self.paths.checkpoint('last')}; lower --lr or use "
+                "--precision fp32")
+
+    def warm_up(self) -> None:
+        """Sec. 4.2 (ResNet-110): lr 0.01 until the training error falls below the threshold, checked every 10 it."""
+        if self.schedule.error_warmup and self.at.iteration % 10 == 0:
+            stats = all_reduce_sum(self.window.clone(), self.runtime)
+            if self.schedule.observe_train_error(self.at.iteration, 100 * stats[1].item() / max(1, stats[2].item())):
+                self.log_line(f"\nerror warm-up ended at iteration {self.at.iteration}; lr back to {self.recipe.lr}")
+
+    def log(self) -> dict[str, Any]:
+        """The training window since the last log line, summed over ranks."""
+        self.ensure_finite()
+        loss_sum, wrong, images = all_reduce_sum(self.window.clone(), self.runtime).tolist()
+        seconds = time.perf_counter() - self.window_start
+        record = {"iteration": self.at.iteration, "epoch": round(self.at.iteration / self.iterations_per_epoch, 3),
+                  "lr": self.lr, "train_loss": loss_sum / max(1, images),
+                  "train_error": 100 * wrong / max(1, images), "images_per_s": images / max(seconds, 1e-9),
+                  "iterations": self.at.iteration - self.window_iteration}
+        self.window.zero_()
+        self.window_start, self.window_iteration = time.perf_counter(), self.at.iteration
+        self.progress.set_postfix(loss=f"{record['train_loss']:.3f}", err=f"{record['train_error']:.1f}%",
+                                  img_s=f"{record['images_per_s']:.0f}", lr=f"{record['lr']:.3g}")
+        return record
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Each rank evaluates its shard with rank 0's buffers; the totals are summed over ranks."""
+        model = self.ema.module if self.ema is not None else self.model
+        broadcast_buffers(model, self.runtime)
+        return evaluate_batches(model, self.data.evals[split], self.runtime.device, self.options.precision,
+                                reduce=lambda totals: all_reduce_sum(totals, self.runtime))
+
+    def evaluate_and_checkpoint(self) -> dict[str, Any]:
+        result = self.evaluate(self.eval_split)
+        self.schedule.observe_eval_error(result["top1_error"])  # the same on every rank: summed over shards
+        improved = result["top1_error"] < self.at.best_error
+        self.at.best_error = min(self.at.best_error, result["top1_error"])
+        self.checkpoint("last")
+        if improved:
+            self.checkpoint("best")
+        record = {f"{self.eval_split}_error": result["top1_error"], f"{self.eval_split}_loss": result["loss"]}
+        if self.data.num_classes > 10:
+            record[f"{self.eval_split}_top5_error"] = result["top5_error"]
+        return record
+
+    def checkpoint(self, tag: str = "last") -> None:
+        self.ensure_finite()
+        if self.runtime.is_main:
+            save_training_checkpoint(self.paths.checkpoint(tag), model=self.model, optimizer=self.optimizer,
+                                     schedule=self.schedule, loader=self.data.train, ema=self.ema, scaler=self.scaler,
+                                     iteration=self.at.iteration, epoch=self.at.epoch, best_error=self.at.best_error,
+                                     elapsed_seconds=self.elapsed, recipe=self.recipe, options=self.options,
+                                     meta=self.meta)
+        self.runtime.barrier()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if record and self.metrics is not None:
+            record.setdefault("iteration", self.at.iteration)
+            record.setdefault("epoch", round(self.at.iteration / self.iterations_per_epoch, 3))
+            record["elapsed_s"] = round(self.elapsed, 2)
+            self.metrics.append(record)
+
+    def finish(self) -> dict[str, Any]:
+        """Final test (once), the weights-only file with its measured accuracy, curves, summary.json."""
+        self.progress.close()
+        self.ensure_finite()
+        wall = self.elapsed
+        final_model = self.ema.module if self.ema is not None else self.model
+        test = self.evaluate("test")
+        summary: dict[str, Any] = {}
+        if self.runtime.is_main:
+            at, options, data = self.at, self.options, self.data
+            summary = {"model": options.model, "dataset": options.dataset, "data": data.description,
+                       "recipe": self.recipe.name, "iterations": at.iteration, "scheduled_iterations": self.total,
+                       "epochs": round(at.iteration / self.iterations_per_epoch, 2), "wall_seconds": round(wall, 1),
+                       "test_top1_error": test["top1_error"], "test_top5_error": test["top5_error"],
+                       "test_images": test["images"], "complete": at.iteration >= self.total,
+                       "hardware": hardware_description(self.runtime), "precision": options.precision,
+                       "skipped_images": data.bad_images()}
+            save_weights(final_model, self.paths.weights,
+                         {**self.meta, "recipe": self.recipe.to_dict(), "test_top1_error": test["top1_error"],
+                          "test_top5_error": test["top5_error"], "iterations": at.iteration,
+                          "data": data.description})
+            atomic_write_json(self.paths.summary, summary)
+            if self.metrics is not None and self.metrics.records:
+                plot_error_curves({options.model: {options.model: self.metrics.records}}, self.paths.curves,
+                                  eval_key=f"{self.eval_split}_error")
+            if summary["skipped_images"]:
+                self.log_line(f"skipped {len(summary['skipped_images'])} unreadable images (listed in "
+                              f"{self.paths.summary.name})")
+            top5 = f", top-5 {test['top5_error']:.2f}%" if data.num_classes > 10 else ""
+            self.log_line(f"test error: {test['top1_error']:.2f}% (top-1{top5}) on {test['images']} images after "
+                          f"{at.iteration} iterations ({summary['epochs']} epochs), {wall / 60:.1f} min -> "
+                          f"{self.paths.root}")
+        self.runtime.barrier()
+        return summary
 
 
 def train(options: RunOptions, recipe: Recipe) -> dict[str, Any]:
     """Train one network; returns the run summary (also written to OUT/summary.json)."""
     runtime = setup_runtime(options.device)
     try:
-        return _train(options, recipe, runtime)
+        run = Run(options, recipe, runtime)
+        run.model.train()
+        for inputs, labels in run.batches():
+            run.step(inputs, labels)
+            run.warm_up()
+            at, end_of_epoch = run.iteration, run.data.train.epoch_finished
+            record = run.log() if at % options.log_every == 0 or at == run.stop_at or end_of_epoch else {}
+            if at % run.eval_every == 0 or at == run.stop_at:
+                record |= run.evaluate_and_checkpoint()
+            elif options.checkpoint_every and at % options.checkpoint_every == 0:
+                run.checkpoint("last")
+            run.write(record)
+        return run.finish()
     finally:
         teardown_runtime(runtime)
-
-
-def _train(options: RunOptions, recipe: Recipe, runtime: Runtime) -> dict[str, Any]:
-    out = Path(options.out)
-    checkpoint_path = out / "checkpoints" / "last.pt"
-    if not options.resume and checkpoint_path.exists():
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if options.resume and not checkpoint_path.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}; start without --resume")
-    if recipe.batch_size % runtime.world_size:
-        raise ValueError(f"batch size {recipe.batch_size} does not split over {runtime.world_size} processes")
-    set_determinism(options.seed, options.deterministic)
-    device = runtime.device
-    log = print if runtime.is_main else (lambda *_a, **_k: None)
-
-    data = build_data(options, recipe, runtime)
-    model = create_model(options.model, num_classes=options.num_classes or len(data.classes),
-                         shortcut=options.shortcut).to(device)
-    memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = make_optimizer(model, recipe)
-    iterations_per_epoch = len(data.train)
-    total = total_iterations(recipe, iterations_per_epoch)
-    schedule = LrSchedule(recipe, total)
-    ema = None
-    if recipe.ema_decay:
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
-    scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
-
-    iteration, epoch, best_error, elapsed_before = 0, 0, math.inf, 0.0
-    if options.resume:
-        state = load_training_checkpoint(checkpoint_path, model, optimizer, schedule, data.train, ema, scaler)
-        iteration, epoch, best_error = state["iteration"], state["epoch"], state["best_error"]
-        elapsed_before = state["elapsed_seconds"]
-        log(f"resumed {checkpoint_path} at iteration {iteration} (epoch {epoch})")
-    else:
-        data.train.set_epoch(0)
-    train_model: torch.nn.Module = model
-    if options.compile:
-        train_model = torch.compile(model)
-    if runtime.distributed:
-        train_model = DistributedDataParallel(train_model)
-
-    if runtime.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        config = {"options": asdict(options), "recipe": recipe.to_dict(), "model_config": model_config(model),
-                  "data": data.description, "iterations": total, "iterations_per_epoch": iterations_per_epoch,
-                  "hardware": hardware_description(runtime)}
-        atomic_write_text(out / "config.json", json.dumps(config, indent=2))
-        log(f"recipe {recipe.name}:\n{describe(recipe)}")
-        log(f"{options.model} on {data.description['source']}: {data.train_size} training images, "
-            f"{iterations_per_epoch} iterations/epoch x {runtime.world_size} process(es), {total} iterations")
-    metrics = MetricsLog(out / "metrics.jsonl", iteration if options.resume else None) if runtime.is_main else None
-    eval_split = "val" if "val" in data.evals else "test"
-    eval_every = recipe.eval_every or iterations_per_epoch
-
-    checkpoint_meta = {"classes": data.classes, "preprocess": data.preprocess, "dataset": options.dataset}
-
-    def checkpoint(tag: str = "last") -> None:
-        if runtime.is_main:
-            save_training_checkpoint(out / "checkpoints" / f"{tag}.pt", model=model, optimizer=optimizer,
-                                     schedule=schedule, loader=data.train, ema=ema, scaler=scaler,
-                                     iteration=iteration, epoch=epoch, best_error=best_error,
-                                     elapsed_seconds=elapsed_before + time.perf_counter() - start,
-                                     recipe=recipe, options=options, meta=checkpoint_meta)
-        runtime.barrier()
-
-    def evaluate(split: str) -> dict[str, float]:
-        return evaluate_shards(ema.module if ema is not None else model, data.evals[split], runtime, options.precision)
-
-    stop_at = min(total, options.max_iterations) if options.max_iterations else total
-    progress = tqdm(total=total, initial=iteration, disable=not (options.progress and runtime.is_main),
-                    unit="it", dynamic_ncols=True, smoothing=0.05)
-    window = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, wrong, images since last log
-    window_start, window_iteration = time.perf_counter(), iteration
-    start = time.perf_counter()
-    model.train()
-    while iteration < stop_at:
-        for inputs, labels in data.train:
-            lr = schedule.lr(iteration)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            inputs = inputs.to(device, non_blocking=True, memory_format=memory_format)
-            labels = labels.to(device, non_blocking=True)
-            with autocast(device, options.precision):
-                logits = train_model(inputs)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss became {loss.item()} at iteration {iteration} (lr {lr:g}); stopped without saving, "
-                    f"the last good checkpoint is {checkpoint_path}; lower --lr or use --precision fp32")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update_parameters(model)
-            iteration += 1
-            progress.update(1)
-            with torch.no_grad():
-                window += torch.stack([loss.detach().double() * labels.numel(),
-                                       (logits.argmax(1) != labels).sum().double(),
-                                       torch.tensor(float(labels.numel()), device=device, dtype=torch.float64)])
-            if schedule.error_warmup and iteration % 10 == 0:
-                stats = all_reduce_sum(window.clone(), runtime)
-                if schedule.observe_train_error(iteration, 100 * stats[1].item() / max(1, stats[2].item())):
-                    log(f"\nerror warm-up ended at iteration {iteration}; lr back to {recipe.lr}")
-            end_of_epoch = epoch_finished(data.train)
-            log_due = iteration % options.log_every == 0 or iteration == stop_at or end_of_epoch
-            eval_due = iteration % eval_every == 0 or iteration == stop_at
-            record: dict[str, Any] = {}
-            if log_due:
-                stats = all_reduce_sum(window.clone(), runtime).tolist()
-                seconds = time.perf_counter() - window_start
-                images = stats[2]
-                record = {"iteration": iteration, "epoch": round(iteration / iterations_per_epoch, 3), "lr": lr,
-                          "train_loss": stats[0] / max(1, images), "train_error": 100 * stats[1] / max(1, images),
-                          "images_per_s": images / max(seconds, 1e-9),
-                          "iterations": iteration - window_iteration}
-                window.zero_()
-                window_start, window_iteration = time.perf_counter(), iteration
-                progress.set_postfix(loss=f"{record['train_loss']:.3f}", err=f"{record['train_error']:.1f}%",
-                                     img_s=f"{record['images_per_s']:.0f}", lr=f"{lr:.3g}")
-            if eval_due:
-                result = evaluate(eval_split)
-                record.setdefault("iteration", iteration)
-                record.setdefault("epoch", round(iteration / iterations_per_epoch, 3))
-                if runtime.is_main:
-                    record[f"{eval_split}_error"] = result["top1_error"]
-                    record[f"{eval_split}_loss"] = result["loss"]
-                    if data.num_classes > 10:
-                        record[f"{eval_split}_top5_error"] = result["top5_error"]
-                schedule.observe_eval_error(result["top1_error"])  # the same on every rank: summed over shards
-                improved = result["top1_error"] < best_error
-                best_error = min(best_error, result["top1_error"])
-                checkpoint()
-                if improved:
-                    checkpoint("best")
-            elif options.checkpoint_every and iteration % options.checkpoint_every == 0:
-                checkpoint()
-            if record and metrics is not None:
-                record["elapsed_s"] = round(elapsed_before + time.perf_counter() - start, 2)
-                metrics.append(record)
-            if iteration >= stop_at:
-                break
-        if epoch_finished(data.train):
-            epoch += 1
-            data.train.set_epoch(epoch)
-    progress.close()
-    wall = elapsed_before + time.perf_counter() - start
-    return finish(options, recipe, runtime, model, ema, data, metrics, iteration, total, wall, log)
-
-
-def evaluate_shards(model: torch.nn.Module, batches: Any, runtime: Runtime, precision: str) -> dict[str, float]:
-    """Each rank evaluates its shard of the eval set with rank 0's weights; the totals are summed over ranks."""
-    broadcast_buffers(model, runtime)
-    return evaluate_batches(model, batches, runtime.device, precision,
-                            reduce=lambda totals: all_reduce_sum(totals, runtime))
-
-
-def finish(options: RunOptions, recipe: Recipe, runtime: Runtime, model: torch.nn.Module, ema: Any, data: Any,
-           metrics: MetricsLog | None, iteration: int, total: int, wall: float, log: Any) -> dict[str, Any]:
-    """Final test (once), weights-only file with its measured accuracy, curves, summary.json."""
-    out = Path(options.out)
-    final_model = ema.module if ema is not None else model
-    summary: dict[str, Any] = {}
-    test = evaluate_shards(final_model, data.evals["test"], runtime, options.precision)
-    if runtime.is_main:
-        summary = {"model": options.model, "dataset": options.dataset, "data": data.description,
-                   "recipe": recipe.name, "iterations": iteration, "scheduled_iterations": total,
-                   "epochs": round(iteration / len(data.train), 2), "wall_seconds": round(wall, 1),
-                   "test_top1_error": test["top1_error"], "test_top5_error": test["top5_error"],
-                   "test_images": test["images"], "complete": iteration >= total,
-                   "hardware": hardware_description(runtime), "precision": options.precision,
-                   "skipped_images": data.bad_images()}
-        meta = {"classes": data.classes, "preprocess": data.preprocess, "dataset": options.dataset,
-                "recipe": recipe.to_dict(), "test_top1_error": test["top1_error"],
-                "test_top5_error": test["top5_error"], "iterations": iteration, "data": data.description}
-        save_weights(final_model, out / "model.pt", meta)
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-        if metrics is not None and metrics.records:
-            plot_error_curves({options.model: {options.model: metrics.records}}, out / "curves.png",
-                              eval_key="val_error" if "val" in data.evals else "test_error")
-        if summary["skipped_images"]:
-            log(f"skipped {len(summary['skipped_images'])} unreadable images (listed in summary.json)")
-        top5 = f", top-5 {test['top5_error']:.2f}%" if data.num_classes > 10 else ""
-        log(f"test error: {test['top1_error']:.2f}% (top-1{top5}) on {test['images']} images after "
-            f"{iteration} iterations ({summary['epochs']} epochs), {wall / 60:.1f} min -> {out}")
-    runtime.barrier()
-    return summary
-

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from ..train.checkpoint import atomic_write_bytes
+from .io import atomic_write_bytes
 
 
 def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:

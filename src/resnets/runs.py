@@ -1,0 +1,182 @@
+"""The run directory, in one place: its file names, the metrics log, and loading a finished run or its weights.
+
+    RUN/config.json          options, recipe, architecture, data and hardware, written at the start
+    RUN/metrics.jsonl        one JSON object per logged iteration (train loss/error, lr, images/s, test error)
+    RUN/checkpoints/last.pt  everything needed to resume bit-exactly (best.pt: the best evaluation so far)
+    RUN/model.pt             final weights + architecture + classes + preprocessing + measured test error
+    RUN/summary.json         final numbers; "complete" says whether the whole schedule ran
+    RUN/curves.png           train error dashed, test error solid (Fig. 6 style)
+
+No other module spells these names.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .io import UnreadableFileError, atomic_write_text, read_json
+from .models import ResNetSpec, model_spec
+
+CONFIG, METRICS, SUMMARY, WEIGHTS, CURVES = "config.json", "metrics.jsonl", "summary.json", "model.pt", "curves.png"
+CHECKPOINTS = "checkpoints"
+RECORD_FILES = (SUMMARY, CONFIG, METRICS)  # what a finished run must hold to be reported (and is committed)
+
+
+class RunDirectoryError(ValueError):
+    """A run directory that cannot be used: missing files or files that disagree."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The files of one run directory."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS
+
+    @property
+    def summary(self) -> Path:
+        return self.root / SUMMARY
+
+    @property
+    def weights(self) -> Path:
+        return self.root / WEIGHTS
+
+    @property
+    def curves(self) -> Path:
+        return self.root / CURVES
+
+    def checkpoint(self, tag: str = "last") -> Path:
+        return self.root / CHECKPOINTS / f"{tag}.pt"
+
+    def is_complete(self) -> bool:
+        """A summary.json that says the whole schedule ran."""
+        return self.summary.is_file() and bool(read_json(self.summary, "run summary").get("complete"))
+
+    @classmethod
+    def of_weights(cls, path: Path) -> RunPaths | None:
+        """The run directory that holds a model.pt or checkpoints/*.pt file, if that is where it lies."""
+        path = Path(path)
+        root = path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
+        return cls(root) if (root / CONFIG).is_file() else None
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line; on resume, lines past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, resume_from_iteration: int | None) -> None:
+        self.path = Path(path)
+        self.records: list[dict[str, Any]] = []
+        if resume_from_iteration is not None and self.path.exists():
+            self.records = [r for r in read_metrics(self.path) if r["iteration"] <= resume_from_iteration]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+        elif self.path.exists():
+            self.path.unlink()
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as error:
+        raise RunDirectoryError(f"{path}: a line is not JSON ({error}); retrain or leave it out") from None
+
+
+def resolve_weights(path: str | Path) -> Path:
+    """A run directory means its final model.pt, or its last checkpoint while the run is unfinished; a file itself."""
+    path = Path(path)
+    if path.is_dir():
+        run = RunPaths(path)
+        for candidate in (run.weights, run.checkpoint("last")):
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"{path} holds neither {WEIGHTS} nor {CHECKPOINTS}/last.pt; is it a run directory?")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; give a run directory, checkpoint or weight file")
+    return path
+
+
+def run_dataset(weights: Path) -> str | None:
+    """The dataset the run holding `weights` trained on, from its config.json (for files without metadata)."""
+    run = RunPaths.of_weights(weights)
+    return read_json(run.config, "run config")["options"]["dataset"] if run else None
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    summary: dict[str, Any]
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    label: str = ""  # how a report names it: its path below the folder that holds all reported runs
+
+    @property
+    def name(self) -> str:
+        return self.label or self.path.name
+
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths(self.path)
+
+
+def load_run(path: str | Path) -> RunRecord:
+    """A finished run directory, checked for completeness and self-consistency; one error naming what is wrong."""
+    run = RunPaths(Path(path))
+    if not run.root.is_dir():
+        raise RunDirectoryError(f"{run.root} is not a directory; give run directories written by `resnets train`")
+    missing = [name for name in RECORD_FILES if not (run.root / name).is_file()]
+    if missing:
+        raise RunDirectoryError(f"{run.root}: {', '.join(missing)} missing; a finished run directory holds "
+                                f"{', '.join(RECORD_FILES)} (finish it with `resnets train --resume --out {run.root}` "
+                                "or leave it out)")
+    try:
+        summary, config = read_json(run.summary), read_json(run.config)
+    except UnreadableFileError as error:
+        raise RunDirectoryError(f"{error}; the run directory is damaged: retrain or resume it, or leave it "
+                                "out") from None
+    metrics = read_metrics(run.metrics)
+    try:
+        problems = inconsistencies(summary, config, metrics)
+    except (KeyError, TypeError, ValueError) as error:
+        raise RunDirectoryError(f"{run.root}: {SUMMARY} or {CONFIG} lacks {error} or has it malformed; it was not "
+                                "written by this resnets: retrain it or leave it out") from None
+    if problems:
+        raise RunDirectoryError(f"{run.root} is inconsistent: {'; '.join(problems)}; the files were edited or come "
+                                "from different runs: retrain it or leave it out")
+    return RunRecord(run.root, summary, config, metrics)
+
+
+def inconsistencies(summary: dict[str, Any], config: dict[str, Any], metrics: Sequence[dict[str, Any]]) -> list[str]:
+    options = config["options"]
+    problems = []
+    architecture = ResNetSpec.from_config(config["model_config"]).name
+    if summary["model"] != options["model"]:
+        problems.append(f"{SUMMARY} says model {summary['model']!r}, {CONFIG} {options['model']!r}")
+    elif model_spec(summary["model"]).name != architecture:
+        problems.append(f"{SUMMARY} says model {summary['model']!r}, {CONFIG}'s architecture is {architecture!r}")
+    if summary["dataset"] != options["dataset"]:
+        problems.append(f"{SUMMARY} says dataset {summary['dataset']!r}, {CONFIG} {options['dataset']!r}")
+    last = metrics[-1]["iteration"] if metrics else None
+    if summary["iterations"] != last:
+        problems.append(f"{SUMMARY} says {summary['iterations']} iterations, {METRICS} ends at {last}")
+    if summary["scheduled_iterations"] != config["iterations"]:
+        problems.append(f"{SUMMARY} schedules {summary['scheduled_iterations']} iterations, {CONFIG} "
+                        f"{config['iterations']}")
+    return problems
