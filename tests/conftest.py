@@ -1,13 +1,21 @@
-"""Shared fixtures. Real data is found only through resnets.data.paths.datasets_root(), the project's one setting."""
+"""Shared fixtures. Real data is found only through resnets.data.paths.datasets_root(), the project's one setting;
+when it is unset, the tests point it at ../shared/datasets beside the repository, whatever the current directory."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from resnets.data.cifar import FORMATS
 from resnets.data.paths import DATASETS_ENV, datasets_root
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+if not os.environ.get(DATASETS_ENV, "").strip():
+    os.environ[DATASETS_ENV] = str(REPOSITORY.parent / "shared" / "datasets")
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +45,44 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def write_synthetic_cifar(folder: Path, train: int = 2048, test: int = 512, seed: int = 0) -> Path:
+    """A learnable CIFAR-10 stand-in in the official binary layout, for tests that must run without ../shared:
+    each class is a colour and a stripe pattern of its own, under per-image noise, shifts and brightness changes."""
+    fmt = FORMATS["cifar10"]
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    colours = torch.rand(10, 3, 1, 1, generator=generator) * 0.6 + 0.2
+    rows, cols = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    patterns = torch.stack([torch.sin((rows * (k % 5 + 1) + cols * (k // 5)) * 0.4) for k in range(10)])[:, None]
+
+    def images(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(count) % 10
+        shifts = torch.randint(0, 32, (count,), generator=generator)
+        pattern = torch.stack([patterns[k].roll(int(s), dims=-1) for k, s in zip(labels, shifts, strict=True)])
+        brightness = 0.8 + 0.4 * torch.rand(count, 1, 1, 1, generator=generator)
+        pixels = (colours[labels] + 0.15 * pattern) * brightness + 0.12 * torch.randn(count, 3, 32, 32,
+                                                                                       generator=generator)
+        return (pixels.clamp(0, 1) * 255).round().to(torch.uint8), labels
+
+    for split, count in (("train", train), ("test", test)):
+        pixels, labels = images(count)
+        records = torch.cat([labels[:, None].to(torch.uint8), pixels.flatten(1)], 1).numpy()
+        for part, file in zip(np.array_split(records, len(fmt.files[split])), fmt.files[split], strict=True):
+            part.tofile(folder / file)
+    (folder / fmt.names_file).write_text("\n".join(f"class{k}" for k in range(10)) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def synthetic_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_cifar(tmp_path_factory.mktemp("synthetic-cifar"))
+
+
+@pytest.fixture(params=["synthetic", "jpeg"])
+def cifar_data(request: pytest.FixtureRequest) -> Path:
+    """Each training-loop test runs on data it writes itself (always) and on the real JPEG copy (when present)."""
+    if request.param == "synthetic":
+        return request.getfixturevalue("synthetic_cifar")
+    return request.getfixturevalue("cifar10_jpeg_dir")

@@ -113,6 +113,21 @@ def all_reduce_sum(tensor: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     return tensor
 
 
+def same_on_all_ranks(values: torch.Tensor, runtime: Runtime) -> bool:
+    """Whether every rank holds exactly these values (max and min over ranks agree)."""
+    if not runtime.distributed:
+        return True
+    high, low = values.clone(), -values
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MAX)
+    return torch.equal(high, -low)
+
+
+def parameter_fingerprint(module: torch.nn.Module) -> torch.Tensor:
+    """Float64 sums and sums of squares of every parameter: equal on two ranks only if their weights are."""
+    return torch.stack([value for p in module.parameters() for value in (p.double().sum(), p.double().square().sum())])
+
+
 def broadcast_buffers(module: torch.nn.Module, runtime: Runtime) -> None:
     """Give every rank rank 0's buffers (BN running statistics). DDP syncs them at the start of each forward, so
     after the last step each rank holds its own batch's update; rank 0's are the ones saved with the weights."""

@@ -33,6 +33,8 @@ from ..runtime import (
     autocast,
     broadcast_buffers,
     hardware_description,
+    parameter_fingerprint,
+    same_on_all_ranks,
     set_determinism,
     setup_runtime,
     teardown_runtime,
@@ -266,6 +268,7 @@ class Run:
         wall = self.elapsed
         final_model = self.ema.module if self.ema is not None else self.model
         test = self.evaluate("test")
+        identical = same_on_all_ranks(parameter_fingerprint(self.model), self.runtime)  # DDP kept one model
         summary: dict[str, Any] = {}
         if self.runtime.is_main:
             at, options, data = self.at, self.options, self.data
@@ -276,6 +279,11 @@ class Run:
                        "test_images": test["images"], "complete": at.iteration >= self.total,
                        "hardware": hardware_description(self.runtime), "precision": options.precision,
                        "skipped_images": data.bad_images()}
+            if self.runtime.distributed:
+                summary["parameters_identical_across_ranks"] = identical
+                if not identical:
+                    self.log_line("warning: the processes ended with different weights (gradient sync failed?); "
+                                  "model.pt holds rank 0's")
             save_weights(final_model, self.paths.weights,
                          {**self.meta, "recipe": self.recipe.to_dict(), "test_top1_error": test["top1_error"],
                           "test_top5_error": test["top5_error"], "iterations": at.iteration,
