@@ -1,8 +1,10 @@
-"""`resnets bench` and the measuring functions behind it: they run and return positive numbers."""
+"""`resnets bench` and the measuring functions behind it: timings that match known work, consistent summaries."""
 
 from __future__ import annotations
 
 import json
+import statistics
+import time
 
 import pytest
 import torch
@@ -38,13 +40,25 @@ def test_bench_cli_text_fused_channels_last(capsys: pytest.CaptureFixture) -> No
 
 
 def test_measure_bf16_fused_and_interleaved_timing() -> None:
-    result = measure(BenchConfig(model="resnet20", batch_size=4, precision="bf16", fused=True, warmup=1, repeats=2,
+    result = measure(BenchConfig(model="resnet20", batch_size=4, precision="bf16", fused=True, warmup=1, repeats=3,
                                  threads=1))
-    assert result.images_per_s > 0 and all(r > 0 for r in result.runs)
+    assert len(result.runs) == 3 and result.images_per_s == pytest.approx(statistics.median(result.runs))
     steps = {name: build_step(BenchConfig(model="resnet20", batch_size=2, mode=mode))
              for name, mode in (("a", "inference"), ("b", "train"))}
     times = time_interleaved(steps, warmup=0, repeats=2)
     assert set(times) == {"a", "b"} and all(len(t) == 2 and min(t) > 0 for t in times.values())
+
+
+def test_interleaved_timing_measures_the_work_it_times() -> None:
+    """Steps of known length (sleeps of 20 and 60 ms) are timed as such, in alternating rounds."""
+    order: list[str] = []
+
+    def sleeper(name: str, seconds: float):
+        return (lambda: (order.append(name), time.sleep(seconds))), torch.device("cpu")
+
+    times = time_interleaved({"short": sleeper("short", 0.02), "long": sleeper("long", 0.06)}, warmup=1, repeats=3)
+    assert order == ["short", "long"] + ["short", "long"] * 3  # warm-ups first, then alternating rounds
+    assert all(0.02 <= t < 0.05 for t in times["short"]) and all(0.06 <= t < 0.09 for t in times["long"])
 
 
 @pytest.mark.parametrize(("settings", "message"), [

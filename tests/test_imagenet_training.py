@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import torchvision
 
 import resnets
+from resnets.data.classes import imagenet_wnids
 from resnets.data.folder import read_image
 
 from .test_train import run_cli
@@ -45,16 +47,24 @@ def test_resnet18_overfits_20_real_photos(imagenet_sample_dir: Path, tmp_path: P
 
 
 def test_eval_protocols_on_a_torchvision_file(imagenet_sample_dir: Path, tmp_path: Path) -> None:
-    link_photos(imagenet_sample_dir, tmp_path / "photos", 3)
+    photos = link_photos(imagenet_sample_dir, tmp_path / "photos", 3)
+    wnids = imagenet_wnids()
+    expected = [(photo.name.split("_")[0], wnids.index(photo.name.split("_")[0])) for photo in photos]
     weights = tmp_path / "resnet18-tv.pth"
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     for protocol, views in (("center", 1), ("10crop", 10), ("multiscale", 10)):
+        per_image = tmp_path / f"{protocol}.jsonl"
         result = run_cli("eval", "--checkpoint", str(weights), "--dataset", "imagenet", "--data",
-                         str(tmp_path / "photos"), "--protocol", protocol, "--workers", "0", "--json")
+                         str(tmp_path / "photos"), "--protocol", protocol, "--workers", "0", "--json",
+                         "--predictions", str(per_image))
         report = json.loads(result.stdout.strip().splitlines()[-1])
         assert report["images"] == 3 and report["views_per_image"] == views
-        assert 0 <= report["top1_error"] <= 100 and report["top5_error"] <= report["top1_error"]
+        assert report["top5_error"] <= report["top1_error"]
+        rows = [json.loads(line) for line in per_image.read_text().splitlines()]
+        assert [Path(row["image"]).name.split("_")[0] for row in rows] == [wnid for wnid, _ in expected]
+        assert [row["label"] for row in rows] == [label for _, label in expected]  # wnid -> ImageNet index
+        assert report["top1_error"] == pytest.approx(100 * sum(r["top1"] != r["label"] for r in rows) / 3)
         assert report["protocol"] == protocol and report["images_per_s"] > 0
 
 

@@ -87,17 +87,6 @@ class Normalize:
             out = out / self.std.to(image.device, image.dtype)[:, None, None]
         return out
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors only, so a run can store them and load them back with torch.load(weights_only=True)."""
-        state = {"mean": self.mean.clone()}
-        if self.std is not None:
-            state["std"] = self.std.clone()
-        return state
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> Normalize:
-        return cls(state["mean"], state.get("std"))
-
     def __repr__(self) -> str:
         mean = f"mean image {tuple(self.mean.shape)}" if self.per_pixel else f"mean={_rounded(self.mean)}"
         std = "" if self.std is None else f", std={_rounded(self.std)}"
@@ -280,7 +269,7 @@ def compute_mean_image(source: ImageSource, size: int = 224, resize: int = 256,
     """Per-pixel mean (3, size, size), pixels in [0, 1], of `resize`-shorter-side centre crops of training images.
 
     `source` is an ImageFolderDataset (its transform is ignored) or a list of image paths. Store the result
-    with the run (`Normalize(mean_image, std=None).state_dict()`); it is a plain tensor.
+    with the run (as `data.preprocess.Preprocessing.mean_image`); it is a plain tensor.
     """
     total = torch.zeros(3, size, size, dtype=torch.float64)
     count = 0
