@@ -18,12 +18,23 @@ if not os.environ.get(DATASETS_ENV, "").strip():
     os.environ[DATASETS_ENV] = str(REPOSITORY.parent / "shared" / "datasets")
 
 
+REQUIRE_DATA_ENV = "RESNETS_REQUIRE_DATA"
+
+
+def skip_without_data(reason: str) -> None:
+    """Skip a test whose real data is absent; with RESNETS_REQUIRE_DATA=1 (CI) fail instead, so that a run can
+    never pass by skipping."""
+    if os.environ.get(REQUIRE_DATA_ENV) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_DATA_ENV}=1 makes missing data an error)")
+    pytest.skip(reason=reason)
+
+
 @pytest.fixture(scope="session")
 def cifar10_jpeg_dir() -> Path:
     """The JPEG copy of CIFAR-10 (train/<class>/*.jpg, test/<class>/*.jpg); skips when it is not on this machine."""
     folder = datasets_root() / "cifar10-jpeg"
     if not (folder / "train").is_dir() or not (folder / "test").is_dir():
-        pytest.skip(reason=f"CIFAR-10 JPEG copy not found at {folder.resolve()}; set {DATASETS_ENV} to the folder "
+        skip_without_data(f"CIFAR-10 JPEG copy not found at {folder.resolve()}; set {DATASETS_ENV} to the folder "
                            "that holds cifar10-jpeg/ to run this test")
     return folder
 
@@ -33,7 +44,7 @@ def imagenet_sample_dir() -> Path:
     """The 200 full-size photos `<wnid>_<name>.JPEG`; skips when they are not on this machine."""
     folder = datasets_root() / "imagenet-sample"
     if not folder.is_dir() or not any(folder.glob("*.JPEG")):
-        pytest.skip(reason=f"imagenet-sample not found at {folder.resolve()}; set {DATASETS_ENV} to the folder "
+        skip_without_data(f"imagenet-sample not found at {folder.resolve()}; set {DATASETS_ENV} to the folder "
                            "that holds imagenet-sample/ to run this test")
     return folder
 

@@ -284,3 +284,7 @@ def test_train_transform_in_dataloader_workers(imagenet_sample_dir: Path) -> Non
     batches = list(loader)
     assert [tuple(images.shape) for images, _ in batches] == [(2, 3, 224, 224)] * 2
     assert all(torch.isfinite(images).all() for images, _ in batches)
+    # One photo four times, one per batch: workers 0 and 1 take turns, and each draws its own augmentations.
+    same = DataLoader(torch.utils.data.Subset(dataset, [0, 0, 0, 0]), batch_size=1, num_workers=2)
+    first, second, third, _ = (images for images, _ in same)
+    assert not torch.equal(first, second) and not torch.equal(first, third)

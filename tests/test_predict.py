@@ -11,7 +11,6 @@ import torch
 import resnets
 from resnets.cli import main
 from resnets.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES, imagenet_classes, imagenet_wnids
-from resnets.data.paths import DATASETS_ENV, datasets_root
 from resnets.data.preprocess import Preprocessing
 from resnets.deploy.predict import load_predictor
 
@@ -97,10 +96,8 @@ def test_default_class_names_and_preprocessing_per_family() -> None:
         Preprocessing.from_meta({"mean_image": torch.zeros(3, 28, 28)}, "cifar", 10)
 
 
-def test_sample_photo_names_match_shipped_class_names() -> None:
-    folder = datasets_root() / "imagenet-sample"
-    if not folder.is_dir():
-        pytest.skip(reason=f"ImageNet sample not found at {folder.resolve()}; set {DATASETS_ENV}")
+def test_sample_photo_names_match_shipped_class_names(imagenet_sample_dir: Path) -> None:
+    folder = imagenet_sample_dir
     names, wnids = imagenet_classes(), imagenet_wnids()
     for path in sorted(folder.glob("*.JPEG")):
         wnid, name = path.stem.split("_", 1)

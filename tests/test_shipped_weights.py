@@ -9,13 +9,20 @@ sampling error.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
+import torch
 
-from resnets import create_model, list_pretrained
+from resnets import create_model, list_pretrained, preprocess
 from resnets.analysis.ship import subset_error
+from resnets.data.folder import read_image
+from resnets.deploy.export import run_exported
+from resnets.models.weights import pretrained_dir
+
+from .test_train import run_cli
 
 SHIPPED = list_pretrained()
 NAMES = sorted(SHIPPED) or [pytest.param(None, marks=pytest.mark.skip(
@@ -43,3 +50,37 @@ def test_unknown_tag_names_what_ships() -> None:
         pytest.skip(reason="no weights shipped yet")
     with pytest.raises(ValueError, match=f"no shipped weights '{model_name}-nosuch'; {model_name} ships pretrained="):
         create_model(model_name, pretrained="nosuch")
+
+
+def test_shipped_resnet20_gives_one_answer_through_eval_predict_and_onnx(cifar10_jpeg_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    """500 real test images (50 per class) through `resnets eval`, `resnets predict` and the ONNX export in
+    onnxruntime: the same top-1 class for every image, so the same error, near the error the weights state."""
+    if "resnet20" not in SHIPPED:
+        pytest.skip(reason="resnet20 is not shipped")
+    folder = tmp_path / "cifar-500"
+    files = []
+    for class_dir in sorted((cifar10_jpeg_dir / "test").iterdir()):
+        (folder / "test" / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.iterdir())[:50]:
+            (folder / "test" / class_dir.name / image.name).symlink_to(image.resolve())
+            files.append(folder / "test" / class_dir.name / image.name)
+    weights = pretrained_dir() / "resnet20.pt"
+    per_image = tmp_path / "eval.jsonl"
+    evaluated = run_cli("eval", "--checkpoint", str(weights), "--data", str(folder), "--predictions", str(per_image),
+                        "--json")
+    report = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in per_image.read_text().splitlines()]
+    by_eval = [row["top1"] for row in rows]
+    predicted = run_cli("predict", *map(str, files), "--model", "resnet20", "--pretrained", "--topk", "1", "--json")
+    by_predict = [json.loads(line)["top"][0]["index"] for line in predicted.stdout.splitlines()]
+    assert len(by_eval) == 500 and by_predict == by_eval
+    onnx_file = tmp_path / "resnet20.onnx"
+    run_cli("export", "--model", "resnet20", "--pretrained", "--format", "onnx", "--out", str(onnx_file))
+    model = create_model("resnet20", pretrained=True)
+    inputs = preprocess(model, torch.stack([read_image(path) for path in files]))
+    by_onnx = run_exported(onnx_file, "onnx", inputs).argmax(1).tolist()
+    assert by_onnx == by_eval
+    wrong = sum(row["top1"] != row["label"] for row in rows)
+    assert report["top1_error"] == pytest.approx(100 * wrong / 500)
+    assert abs(report["top1_error"] - SHIPPED["resnet20"]["test_top1_error"]) <= 3.0, report
