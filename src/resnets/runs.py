@@ -2,7 +2,8 @@
 
     RUN/config.json          options, recipe, architecture, data and hardware, written at the start
     RUN/metrics.jsonl        one JSON object per logged iteration (train loss/error, lr, images/s, test error)
-    RUN/checkpoints/last.pt  everything needed to resume bit-exactly (best.pt: the best evaluation so far)
+    RUN/checkpoints/last.pt  everything needed to resume bit-exactly (previous.pt: the one before it, kept as a
+                             fallback; best.pt: the best evaluation so far)
     RUN/model.pt             final weights + architecture + classes + preprocessing + measured test error
     RUN/summary.json         final numbers; "complete" says whether the whole schedule ran
     RUN/curves.png           train error dashed, test error solid (Fig. 6 style)
@@ -61,6 +62,14 @@ class RunPaths:
 
     def checkpoint(self, tag: str = "last") -> Path:
         return self.root / CHECKPOINTS / f"{tag}.pt"
+
+    @property
+    def resumable(self) -> list[Path]:
+        """Checkpoints to resume from, newest first: last.pt, then the previous.pt kept when it was replaced."""
+        return [self.checkpoint("last"), self.checkpoint("previous")]
+
+    def has_checkpoint(self) -> bool:
+        return any(path.is_file() for path in self.resumable)
 
     def is_complete(self) -> bool:
         """A summary.json that says the whole schedule ran."""

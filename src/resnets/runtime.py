@@ -6,6 +6,8 @@ import contextlib
 import os
 import platform
 import random
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +102,8 @@ def hardware_description(runtime: Runtime) -> dict[str, Any]:
     info: dict[str, Any] = {
         "device": str(runtime.device), "world_size": runtime.world_size, "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(), "python": platform.python_version(),
+        "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "python": platform.python_version(),
     }
     if runtime.device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(runtime.device)
@@ -134,3 +137,46 @@ def broadcast_buffers(module: torch.nn.Module, runtime: Runtime) -> None:
     if runtime.distributed:
         for buffer in module.buffers():
             dist.broadcast(buffer, src=0)
+
+
+# SIGTERM: what a scheduler (SLURM, Kubernetes, torchrun) sends before it kills a job; SIGUSR1: what SLURM sends ahead
+# of a time limit when asked (#SBATCH --signal=USR1@120).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later", the requeue convention
+
+
+class Preempted(Exception):
+    """The run stopped on a signal after writing a checkpoint; rerun the same command with --resume auto."""
+
+    exit_code = EXIT_PREEMPTED
+
+
+class StopSignals:
+    """Records SIGTERM/SIGUSR1 instead of dying, so that a loop can checkpoint at its next step boundary."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread
+            for number in self.signals():
+                self._previous[number] = signal.signal(number, self._record)
+        return self
+
+    @staticmethod
+    def signals() -> tuple[int, ...]:
+        """Under torchrun, SIGTERM is the agent tearing the group down (a peer died, restart follows): a worker that
+        lingered to checkpoint would hold up the restart, so there only SIGUSR1 asks for a checkpoint and a stop."""
+        return (signal.SIGUSR1,) if "TORCHELASTIC_RUN_ID" in os.environ else STOP_SIGNALS
+
+    def _record(self, number: int, _frame: Any) -> None:
+        self.received = number
+
+    def __exit__(self, *_exc: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received is not None else ""

@@ -113,7 +113,7 @@ def run_degradation(out: str | Path = "runs/degradation", models: Sequence[str] 
             statuses[name] = "skipped (complete)"
             log(f"{name}: complete in {run_dir}, skipped")
             continue
-        options.resume = RunPaths(run_dir).checkpoint("last").is_file()
+        options.resume = RunPaths(run_dir).has_checkpoint()
         statuses[name] = "resumed" if options.resume else "trained"
         log(f"{name}: {'resuming' if options.resume else 'training'} in {run_dir}")
         train(options, recipe)

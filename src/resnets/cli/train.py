@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda")
     p.add_argument("--deterministic", action="store_true", default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="auto",
+                   help="continue the run in --out; `--resume auto` continues it if it has a checkpoint and starts "
+                        "it otherwise (the same command for the first start and every requeue)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None)
     p.add_argument("--shortcut", choices=["A", "B", "C", "none"], default=None)
@@ -97,14 +100,21 @@ def resolve(args: argparse.Namespace) -> tuple[RunOptions, Recipe]:
     values["model"] = model
     values.setdefault("dataset", recipe.dataset)
     values.setdefault("out", f"runs/{model}-{recipe.name}")
-    return RunOptions(**values), recipe
+    if values.get("resume") not in (None, True, False, "auto"):
+        raise ValueError(f"--resume takes no value or 'auto', got {values['resume']!r}")
+    return RunOptions(**values), recipe.validate()
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..runtime import Preempted
     from ..train.loop import train
 
     options, recipe = resolve(args)
-    train(options, recipe)
+    try:
+        train(options, recipe)
+    except Preempted as stopped:
+        print(f"resnets train: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     return 0
 
 

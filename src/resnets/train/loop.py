@@ -1,8 +1,8 @@
 """The one training loop (CIFAR and ImageNet differ only in `build_data` and the recipe).
 
-Read `train` at the bottom first: set up a `Run` (runtime, data, model, optimizer, schedule, resume), then for
-every batch: `step`, and when due `log`, `evaluate` (which checkpoints), `checkpoint`; at the end `finish` (final
-test, weights, curves, summary). The helpers above it are each a few lines.
+Read `train` and `_train` at the bottom first: set up a `Run` (runtime, data, model, optimizer, schedule, resume),
+then for every batch: `step`, and when due `log`, `evaluate` (which checkpoints), `checkpoint`, a requested stop
+(SIGTERM/SIGUSR1: checkpoint, then exit 75); at the end `finish` (final test, weights, curves, summary).
 
 Host synchronisation: a step never waits for the device. Non-finite losses are flagged on the device and the flag
 is read only where the run must be sound anyway: before a metrics line or a checkpoint is written. So a NaN stops
@@ -28,7 +28,9 @@ from ..models import create_model, model_config, save_weights
 from ..plots import plot_error_curves
 from ..runs import MetricsLog, RunPaths
 from ..runtime import (
+    Preempted,
     Runtime,
+    StopSignals,
     all_reduce_sum,
     autocast,
     broadcast_buffers,
@@ -39,7 +41,7 @@ from ..runtime import (
     setup_runtime,
     teardown_runtime,
 )
-from .checkpoint import load_training_checkpoint, save_training_checkpoint
+from .checkpoint import load_training_checkpoint, read_intact_checkpoint, save_training_checkpoint
 from .data import build_data
 from .recipes import Recipe, RunOptions, describe
 from .schedule import LrSchedule
@@ -80,18 +82,27 @@ class Run:
     """Everything one training run holds, set up in reading order; `train` drives it."""
 
     def __init__(self, options: RunOptions, recipe: Recipe, runtime: Runtime) -> None:
-        self.options, self.recipe, self.runtime = options, recipe, runtime
+        self.options, self.recipe, self.runtime = options, recipe.validate(), runtime
         self.paths = RunPaths(options.out)
         self.log_line = print if runtime.is_main else (lambda *_a, **_k: None)
-        last = self.paths.checkpoint("last")
-        if not options.resume and last.exists():
-            raise ValueError(f"{self.paths.root} already holds a run; pass --resume to continue it or choose another "
-                             "--out")
-        if options.resume and not last.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last}; start without --resume")
+        started_before = self.paths.has_checkpoint()
+        if options.resume == "auto":
+            options.resume = started_before
+            self.log_line(f"--resume auto: {'continuing the run' if started_before else 'no checkpoint yet, starting'}"
+                          f" in {self.paths.root}")
+        if not options.resume and started_before:
+            raise ValueError(f"{self.paths.root} already holds a run; pass --resume (or --resume auto) to continue it "
+                             "or choose another --out")
+        if options.resume and not started_before:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.paths.root / 'checkpoints'}; start without "
+                                    "--resume, or use --resume auto")
         if recipe.batch_size % runtime.world_size:
             raise ValueError(f"batch size {recipe.batch_size} does not split over {runtime.world_size} processes")
         set_determinism(options.seed, options.deterministic)
+        if options.deterministic and runtime.distributed and torch.get_num_threads() != 1:
+            self.log_line(f"note: --deterministic repeats this run bit for bit with the same processes and "
+                          f"{torch.get_num_threads()} threads each; to get the same bits from another topology "
+                          "(nodes x processes), run every process with OMP_NUM_THREADS=1")
         device = runtime.device
 
         self.data: TrainingData = build_data(options, recipe, runtime)  # loaders yield channels_last when asked
@@ -115,10 +126,11 @@ class Run:
 
         self.at = Position()
         if options.resume:
-            state = load_training_checkpoint(last, self.model, self.optimizer, self.schedule, self.data.train,
-                                             self.ema, self.scaler)
+            path, state = read_intact_checkpoint(self.paths.resumable, self.log_line)
+            load_training_checkpoint(state, path, self.model, self.optimizer, self.schedule, self.data.train,
+                                     self.ema, self.scaler)
             self.at = Position(state["iteration"], state["epoch"], state["best_error"], state["elapsed_seconds"])
-            self.log_line(f"resumed {last} at iteration {self.at.iteration} (epoch {self.at.epoch})")
+            self.log_line(f"resumed {path} at iteration {self.at.iteration} (epoch {self.at.epoch})")
         else:
             self.data.train.set_epoch(0)
         self.train_model: torch.nn.Module = torch.compile(self.model) if options.compile else self.model
@@ -251,8 +263,27 @@ class Run:
                                      schedule=self.schedule, loader=self.data.train, ema=self.ema, scaler=self.scaler,
                                      iteration=self.at.iteration, epoch=self.at.epoch, best_error=self.at.best_error,
                                      elapsed_seconds=self.elapsed, recipe=self.recipe, options=self.options,
-                                     meta=self.meta)
+                                     meta=self.meta,
+                                     keep_previous=self.paths.checkpoint("previous") if tag == "last" else None)
         self.runtime.barrier()
+
+    def stop_requested(self, signals: StopSignals) -> bool:
+        """A stop signal reached this process (one process: checked every step, no sync) or any process (DDP:
+        agreed every 10 iterations, so that all ranks checkpoint at the same step)."""
+        if not self.runtime.distributed:
+            return signals.received is not None
+        if self.at.iteration % 10:
+            return False
+        flag = torch.tensor([float(signals.received is not None)], device=self.runtime.device)
+        return all_reduce_sum(flag, self.runtime).item() > 0
+
+    def stop(self, signals: StopSignals) -> None:
+        self.checkpoint("last")
+        self.progress.close()
+        last = self.paths.checkpoint("last")
+        raise Preempted(f"stopped by {signals.name or 'a stop signal on another process'} at iteration "
+                        f"{self.at.iteration}; checkpoint written to {last}; run the same command with --resume auto "
+                        "to continue")
 
     def write(self, record: dict[str, Any]) -> None:
         if record and self.metrics is not None:
@@ -307,18 +338,26 @@ def train(options: RunOptions, recipe: Recipe) -> dict[str, Any]:
     """Train one network; returns the run summary (also written to OUT/summary.json)."""
     runtime = setup_runtime(options.device)
     try:
-        run = Run(options, recipe, runtime)
-        run.model.train()
-        for inputs, labels in run.batches():
-            run.step(inputs, labels)
-            run.warm_up()
-            at, end_of_epoch = run.iteration, run.data.train.epoch_finished
-            record = run.log() if at % options.log_every == 0 or at == run.stop_at or end_of_epoch else {}
-            if at % run.eval_every == 0 or at == run.stop_at:
-                record |= run.evaluate_and_checkpoint()
-            elif options.checkpoint_every and at % options.checkpoint_every == 0:
-                run.checkpoint("last")
-            run.write(record)
-        return run.finish()
+        with StopSignals() as signals:
+            return _train(Run(options, recipe, runtime), signals)
     finally:
         teardown_runtime(runtime)
+
+
+def _train(run: Run, signals: StopSignals) -> dict[str, Any]:
+    """The loop: a step, then whatever is due after it."""
+    options = run.options
+    run.model.train()
+    for inputs, labels in run.batches():
+        run.step(inputs, labels)
+        run.warm_up()
+        at, end_of_epoch = run.iteration, run.data.train.epoch_finished
+        record = run.log() if at % options.log_every == 0 or at == run.stop_at or end_of_epoch else {}
+        if at % run.eval_every == 0 or at == run.stop_at:
+            record |= run.evaluate_and_checkpoint()
+        elif options.checkpoint_every and at % options.checkpoint_every == 0:
+            run.checkpoint("last")
+        run.write(record)
+        if run.stop_requested(signals):
+            run.stop(signals)
+    return run.finish()

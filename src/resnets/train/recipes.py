@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -56,6 +57,26 @@ class Recipe:
         data = dataclasses.asdict(self)
         data["milestones"] = list(self.milestones)
         return data
+
+    def validate(self) -> Recipe:
+        """One clear error for settings no run can use (a NaN lr would otherwise die at the first step)."""
+        checks = [("lr", self.lr, 0.0, math.inf, False), ("weight_decay", self.weight_decay, 0.0, math.inf, True),
+                  ("momentum", self.momentum, 0.0, 1.0, True), ("gamma", self.gamma, 0.0, math.inf, False),
+                  ("label_smoothing", self.label_smoothing, 0.0, 1.0, True),
+                  ("error_warmup_lr", self.error_warmup_lr, 0.0, math.inf, False)]
+        for name, value, low, high, low_allowed in checks:
+            if value is None:
+                continue
+            inside = (low <= value if low_allowed else low < value) and value < high
+            if not (math.isfinite(value) and inside):
+                bound = f"{'>=' if low_allowed else '>'} {low:g}" + (f" and < {high:g}" if math.isfinite(high) else "")
+                raise ValueError(f"recipe {self.name!r}: {name} = {value!r} is not a finite number {bound}; fix "
+                                 f"--{name.replace('_', '-')} / --set {name}=...")
+        if self.batch_size < 1 or (self.epochs is None and self.iterations < 1) or (
+                self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0)):
+            raise ValueError(f"recipe {self.name!r}: batch_size, iterations and epochs must be positive, got "
+                             f"{self.batch_size}, {self.iterations}, {self.epochs}")
+        return self
 
 
 RECIPES: dict[str, Recipe] = {
@@ -170,7 +191,7 @@ class RunOptions:
     compile: bool = False
     deterministic: bool = False
     seed: int = 0
-    resume: bool = False
+    resume: bool | str = False  # True: continue the run in `out`; "auto": continue it if it has a checkpoint
     num_classes: int | None = None
     shortcut: str | None = None
     workers: int = 4
