@@ -61,11 +61,13 @@ def test_models_cli_table_shows_papers_flops(capsys: pytest.CaptureFixture[str])
 
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("resnet", "plain"))}
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.startswith(("resnet", "plain", "preact_"))}
     assert set(resnets.list_models()) <= set(rows)
     for depth, paper in {18: "1.8", 34: "3.6", 50: "3.8", 101: "7.6", 152: "11.3"}.items():
         assert paper in rows[f"resnet{depth}"]
     assert "60,192,808" in rows["resnet152"] and "269,722" in rows["resnet20"]
+    assert "1,703,258" in rows["preact_resnet164"] and rows["preact_resnet200"][-2] == "-"  # no paper FLOPs for it
 
 
 @pytest.mark.parametrize("depth", [18, 50, 152])
@@ -229,3 +231,78 @@ def test_fcn_form_equals_pooled_form() -> None:
         scores = model.forward_fcn(x)
         assert scores.shape == (1, 1000, 7, 7)
         assert torch.allclose(scores.mean((2, 3)), model(x), atol=1e-4)
+
+
+# He et al., "Identity Mappings in Deep Residual Networks" (ECCV 2016): CIFAR-10 parameter counts computed from the
+# architecture (the paper rounds them to 1.7M and 10.2M).
+@pytest.mark.parametrize(("name", "params"), [("preact_resnet164", 1_703_258), ("preact_resnet1001", 10_327_706)])
+def test_preact_cifar_param_counts_exact(name: str, params: int) -> None:
+    with torch.device("meta"):
+        model = resnets.create_model(name)
+    assert model.spec.block == "bottleneck" and model.spec.preact
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
+@pytest.mark.parametrize("name", ["preact_resnet164", "resnet164", "preact_resnet110", "preact_resnet18",
+                                  "preact_resnet50", "preact_resnet200", "resnet1001", "preact_resnet1001"])
+def test_followup_models_forward_shapes(name: str) -> None:
+    # Train mode: BN uses batch statistics. (In eval mode with untrained running statistics a post-activation
+    # ResNet-1001 overflows: 333 residual additions of He-initialised branches, nothing normalising them.)
+    model = resnets.create_model(name, num_classes=7).train()
+    size = model.spec.input_size if model.spec.family == "cifar" else 64
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 7) and torch.isfinite(out).all() and model.spec.name == name
+
+
+def test_followup_models_are_listed() -> None:
+    listed = resnets.list_models()
+    assert {"resnet164", "resnet1001", "preact_resnet164", "preact_resnet1001"} <= set(listed)
+    assert {f"preact_resnet{d}" for d in (18, 34, 50, 101, 152, 200)} <= set(listed)
+
+
+def test_preact_block_order_and_clean_identity_path() -> None:
+    """BN -> ReLU -> conv in every unit, a projection on the pre-activated input, nothing after the addition."""
+    block = resnets.create_model("preact_resnet164").layer2[0]
+    assert block.preact and block.bn1.num_features == block.conv1.in_channels == 64
+    x = torch.randn(2, 64, 16, 16)
+    activated = torch.relu(block.bn1.eval()(x))
+    block.eval()
+    out = block.conv1(activated)
+    out = block.conv2(torch.relu(block.bn2(out)))
+    out = block.conv3(torch.relu(block.bn3(out)))
+    with torch.no_grad():
+        assert torch.allclose(block(x), out + block.downsample(activated), atol=1e-5)
+        # zero_init_residual zeroes each pre-activation block's last conv: the block starts as the identity
+        identity = resnets.create_model("preact_resnet164", zero_init_residual=True).layer2[1].eval()
+        y = torch.randn(2, 128, 16, 16)
+        assert torch.equal(identity(y), y)
+
+
+def test_preact_nets_fuse_without_folding_bn_into_the_wrong_conv() -> None:
+    model = resnets.create_model("preact_resnet164").eval()
+    for m in model.modules():  # non-trivial BN statistics, so a wrong fold would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(resnets.fuse_for_inference(model, channels_last=False)(x), model(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["preact_resnet164", "resnet164"])
+def test_activation_checkpointing_changes_memory_not_results(name: str) -> None:
+    """Same loss, gradients and BN running statistics after one training step, with and without recomputation."""
+    states = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = resnets.create_model(name, activation_checkpointing=checkpointing).train()
+        inputs = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        loss = torch.nn.functional.cross_entropy(model(inputs), torch.tensor([0, 1, 2, 3]))
+        loss.backward()
+        states.append((loss.detach(), {k: p.grad for k, p in model.named_parameters()},
+                       {k: b.clone() for k, b in model.named_buffers()}))
+    (loss_a, grads_a, buffers_a), (loss_b, grads_b, buffers_b) = states
+    assert torch.equal(loss_a, loss_b)
+    assert all(torch.allclose(grads_a[k], grads_b[k], atol=1e-6, rtol=1e-4) for k in grads_a)
+    assert all(torch.equal(buffers_a[k], buffers_b[k]) for k in buffers_a)  # updated once, not twice

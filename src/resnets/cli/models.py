@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
+
 from ..analysis.complexity import complexity
 from ..models import create_model, list_models, list_pretrained, model_spec
 from ..models.specs import PAPER_IMAGENET_GFLOPS
@@ -27,12 +29,14 @@ def model_rows(names: list[str], shortcut: str | None = None, v15: bool = False)
     for name in names:
         named = model_spec(name)
         plain, bottleneck = named.shortcut == "none", named.block == "bottleneck"
-        model = create_model(name, shortcut=None if plain else shortcut,
-                             stride_in_1x1=False if v15 and bottleneck else None)
+        with torch.device("meta"):  # shapes only: counting costs no memory and no arithmetic
+            model = create_model(name, shortcut=None if plain else shortcut,
+                                 stride_in_1x1=False if v15 and bottleneck else None)
         cost = complexity(model)
         spec = model.spec
         # Table 1 quotes FLOPs for the residual nets and for plain-18/34 (Sec. 4.1: same as ResNet).
-        quoted = spec.family == "imagenet" and (spec.residual or spec.depth in (18, 34))
+        quoted = (spec.family == "imagenet" and not spec.preact and spec.depth in PAPER_IMAGENET_GFLOPS
+                  and (spec.residual or spec.depth in (18, 34)))
         rows.append({
             "name": name, "family": spec.family, "depth": spec.depth, "block": spec.block,
             "shortcut": spec.shortcut, "bottleneck_stride": ("1x1 (v1)" if spec.stride_in_1x1 else "3x3 (v1.5)")
@@ -51,13 +55,13 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps({k: v for k, v in row.items() if not k.startswith("_")}))
         return 0
-    header = (f"{'model':<10} {'family':<8} {'depth':>5} {'block':<10} {'shortcut':<8} {'stride':<10} "
+    header = (f"{'model':<17} {'family':<8} {'depth':>5} {'block':<10} {'shortcut':<8} {'stride':<10} "
               f"{'input':>5} {'params':>12} {'GMACs':>8} {'paper':>6} {'weights':<7}")
     print(header)
     print("-" * len(header))
     for r in rows:
         paper = f"{r['paper_gflops']:.1f}" if r["paper_gflops"] else "-"
-        print(f"{r['name']:<10} {r['family']:<8} {r['depth']:>5} {r['block']:<10} {r['shortcut']:<8} "
+        print(f"{r['name']:<17} {r['family']:<8} {r['depth']:>5} {r['block']:<10} {r['shortcut']:<8} "
               f"{r['bottleneck_stride']:<10} {r['input']:>5} {r['params']:>12,} {r['gmacs']:>8.3f} {paper:>6} "
               f"{'pretrained=' + '|'.join(map(str, r['pretrained'])) if r['pretrained'] else '-'}")
         if args.layers:

@@ -68,6 +68,8 @@ def fold_batchnorms_(model: nn.Module) -> int:
                     setattr(module, bn_name, nn.Identity())
                     folded += 1
             continue
+        if getattr(module, "preact", False):  # BN -> ReLU -> conv: a BN before a conv does not fold into it
+            continue
         for name, conv in list(module.named_children()):
             match = _CONV_NAME.match(name)
             bn = getattr(module, f"bn{match[1]}", None) if match else None
