@@ -64,8 +64,12 @@ def test_degradation_trains_resumes_skips_and_states_the_verdict(tiny_cifar: Pat
     assert set(first["status"].values()) == {"trained"}
     assert not any(run["complete"] for run in first["runs"].values())
 
+    capsys.readouterr()
     second = run_degradation(**common, log=lambda _line: None)
     assert set(second["status"].values()) == {"resumed"}
+    # Each network announces the checkpoint's iteration: a resume, not a restart that rewrote metrics.jsonl.
+    announced = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resumed ")]
+    assert len(announced) == len(MODELS) and all(" at iteration 1 (epoch " in line for line in announced), announced
     for name in MODELS:
         iterations = [json.loads(line)["iteration"] for line in (out / name / "metrics.jsonl").read_text().splitlines()]
         assert iterations == [1, 2], name  # continued from the checkpoint, not restarted
