@@ -231,7 +231,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path = "REPRODUCTION
                   + (" JPEG compression removes detail, so a JPEG copy costs test error against the official "
                      "binaries the paper used." if jpeg else ""), "### How each run was made"]
         for run in members:
-            curves = writer.figure(run.path / "curves.png", f"{run.name.replace('/', '-')}-curves.png",
+            curves = writer.figure(run.paths.curves, f"{run.name.replace('/', '-')}-curves.png",
                                    f"{run.name} curves")
             parts += [f"- `{run.name}`: `{training_command(run.config)}`; {hardware_brief(run.summary['hardware'])}",
                       f"  {curves}"]
