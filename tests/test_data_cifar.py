@@ -206,6 +206,12 @@ def test_image_folder_classes_pixels_and_cache(tmp_path: Path, monkeypatch: pyte
     (cache_file,) = (tmp_path / "cache").iterdir()
     again = load_cifar(tmp_path / "folder", "cifar10", "train", download=False)
     assert "cached" in again.source and torch.equal(again.images, arrays.images)
+    data = bytearray(cache_file.read_bytes())
+    pixels = data.index(bytes(arrays.images[0].flatten()[:64].tolist()))  # flip bits inside the cached pixels
+    data[pixels:pixels + 64] = bytes(b ^ 0xFF for b in data[pixels:pixels + 64])
+    cache_file.write_bytes(bytes(data))
+    repaired = load_cifar(tmp_path / "folder", "cifar10", "train", download=False)
+    assert "cached" not in repaired.source and torch.equal(repaired.images, arrays.images)  # checksum: rebuilt
     cache_file.write_bytes(cache_file.read_bytes()[:100])  # a corrupt cache is rebuilt, not an error
     rebuilt = load_cifar(tmp_path / "folder", "cifar10", "train", download=False)
     assert "cached" not in rebuilt.source and torch.equal(rebuilt.images, arrays.images)
