@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..io import atomic_torch_save, atomic_write_bytes
+from ..io import atomic_torch_save, atomic_write_bytes, verify_torch_file
 from .folder import IMAGE_FORMATS, BadImageError, read_image
 from .paths import DATASETS_ENV, cache_dir, datasets_root
 
@@ -284,6 +284,7 @@ def read_cache(path: Path, count: int) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
+        verify_torch_file(path)  # a flipped byte in the cached pixels must mean "rebuild", not "train on it"
         blob = torch.load(path, map_location="cpu", weights_only=True)
         images, labels, classes = blob["images"], blob["labels"], blob["classes"]
         valid = (blob.get("version") == CACHE_VERSION and images.dtype == torch.uint8
