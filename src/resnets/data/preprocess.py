@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -48,11 +49,11 @@ class Preprocessing:
             raise ValueError(f"preprocess mean_image has shape {tuple(self.mean_image.shape)}, expected "
                              f"(3, {self.crop}, {self.crop}) to match the crop")
 
-    @property
+    @cached_property  # built once per record, not once per image (predict calls the record image by image)
     def normalize(self) -> Normalize:
         return Normalize(self.mean if self.mean_image is None else self.mean_image, self.std)
 
-    @property
+    @cached_property
     def transform(self) -> EvalTransform:
         return EvalTransform(self.resize, self.crop, self.normalize)
 

@@ -299,7 +299,8 @@ class Run:
         wall = self.elapsed
         final_model = self.ema.module if self.ema is not None else self.model
         test = self.evaluate("test")
-        identical = same_on_all_ranks(parameter_fingerprint(self.model), self.runtime)  # DDP kept one model
+        distributed = self.runtime.distributed
+        identical = distributed and same_on_all_ranks(parameter_fingerprint(self.model), self.runtime)  # one model?
         summary: dict[str, Any] = {}
         if self.runtime.is_main:
             at, options, data = self.at, self.options, self.data
@@ -310,7 +311,7 @@ class Run:
                        "test_images": test["images"], "complete": at.iteration >= self.total,
                        "hardware": hardware_description(self.runtime), "precision": options.precision,
                        "skipped_images": data.bad_images()}
-            if self.runtime.distributed:
+            if distributed:
                 summary["parameters_identical_across_ranks"] = identical
                 if not identical:
                     self.log_line("warning: the processes ended with different weights (gradient sync failed?); "
