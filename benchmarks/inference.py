@@ -1,126 +1,265 @@
-"""Inference and training throughput: our ResNets against torchvision's, same process, precision, batch, threads.
+"""CPU inference: our paths against onnxruntime (the anchor), OpenVINO and torchvision, in one process.
 
-Inference (ResNet-18, ResNet-50 at 224, fp32 and bf16): torchvision eager (NCHW; bf16 by autocast) is the
-baseline; torchvision with channels_last is shown as a second reference; ours is BN-folded + channels_last
-through each backend (eager; jit = TorchScript freeze; inductor = torch.compile with freezing), bf16 as
-bf16 weights and, for eager, also fp32 weights under autocast. Training (ResNet-50, fp32): ours vs torchvision,
-forward + backward + SGD step. Ours is built as v1.5 (stride on the 3x3) so that both compute the same thing.
+ResNet-50 v1.5 (torchvision's layout, so that every candidate computes the same function; random weights, seed 0),
+224x224, batch 1 and 16. The candidates of one table run in interleaved rounds (A, B, C, A, B, C, ...); a ratio is
+the median of per-round ratios against onnxruntime fp32 running our exported graph, so load from other processes
+hits all alike. Agreement: each candidate against the eager fp32 model on the 200 imagenet-sample photos (top-1
+agreement; max |logit difference| relative to the largest logit). int8 paths calibrate on Imagenette training
+photos. `--cifar`: the shipped ResNet-20 weights on the full CIFAR-10 test set, fp32 against int8.
+`--first-call`: seconds from a fresh process to the first batch's logits, cold caches and warm.
 
-All candidates of one table are timed interleaved (A, B, C, A, B, C, ...) and the ratio is the median of
-per-round ratios, so background load on a shared machine affects them alike. Peak memory: each configuration
-once more in a fresh subprocess (resnets.deploy.bench.measure_isolated; CPU: growth of the peak RSS).
-
-    .venv/bin/python benchmarks/inference.py --batch-size 16 --rounds 7
+    .venv/bin/python benchmarks/inference.py --rounds 9 --cifar --first-call --json benchmarks/results/inference.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torchvision
 
-from resnets.deploy.bench import BenchConfig, build_step, measure_isolated, time_interleaved
+from resnets.data.folder import IMAGE_FORMATS, read_image
+from resnets.data.paths import datasets_root
+from resnets.data.preprocess import preprocessing_of
+from resnets.deploy.bench import BenchConfig, build_step, time_interleaved
+from resnets.deploy.fuse import compile_for_inference
+from resnets.deploy.onnx import OnnxRuntimeModule, onnx_bytes, ort_session
+from resnets.deploy.optimize import agreement, calibration_images, optimize_for_inference
+from resnets.io import atomic_write_json
+from resnets.models import create_model
+from resnets.runtime import cpu_has_native_bf16, cpu_has_vnni
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+ANCHOR = "onnxruntime fp32 (our export)"
 
 
-def candidates(model: str, precision: str, backends: list[str], batch: int) -> dict[str, BenchConfig]:
-    common = {"model": model, "batch_size": batch, "precision": precision, "mode": "inference"}
-    found = {"torchvision": BenchConfig(impl="torchvision", **common),
-             "torchvision channels_last": BenchConfig(impl="torchvision", channels_last=True, **common)}
-    for backend in backends:
-        name = f"ours fused {backend}" + (" bf16 weights" if precision == "bf16" else "")
-        found[name] = BenchConfig(fused=True, backend=backend, channels_last=True, v15=True, **common)
-    if precision == "bf16" and "eager" in backends:
-        found["ours fused eager autocast"] = BenchConfig(fused=True, channels_last=True, v15=True,
-                                                         bf16_weights=False, **common)
-    return found
+def ort_int8(fp32_graph: bytes, calibration: torch.Tensor) -> OnnxRuntimeModule:
+    """onnxruntime's own static int8 (QDQ, per-channel weights) on our graph: what an ONNX user would deploy."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": chunk.numpy()} for chunk in calibration.split(16)])
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+        source.write_bytes(fp32_graph)
+        quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        reduce_range=not cpu_has_vnni())
+        return OnnxRuntimeModule(ort_session(target.read_bytes()))
 
 
-def run_table(title: str, configs: dict[str, BenchConfig], warmup: int, rounds: int) -> list[dict]:
-    print(f"\n## {title}", flush=True)
-    steps, setup = {}, {}
-    for name, config in configs.items():
+def openvino_fp32(model: torch.nn.Module, example: torch.Tensor) -> Runner | None:
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    core = ov.Core()
+    core.set_property("CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
+    compiled = core.compile_model(ov.convert_model(model, example_input=example), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    return lambda x: torch.from_numpy(request.infer({0: x.contiguous().numpy()})[0].copy())
+
+
+def build_candidates(model: torch.nn.Module, precisions: list[str], batch: int,
+                     calibration: torch.Tensor) -> dict[str, tuple[Runner, float]]:
+    """name -> (callable, seconds to build it). Our fp32 export is folded; torchvision's is exported as is."""
+    example = torch.zeros(batch, 3, 224, 224)
+    tv = torchvision.models.resnet50()
+    tv.load_state_dict(model.state_dict())  # same names, same function (v1.5)
+    tv.eval()
+    builders: dict[str, Callable[[], Runner | None]] = {
+        ANCHOR: lambda: optimize_for_inference(model, "fp32", batch, backend="onnxruntime", cache=False),
+        "onnxruntime fp32 (torchvision export)": lambda: OnnxRuntimeModule(ort_session(onnx_bytes(tv, example))),
+        "openvino fp32": lambda: openvino_fp32(tv, example),
+        "torchvision eager fp32": lambda: tv,
+        "ours eager fp32 (BN folded, channels_last)": lambda: compile_for_inference(model, "eager"),
+        "ours jit fp32": lambda: compile_for_inference(model, "jit", example=example),
+        "ours inductor fp32": lambda: compile_for_inference(model, "inductor"),
+        "ours optimize_for_inference fp32 (auto)": lambda: optimize_for_inference(model, "fp32", batch),
+    }
+    if "bf16" in precisions:
+        builders["ours eager bf16"] = lambda: optimize_for_inference(model, "bf16", batch, backend="eager")
+        builders["ours inductor bf16"] = lambda: optimize_for_inference(model, "bf16", batch, backend="inductor")
+    if "int8" in precisions:
+        builders["onnxruntime int8 (QDQ static)"] = lambda: ort_int8(onnx_bytes(tv, example[:1]), calibration)
+        builders["ours int8 (pt2e, auto)"] = lambda: optimize_for_inference(model, "int8", batch,
+                                                                              calibration=calibration)
+    built = {}
+    for name, build in builders.items():
         start = time.perf_counter()
-        steps[name] = build_step(config)
-        setup[name] = time.perf_counter() - start
-    times = time_interleaved(steps, warmup, rounds)
-    base = times["torchvision"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runner = build()
+        if runner is not None:
+            with torch.no_grad():
+                runner(example)  # first call compiles where the path compiles
+            built[name] = (runner, time.perf_counter() - start)
+    return built
+
+
+def photos(model: torch.nn.Module, count: int = 200) -> torch.Tensor:
+    folder = datasets_root() / "imagenet-sample"
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_FORMATS)[:count]
+    preprocess = preprocessing_of(model)
+    return torch.stack([preprocess(read_image(p)) for p in files])
+
+
+def run_table(batch: int, candidates: dict[str, tuple[Runner, float]], rounds: int) -> list[dict]:
+    example = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+
+    def step(runner: Runner) -> Callable[[], torch.Tensor]:
+        def call() -> torch.Tensor:
+            with torch.no_grad():
+                return runner(example)
+        return call
+
+    steps = {name: (step(runner), torch.device("cpu")) for name, (runner, _) in candidates.items()}
+    times = time_interleaved(steps, warmup=1, repeats=rounds)
+    anchor = times[ANCHOR]
     rows = []
-    header = f"{'candidate':<34} {'images/s':>9} {'vs torchvision':>15} {'vs tv channels_last':>20}"
-    print(header + "\n" + "-" * len(header))
+    print(f"\n## ResNet-50 v1.5, 224x224, batch {batch}, {torch.get_num_threads()} threads, {rounds} rounds")
+    print(f"{'candidate':<44} {'images/s':>9} {'vs onnxruntime fp32':>20} {'build+1st call s':>17}")
     for name, seconds in times.items():
-        batch = configs[name].batch_size
-        ratio = statistics.median(b / s for b, s in zip(base, seconds, strict=True))
-        reference = times.get("torchvision channels_last")
-        ratio_cl = statistics.median(b / s for b, s in zip(reference, seconds, strict=True)) if reference else None
-        row = {"table": title, "candidate": name, "images_per_s": batch / statistics.median(seconds),
-               "runs": [batch / s for s in seconds], "ratio_vs_torchvision": ratio,
-               "ratio_vs_torchvision_channels_last": ratio_cl, "build_seconds": setup[name]}
-        rows.append(row)
-        cl = f"{ratio_cl:.2f}x" if ratio_cl is not None else "-"
-        print(f"{name:<34} {row['images_per_s']:>9.1f} {ratio:>14.2f}x {cl:>20}", flush=True)
+        ratio = statistics.median(a / s for a, s in zip(anchor, seconds, strict=True))
+        rows.append({"batch": batch, "candidate": name, "images_per_s": batch / statistics.median(seconds),
+                     "ratio_vs_onnxruntime_fp32": ratio, "build_seconds": candidates[name][1],
+                     "runs": [batch / s for s in seconds]})
+        print(f"{name:<44} {rows[-1]['images_per_s']:>9.1f} {ratio:>19.2f}x {candidates[name][1]:>17.1f}", flush=True)
     return rows
 
 
-def add_memory(rows: list[dict], configs: dict[str, BenchConfig], names: list[str]) -> None:
-    for row in rows:
-        if row["candidate"] in names:
-            config = configs[row["candidate"]]
-            short = BenchConfig(**{**config.__dict__, "warmup": 1, "repeats": 1})
-            result = measure_isolated(short)
-            row["peak_memory_mb"], row["peak_rss_mb"] = result.peak_memory_mb, result.peak_rss_mb
-            print(f"  peak memory {row['candidate']:<32} +{result.peak_memory_mb:7.0f} MB "
-                  f"(process peak RSS {result.peak_rss_mb:.0f} MB)", flush=True)
+def cifar_int8(rounds: int) -> dict:
+    """Shipped ResNet-20 (`fast` weights) on the full CIFAR-10 test set: fp32 eager, onnxruntime, int8."""
+    from resnets.evaluate.run import cifar_test_batches
+
+    model = create_model("resnet20", pretrained="fast").eval()
+    loader, source = cifar_test_batches(model, None, device=torch.device("cpu"))
+    batches = list(loader)
+    inputs = [x for x, _ in batches]
+    labels = torch.cat([y for _, y in batches])
+    result = {"source": source, "images": len(labels)}
+    paths = {"eager fp32": model, "onnxruntime fp32": optimize_for_inference(model, "fp32", 128, cache=False),
+             "int8 (pt2e)": optimize_for_inference(model, "int8", 128)}
+    print(f"\n## CIFAR-10 test set ({len(labels)} images), shipped resnet20 `fast` weights")
+    for name, runner in paths.items():
+        with torch.no_grad():
+            predicted = torch.cat([runner(x).argmax(1) for x in inputs])
+        error = 100.0 * float((predicted != labels).float().mean())
+        row = {"top1_error": error, **agreement(runner, model, inputs)}
+        result[name] = row
+        print(f"{name:<20} top-1 error {error:6.2f}%  top-1 agreement with eager fp32 {row['top1_agreement']:6.2f}%  "
+              f"max rel diff {row['max_rel_diff']:.2e}", flush=True)
+    steps = {name: ((lambda r=runner, x=inputs[0]: r(x)), torch.device("cpu")) for name, runner in paths.items()}
+    with torch.no_grad():
+        times = time_interleaved(steps, warmup=1, repeats=rounds)
+    for name, seconds in times.items():
+        result[name]["images_per_s"] = len(inputs[0]) / statistics.median(seconds)
+        print(f"{name:<20} {result[name]['images_per_s']:8.0f} images/s at batch {len(inputs[0])}")
+    result["int8_cost_points"] = result["int8 (pt2e)"]["top1_error"] - result["eager fp32"]["top1_error"]
+    return result
+
+
+def training_step(rounds: int, batch: int) -> list[dict]:
+    """ResNet-50 forward + backward + SGD step, fp32: ours (v1.5) against torchvision's, interleaved."""
+    common = {"model": "resnet50", "mode": "train", "batch_size": batch}
+    configs = {"torchvision": BenchConfig(impl="torchvision", **common), "ours": BenchConfig(v15=True, **common)}
+    times = time_interleaved({name: build_step(config) for name, config in configs.items()}, 1, rounds)
+    print(f"\n## ResNet-50 training step fp32 224, batch {batch}")
+    rows = []
+    for name, seconds in times.items():
+        ratio = statistics.median(b / s for b, s in zip(times["torchvision"], seconds, strict=True))
+        rows.append({"candidate": name, "images_per_s": batch / statistics.median(seconds),
+                     "ratio_vs_torchvision": ratio})
+        print(f"{name:<12} {rows[-1]['images_per_s']:7.1f} images/s  {ratio:.2f}x torchvision", flush=True)
+    return rows
+
+
+FIRST_CALL = """
+import sys, time
+start = time.perf_counter()
+import torch, resnets
+model = resnets.create_model("resnet50", stride_in_1x1=False)
+fast = resnets.optimize_for_inference(model, sys.argv[1], 16, backend=sys.argv[2], check=False)
+fast(torch.zeros(16, 3, 224, 224))
+print(time.perf_counter() - start)
+"""
+
+
+def first_call(cases: list[tuple[str, str]]) -> list[dict]:
+    """Fresh-process seconds to the first logits, with empty caches and then with the caches the first run left."""
+    rows = []
+    print("\n## first call from a fresh process (ResNet-50, batch 16): import + build + compile + one batch")
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "RESNETS_CACHE": f"{cache}/resnets", "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor"}
+        for precision, backend in cases:
+            row = {"precision": precision, "backend": backend}
+            for state in ("cold", "warm"):
+                done = subprocess.run([sys.executable, "-c", FIRST_CALL, precision, backend], env=env,
+                                      capture_output=True, text=True, check=True)
+                row[f"{state}_seconds"] = float(done.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(f"{precision} {backend:<12} cold {row['cold_seconds']:6.1f} s   warm {row['warm_seconds']:6.1f} s",
+                  flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--train-batch-size", type=int, default=16)
+    parser.add_argument("--batches", default="16,1")
+    parser.add_argument("--rounds", type=int, default=9, help="timed interleaved rounds (medians reported)")
+    parser.add_argument("--precisions", default="fp32,int8", help="of fp32, bf16, int8")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds (median reported)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--models", default="resnet18,resnet50")
-    parser.add_argument("--precisions", default="fp32,bf16")
-    parser.add_argument("--backends", default="eager,inductor", help="of eager, jit, inductor (jit ~ eager here)")
-    parser.add_argument("--no-train", action="store_true")
-    parser.add_argument("--no-inference", action="store_true")
-    parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--json", type=Path, help="write all rows to this JSON file")
+    parser.add_argument("--calibration-images", type=int, default=256)
+    parser.add_argument("--cifar", action="store_true", help="also: int8 accuracy of the shipped ResNet-20")
+    parser.add_argument("--first-call", action="store_true", help="also: fresh-process first-call seconds")
+    parser.add_argument("--train", action="store_true", help="also: ResNet-50 training step vs torchvision")
+    parser.add_argument("--json", type=Path, help="write every number to this JSON file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    backends = [b for b in args.backends.split(",") if b]
+    precisions = args.precisions.split(",")
     start = time.perf_counter()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, inference batch {args.batch_size}, "
-          f"train batch {args.train_batch_size}, {args.rounds} interleaved rounds after {args.warmup} warm-up; "
-          "images/s are medians")
-    rows: list[dict] = []
-    for model in [] if args.no_inference else args.models.split(","):
-        for precision in args.precisions.split(","):
-            configs = candidates(model, precision, backends, args.batch_size)
-            for config in configs.values():
-                config.threads = args.threads
-            table = run_table(f"{model} inference {precision} 224", configs, args.warmup, args.rounds)
-            if not args.no_memory:
-                add_memory(table, configs, ["torchvision", next(n for n in configs if n.startswith("ours"))])
-            rows += table
-    if not args.no_train:
-        common = {"model": "resnet50", "mode": "train", "batch_size": args.train_batch_size, "threads": args.threads}
-        configs = {"torchvision": BenchConfig(impl="torchvision", **common), "ours": BenchConfig(v15=True, **common)}
-        table = run_table("resnet50 training step fp32 224", configs, 1, args.rounds)
-        if not args.no_memory:
-            add_memory(table, configs, list(configs))
-        rows += table
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16 "
+          f"{cpu_has_native_bf16()}, VNNI {cpu_has_vnni()}, {torch.get_num_threads()} threads")
+    torch.manual_seed(0)
+    model = create_model("resnet50", stride_in_1x1=False).eval()
+    calibration = calibration_images(model, None, args.calibration_images)
+    report: dict = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "threads": torch.get_num_threads(), "rounds": args.rounds, "tables": [], "agreement": {}}
+    candidates = None
+    for batch in (int(b) for b in args.batches.split(",")):
+        candidates = build_candidates(model, precisions, batch, calibration)
+        report["tables"] += run_table(batch, candidates, args.rounds)
+    images = photos(model)
+    print(f"\n## agreement with eager fp32 on {len(images)} imagenet-sample photos (random weights)")
+    for name, (runner, _) in (candidates or {}).items():
+        row = agreement(runner, model, list(images.split(16)))
+        report["agreement"][name] = row
+        print(f"{name:<44} top-1 agreement {row['top1_agreement']:6.1f}%  max rel diff {row['max_rel_diff']:.2e}")
+    if args.cifar:
+        report["cifar"] = cifar_int8(args.rounds)
+    if args.first_call:
+        cases = [("fp32", "onnxruntime"), ("fp32", "inductor"), ("int8", "pt2e")]
+        report["first_call"] = first_call(cases)
+    if args.train:
+        report["training_step"] = training_step(args.rounds, 16)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps(rows, indent=1))
-        tmp.replace(args.json)  # atomic: a reader never sees half a file
+        atomic_write_json(args.json, report)
     return 0
 
 

@@ -3,6 +3,7 @@
 from .analysis.complexity import Complexity, complexity
 from .data.preprocess import Preprocessing, preprocess, preprocessing_of
 from .deploy.fuse import fuse_for_inference
+from .deploy.optimize import optimize_for_inference
 from .models import (
     ResNet,
     ResNetSpec,
@@ -36,6 +37,7 @@ __all__ = [
     "model_config",
     "model_from_config",
     "model_spec",
+    "optimize_for_inference",
     "preprocess",
     "preprocessing_of",
     "save_weights",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..deploy.bench import BACKENDS, PRECISIONS, BenchConfig, format_result, measure, measure_isolated
+from ..deploy.bench import PRECISIONS, BenchConfig, format_result, measure, measure_isolated
 
 EPILOG = """images/s: batch size / median step time of --repeats timed steps after --warmup untimed ones.
 inference: eval mode under no_grad; train: forward + backward + SGD step (momentum 0.9). bf16: autocast,
@@ -23,8 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--mode", choices=("inference", "train", "both"), default="both")
     parser.add_argument("--fused", action="store_true", help="inference with BN folded (fuse_for_inference)")
-    parser.add_argument("--backend", choices=BACKENDS, default="eager",
-                        help="with --fused: eager, jit (TorchScript freeze) or inductor (torch.compile, freezing)")
+    parser.add_argument("--optimize", action="store_true",
+                        help="inference through resnets.optimize_for_inference (the fastest path known for the "
+                             "device, precision and batch size; int8 needs it)")
+    parser.add_argument("--backend", default=None,
+                        help="with --fused: eager (default), jit (TorchScript freeze) or inductor (torch.compile, "
+                             "freezing); with --optimize: auto (default), eager, jit, inductor, onnxruntime, pt2e")
     parser.add_argument("--autocast", action="store_true",
                         help="with --fused --precision bf16: fp32 weights under autocast instead of bf16 weights")
     parser.add_argument("--channels-last", action="store_true")
@@ -39,11 +43,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+def backend(args: argparse.Namespace) -> str:
+    if args.backend is not None:
+        return args.backend
+    return "auto" if args.optimize else "eager"
+
+
 def run(args: argparse.Namespace) -> int:
     modes = ("inference", "train") if args.mode == "both" else (args.mode,)
     configs = [BenchConfig(model=args.model, mode=mode, batch_size=args.batch_size, precision=args.precision,
                            impl="torchvision" if args.torchvision else "ours",
-                           fused=args.fused and mode == "inference", backend=args.backend if args.fused else "eager",
+                           fused=args.fused and mode == "inference", optimize=args.optimize and mode == "inference",
+                           backend=backend(args) if mode == "inference" else "eager",
                            bf16_weights=not args.autocast, channels_last=args.channels_last, threads=args.threads,
                            warmup=args.warmup, repeats=args.repeats, image_size=args.image_size,
                            device=args.device, v15=args.v15) for mode in modes]

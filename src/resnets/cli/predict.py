@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
+from ..deploy.optimize import BACKENDS, PRECISIONS, optimize_for_inference
 from ..deploy.predict import Predictor, format_prediction, load_predictor, predict_files, prediction_json
 
 PREPROCESS_HELP = """preprocessing: the weight file's meta["preprocess"] when it has one; otherwise ImageNet models:
@@ -26,6 +28,29 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
                                                     "the paper's, e.g. fast (see `resnets models`)")
 
 
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """--precision / --backend / --calibration: how the model runs (resnets.optimize_for_inference)."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32, bf16, fp16 (CUDA) or int8 (CPU, post-training quantisation)")
+    parser.add_argument("--backend", choices=(*BACKENDS, "none"), default="auto",
+                        help="auto: the fastest measured for the device and precision (onnxruntime for fp32 on CPU "
+                             "when installed, pt2e for int8, inductor on CUDA); none: the plain eager model under "
+                             "autocast")
+    parser.add_argument("--calibration", metavar="DIR", default=None,
+                        help="int8: folder of training images to calibrate on (default: the family's training set "
+                             "under $RESNETS_DATASETS)")
+
+
+def inference_preparation(args: argparse.Namespace, batch_size: int) -> tuple[Any, str]:
+    """(prepare, autocast precision) for evaluate_checkpoint: the optimised model owns the precision."""
+    if args.backend == "none":
+        if args.precision == "int8":
+            raise ValueError("--precision int8 needs a quantising backend (--backend auto or pt2e), not none")
+        return None, args.precision
+    return (lambda model: optimize_for_inference(model, args.precision, batch_size, backend=args.backend,
+                                                 calibration=args.calibration)), "fp32"
+
+
 def predictor_from_args(args: argparse.Namespace) -> Predictor:
     if (args.pretrained or args.tag) and args.model is None:
         raise ValueError("--pretrained and --tag go with --model NAME")
@@ -40,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_weights_arguments(parser)
     parser.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    add_inference_arguments(parser)
     parser.add_argument("--json", action="store_true",
                         help='one JSON object per image: {"image", "top": [{"rank", "index", "class", "probability"}]}')
     parser.set_defaults(handler=run)
@@ -52,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if not predictor.meta.get("preprocess"):
         print(f"resnets predict: note: preprocessing {predictor.preprocess.describe()} "
               f"({predictor.preprocess_note})", file=sys.stderr)
-    predictions, failures = predict_files(predictor, args.images, args.topk, args.batch_size)
+    prepare, _ = inference_preparation(args, args.batch_size)
+    predictions, failures = predict_files(predictor, args.images, args.topk, args.batch_size, prepare=prepare)
     for failure in failures:
         print(f"resnets predict: error: {failure.message}", file=sys.stderr)
     for prediction in predictions:

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..io import atomic_write_text
 from ..train.recipes import RECIPES, Recipe, RunOptions, apply_overrides, get_recipe, parse_assignments, read_toml
+from .predict import add_inference_arguments, inference_preparation
 
 # Flags that map onto recipe fields (dest -> field).
 RECIPE_FLAGS = {"epochs": "epochs", "iterations": "iterations", "batch_size": "batch_size", "lr": "lr",
@@ -64,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--checkpoint", required=True, help="run directory, checkpoint or weight file")
     e.add_argument("--data", default=None, help="dataset directory")
     e.add_argument("--dataset", default=None, choices=["cifar10", "cifar100", "imagenet"])
-    e.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    add_inference_arguments(e)
     e.add_argument("--device", default="auto")
     e.add_argument("--protocol", choices=["center", "10crop", "multiscale"], default="center",
                    help="ImageNet test protocol (Sec. 3.4); CIFAR always uses the single 32x32 view")
@@ -124,16 +125,17 @@ def run_eval(args: argparse.Namespace) -> int:
     imagenet = {}
     if (args.dataset or "") == "imagenet" or args.protocol != "center":
         imagenet = {"batch_size": args.batch_size, "num_workers": args.workers, "on_bad_image": args.on_bad_image}
+    prepare, precision = inference_preparation(args, batch_size=args.batch_size)
     result = evaluate_checkpoint(Path(args.checkpoint), data=args.data, dataset=args.dataset,
-                                 precision=args.precision, device=args.device, protocol=args.protocol,
-                                 predictions=args.predictions is not None, **imagenet)
+                                 precision=precision, device=args.device, protocol=args.protocol,
+                                 predictions=args.predictions is not None, prepare=prepare, **imagenet)
     if args.predictions is not None:
         lines = "".join(json.dumps(entry) + "\n" for entry in result.pop("predictions"))
         atomic_write_text(Path(args.predictions), lines)
     top5 = f", top-5 error {result['top5_error']:.2f}%" if result.get("num_classes", 10) > 10 else ""
     protocol = f" ({result['protocol']})" if "protocol" in result else ""
     print(f"{result['model']} on {result['dataset']}{protocol}: top-1 error {result['top1_error']:.2f}%{top5} "
-          f"({result['images']} images, {result['images_per_s']:.1f} images/s)")
+          f"({result['images']} images, {result['images_per_s']:.1f} images/s; {result['inference']})")
     if args.json:
         print(json.dumps(result))
     return 0

@@ -29,10 +29,12 @@ from torch import nn
 
 from ..models import create_model, model_spec
 from .fuse import BACKENDS, compile_for_inference
+from .optimize import BACKENDS as OPTIMIZE_BACKENDS
+from .optimize import optimize_for_inference
 
 Mode = Literal["inference", "train"]
 MODES: tuple[str, ...] = ("inference", "train")
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")  # int8: with optimize only
 IMPLS: tuple[str, ...] = ("ours", "torchvision")
 
 
@@ -44,7 +46,8 @@ class BenchConfig:
     precision: str = "fp32"
     impl: str = "ours"  # "torchvision": torchvision.models.<model>(weights=None), the reference implementation
     fused: bool = False  # inference only: BN folded (fuse_for_inference)
-    backend: str = "eager"  # with fused: eager | jit | inductor (compile_for_inference)
+    backend: str = "eager"  # with fused: eager | jit | inductor (compile_for_inference); with optimize: see below
+    optimize: bool = False  # inference only: resnets.optimize_for_inference(precision, batch size, backend)
     bf16_weights: bool = True  # fused bf16 inference: bf16 weights (True) or fp32 weights under autocast (False)
     channels_last: bool = False
     threads: int | None = None
@@ -58,12 +61,18 @@ class BenchConfig:
         checks = [(self.mode in MODES, f"mode {self.mode!r}; valid: {', '.join(MODES)}"),
                   (self.precision in PRECISIONS, f"precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"),
                   (self.impl in IMPLS, f"impl {self.impl!r}; valid: {', '.join(IMPLS)}"),
-                  (self.backend in BACKENDS, f"backend {self.backend!r}; valid: {', '.join(BACKENDS)}"),
                   (self.batch_size >= 1, f"batch size {self.batch_size} (must be >= 1)"),
                   (self.repeats >= 1 and self.warmup >= 0, "repeats >= 1 and warmup >= 0 are needed"),
                   (not (self.fused and self.mode == "train"), "--fused with training (BN must train)"),
                   (not (self.fused and self.impl == "torchvision"), "--fused applies to our models only"),
-                  (self.backend == "eager" or self.fused, f"backend {self.backend!r} without --fused")]
+                  (not (self.optimize and (self.mode == "train" or self.impl == "torchvision" or self.fused)),
+                   "--optimize is for inference of our models, without --fused"),
+                  (self.precision != "int8" or self.optimize, "int8 is inference-only post-training quantisation: use "
+                                                           "--mode inference --optimize"),
+                  (self.backend in (OPTIMIZE_BACKENDS if self.optimize else BACKENDS),
+                   f"backend {self.backend!r}; valid: {', '.join(OPTIMIZE_BACKENDS if self.optimize else BACKENDS)}"),
+                  (self.backend == "eager" or self.fused or self.optimize,
+                   f"backend {self.backend!r} without --fused or --optimize")]
         for ok, what in checks:
             if not ok:
                 raise ValueError(f"invalid benchmark setting: {what}")
@@ -71,6 +80,7 @@ class BenchConfig:
     def label(self) -> str:
         parts = [self.impl, self.model, self.mode, self.precision, f"batch {self.batch_size}"]
         parts += ["fused" + ("" if self.backend == "eager" else f"+{self.backend}")] if self.fused else []
+        parts += [f"optimized ({self.backend})"] if self.optimize else []
         parts += ["channels_last"] if self.channels_last else []
         return " ".join(parts)
 
@@ -139,6 +149,14 @@ def build_step(config: BenchConfig) -> tuple[Callable[[], Any], torch.device]:
         return train_step, device
 
     model.eval()
+    if config.optimize:
+        optimized = optimize_for_inference(model, config.precision, config.batch_size, device=device,
+                                           backend=config.backend, image_size=size, check=False)
+
+        def optimized_step() -> torch.Tensor:
+            return optimized(inputs)
+
+        return optimized_step, device
     if config.fused:
         weights_bf16 = bf16 and config.bf16_weights
         runner = compile_for_inference(model, config.backend, config.channels_last,

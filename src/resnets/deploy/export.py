@@ -25,13 +25,12 @@ from ..data.paths import datasets_root
 from ..models import model_config
 from ..version import __version__
 from .fuse import fuse_for_inference
+from .onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, OnnxRuntimeModule, onnx_bytes, ort_session
 from .predict import Predictor, load_images
 
 Format = Literal["onnx", "torchscript"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
-DEFAULT_OPSET = 17
 DEFAULT_ATOL = 1e-4
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 TORCHSCRIPT_META = "resnets_meta.json"
 
 
@@ -97,25 +96,6 @@ def verification_inputs(predictor: Predictor, images: list[Path] | None = None,
     return noise, f"{count} random inputs (no photos found under {datasets_root() / 'imagenet-sample'})"
 
 
-def _onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int, metadata: dict[str, str]) -> bytes:
-    import onnx
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated in favour of dynamo
-        # dynamo=False: the dynamo exporter needs onnxscript; the classic one covers every op of a ResNet.
-        torch.onnx.export(model, (example,), buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                          opset_version=opset, do_constant_folding=True, dynamo=False)
-    proto = onnx.load_from_string(buffer.getvalue())
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name, proto.producer_version = "resnets", __version__
-    onnx.checker.check_model(proto)
-    return proto.SerializeToString()
-
-
 def _torchscript_bytes(model: torch.nn.Module, example: torch.Tensor, metadata: dict[str, str]) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -129,10 +109,7 @@ def _torchscript_bytes(model: torch.nn.Module, example: torch.Tensor, metadata: 
 def run_exported(path: Path, fmt: Format, inputs: torch.Tensor) -> torch.Tensor:
     """Logits of an exported file on `inputs` (onnxruntime on CPU for ONNX, torch.jit.load for TorchScript)."""
     if fmt == "onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: inputs.numpy()})[0])
+        return OnnxRuntimeModule(ort_session(path))(inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated; TorchScript files remain
         module = torch.jit.load(str(path), map_location="cpu")
@@ -176,7 +153,7 @@ def export_model(predictor: Predictor, out: str | Path, fmt: Format = "onnx", op
     metadata = export_metadata(predictor) | {k: str(v) for k, v in (extra_metadata or {}).items()}
     inputs, source = verification_inputs(predictor, images)
     example = inputs[:1]
-    data = _onnx_bytes(fused, example, opset, metadata) if fmt == "onnx" else _torchscript_bytes(fused, example,
+    data = onnx_bytes(fused, example, opset, metadata) if fmt == "onnx" else _torchscript_bytes(fused, example,
                                                                                                   metadata)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)

@@ -7,7 +7,9 @@ class names are `meta["classes"]`, else the family's (`data.classes.class_names`
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from ..data.folder import BadImageError, read_image
 from ..data.preprocess import Preprocessing, preprocessing_of
 from ..models import create_model, load_model
 from ..runs import resolve_weights
+from .optimize import optimize_for_inference
 
 
 @dataclass
@@ -107,14 +110,17 @@ def predict_tensors(model: torch.nn.Module, inputs: torch.Tensor, classes: list[
 
 
 def predict_files(predictor: Predictor, paths: list[str | Path], topk: int = 5, batch_size: int = 32,
-                  fuse: bool = True) -> tuple[list[Prediction], list[ImageFailure]]:
-    """Predictions for every readable file (in input order) and a failure entry for every unreadable one."""
+                  prepare: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+                  ) -> tuple[list[Prediction], list[ImageFailure]]:
+    """Predictions for every readable file (in input order) and a failure entry for every unreadable one.
+
+    `prepare` makes the model to run from the eval-mode model (default: optimize_for_inference in fp32, the fastest
+    path measured for this device; its outputs match the eager model to 1e-4)."""
     if topk < 1:
         raise ValueError(f"--topk must be >= 1, got {topk}")
-    from .fuse import fuse_for_inference
-
-    # Folding BN changes nothing but speed (tested to 1e-4); channels_last helps oneDNN on CPU.
-    model = fuse_for_inference(predictor.model) if fuse else predictor.model.eval()
+    if prepare is None:
+        prepare = partial(optimize_for_inference, batch_size=batch_size)
+    model = prepare(predictor.model.eval())
     loaded, failed = load_images(paths, predictor.preprocess)
     predictions = []
     for start in range(0, len(loaded), batch_size):

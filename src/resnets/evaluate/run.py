@@ -4,6 +4,7 @@ own record (`data.preprocess`), on CIFAR (the single 32x32 view of Sec. 4.2) or 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +58,25 @@ def cifar_test_batches(model: torch.nn.Module, data: str | Path | None = None, i
 
 def evaluate_checkpoint(path: str | Path, data: str | None = None, dataset: str | None = None,
                         precision: str = "fp32", device: str = "auto", protocol: str = "center",
-                        predictions: bool = False, **imagenet: Any) -> dict[str, Any]:
+                        predictions: bool = False, prepare: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+                        **imagenet: Any) -> dict[str, Any]:
     """Test error of a checkpoint: the single 32x32 view on CIFAR (Sec. 4.2), or an ImageNet protocol
     (`center`, `10crop`, `multiscale`; Sec. 3.4) on an image folder (`imagenet` keywords go to protocols.evaluate).
     `predictions` adds "predictions": one {"image", "label", "top1"} per test image (CIFAR: its index in the test
-    set; folders: its file)."""
+    set; folders: its file). `prepare` turns the loaded eval-mode model into the one to run (e.g.
+    resnets.optimize_for_inference, which then owns the precision: pass precision="fp32" with it)."""
     model, weights = load_for_evaluation(path)
     if dataset is not None:
         model.meta["dataset"] = dataset
     dataset = model.meta.get("dataset") or ("cifar10" if model.spec.family == "cifar" else "imagenet")
     runtime = setup_runtime(device)
     model = model.to(runtime.device).eval()
+    if prepare is not None:
+        model = prepare(model)
+    describe = getattr(model, "describe", None)
+    inference = {"inference": describe() if describe else f"the eager model ({precision} autocast)"}
     if dataset == "imagenet":
-        return evaluate_imagenet(model, weights, data, protocol, precision, predictions, **imagenet)
+        return evaluate_imagenet(model, weights, data, protocol, precision, predictions, **imagenet) | inference
     loader, source = cifar_test_batches(model, data, device=runtime.device)
     start = time.perf_counter()
     result = evaluate_batches(model, loader, runtime.device, precision, keep_predictions=predictions)
@@ -80,7 +87,7 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, dataset: str 
                                  for index, (label, top1) in enumerate(zip(labels, result["predictions"], strict=True))]
     return result | {"model": model.spec.name, "dataset": dataset, "weights": str(weights), "source": source,
                      "images_per_s": result["images"] / seconds, "precision": precision,
-                     "num_classes": model.spec.num_classes}
+                     "num_classes": model.spec.num_classes} | inference
 
 
 def evaluate_imagenet(model: torch.nn.Module, weights: Path, data: str | None, protocol: str, precision: str,

@@ -1,0 +1,264 @@
+"""The fastest inference form this library knows for a model, a device, a precision and a batch size.
+
+`optimize_for_inference` folds BN into the convolutions (fuse.py) and hands the result to the backend that
+`choose_backend` picks. The rule comes from `benchmarks/inference.py` (ResNet-50 v1.5, 224x224, 2 threads,
+medians of interleaved rounds; full table in README and benchmarks/results/):
+
+- CPU fp32: onnxruntime, when it is installed. On the AVX2 CPU of this project's machine it beat every PyTorch
+  fp32 path at batch 1 and 16 (TorchScript-frozen 0.74-0.85x of it, inductor 0.78x, eager channels_last
+  0.47-0.65x). Without onnxruntime: TorchScript freeze ("jit"), as fast as inductor here and without a compile
+  wait.
+- CPU int8: post-training static quantisation through PyTorch's x86 path (PT2E export, torchao's
+  X86InductorQuantizer, calibration on real images, lowered to oneDNN int8 kernels): 1.4-1.7x onnxruntime fp32.
+- CPU bf16: inductor with bf16 weights where the CPU has native bf16 (avx512_bf16 / AMX); elsewhere bf16 is
+  emulated and several times slower than fp32 (measured 12x in training), so it is built as asked with a warning.
+- CUDA: inductor (torch.compile with freezing), channels_last; fp16/bf16 weights. Not measured here (no GPU).
+
+Compile artefacts are cached so a CLI call does not pay them twice: ONNX graphs under cache_dir()/inference,
+named by a digest of the weights; inductor keeps its own FX graph cache across processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.folder import IMAGE_FORMATS, read_image
+from ..data.paths import cache_dir, datasets_root
+from ..data.preprocess import preprocessing_of
+from ..io import atomic_write_bytes
+from ..models import model_config
+from ..runtime import cpu_has_native_bf16, cpu_has_vnni
+from .fuse import compile_for_inference, fuse_for_inference
+from .onnx import DEFAULT_OPSET, OnnxRuntimeModule, onnx_bytes, ort_session
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
+BACKENDS: tuple[str, ...] = ("auto", "eager", "jit", "inductor", "onnxruntime", "pt2e")
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CALIBRATION_IMAGES = 512
+
+
+@dataclass
+class Plan:
+    backend: str
+    reason: str
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def choose_backend(device: torch.device, precision: str) -> Plan:
+    """The backend measured fastest for this device and precision (see the module docstring)."""
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ValueError("int8 inference runs on the CPU (oneDNN x86 kernels); on CUDA use --precision bf16/fp16")
+        return Plan("pt2e", "int8: PT2E static quantisation, oneDNN x86 kernels")
+    if device.type == "cuda":
+        return Plan("inductor", "CUDA: torch.compile with freezing")
+    if precision == "fp16":
+        raise ValueError("fp16 inference is for CUDA; on the CPU use fp32, bf16 or int8")
+    if precision == "bf16":
+        if cpu_has_native_bf16():
+            return Plan("inductor", "bf16 on a CPU with native bf16: torch.compile with freezing")
+        return Plan("eager", "bf16 is emulated on this CPU (no avx512_bf16/AMX) and slower than fp32")
+    if _installed("onnxruntime"):
+        return Plan("onnxruntime", "CPU fp32: onnxruntime measured fastest (benchmarks/inference.py)")
+    return Plan("jit", "CPU fp32 without onnxruntime: TorchScript freeze")
+
+
+class InferenceModel(nn.Module):
+    """An optimised model: `forward` runs the fast path; parameters, `spec`, `meta` and `forward_fcn` come from
+    the BN-folded eager copy (`source`), so evaluation protocols that need those still work."""
+
+    def __init__(self, runner: nn.Module | Any, source: nn.Module, precision: str, plan: Plan,
+                 build_seconds: float) -> None:
+        super().__init__()
+        self.source = source
+        self.runner = runner
+        self.precision, self.backend, self.reason = precision, plan.backend, plan.reason
+        self.build_seconds = build_seconds
+        self.spec, self.meta = getattr(source, "spec", None), getattr(source, "meta", {})
+        self.training = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.runner(x).float()
+
+    def forward_fcn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.source.forward_fcn(x.to(next(self.source.parameters()).dtype)).float()
+
+    def train(self, mode: bool = True) -> InferenceModel:
+        # Its parts are in inference form for good (an exported int8 graph even refuses train()), so no recursion.
+        if mode:
+            raise ValueError("an InferenceModel only runs inference; train the model it was made from")
+        return self
+
+    def describe(self) -> str:
+        return f"{self.precision} via {self.backend} ({self.reason}; built in {self.build_seconds:.1f} s)"
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 over the model's configuration and every tensor of its state_dict, in order."""
+    digest = hashlib.sha256(json.dumps(model_config(model), sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _onnx_runner(model: nn.Module, image_size: int, cache: bool) -> OnnxRuntimeModule:
+    """onnxruntime on the BN-folded graph, read from the cache when the same weights were exported before.
+
+    A cached file is named <model>-<key>-<digest of its bytes>.onnx: a file whose bytes no longer match its name
+    (a flipped bit, a truncated write) is deleted and rebuilt, never run.
+    """
+    import onnxruntime
+
+    key = f"{weights_digest(model)}-opset{DEFAULT_OPSET}-torch{torch.__version__}-ort{onnxruntime.__version__}"
+    stem = f"{model.spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+    folder = cache_dir() / "inference"
+    for path in sorted(folder.glob(f"{stem}-*.onnx")) if cache else []:
+        data = path.read_bytes()
+        if path.stem.endswith(hashlib.sha256(data).hexdigest()[:16]):
+            return OnnxRuntimeModule(ort_session(data))
+        warnings.warn(f"cached ONNX graph {path} does not match its digest (damaged); rebuilding it", stacklevel=3)
+        path.unlink(missing_ok=True)
+    data = onnx_bytes(fuse_for_inference(model, channels_last=False), torch.zeros(1, 3, image_size, image_size))
+    if cache:
+        atomic_write_bytes(folder / f"{stem}-{hashlib.sha256(data).hexdigest()[:16]}.onnx", lambda f: f.write(data))
+    return OnnxRuntimeModule(ort_session(data))
+
+
+def default_calibration_folder(model: nn.Module) -> Path:
+    """Training images of the data the model's family is trained on: CIFAR-10 train, else Imagenette train."""
+    root = datasets_root()
+    if model.spec.family == "cifar":
+        return root / "cifar10-jpeg" / "train"
+    return root / "imagenette" / "train" if (root / "imagenette" / "train").is_dir() else root / "imagenet-sample"
+
+
+def calibration_images(model: nn.Module, folder: str | Path | None = None,
+                       count: int = CALIBRATION_IMAGES) -> torch.Tensor:
+    """`count` images spread evenly over `folder` (recursively, sorted), preprocessed as the model's weights expect."""
+    folder = Path(folder) if folder is not None else default_calibration_folder(model)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"int8 calibration needs real images: {folder} is not a folder; pass calibration=DIR "
+                                "(--calibration DIR) with a few hundred training images")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_FORMATS)
+    if not files:
+        raise FileNotFoundError(f"int8 calibration: no images ({', '.join(IMAGE_FORMATS)}) under {folder}")
+    step = max(1, len(files) // count)
+    preprocess = preprocessing_of(model)
+    return torch.stack([preprocess(read_image(p)) for p in files[::step][:count]])
+
+
+def _int8_runner(model: nn.Module, calibration: torch.Tensor, batch_size: int) -> nn.Module:
+    """PT2E: export (dynamic batch), observe the calibration batches, convert, lower to oneDNN int8 kernels.
+
+    Strict (dynamo) export: the non-strict default merges every call of a shared ReLU module into one partition,
+    which the x86 quantizer rejects. The lowering is torchao's `lower_pt2e_quantized_to_x86` with the batch kept
+    dynamic, so one lowered graph serves every batch size.
+    """
+    from torch._inductor.constant_folding import constant_fold
+    from torch._inductor.fx_passes.freezing_patterns import freezing_passes
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+    # Without VNNI, 8-bit activations overflow oneDNN's int16 pair sums: measured on AVX2, ResNet-20 int8 lost
+    # 2.2 points of CIFAR-10 test accuracy with 8 bits and <0.2 with 7 (reduce_range).
+    config = x86.get_default_x86_inductor_quantization_config(reduce_range=not cpu_has_vnni())
+    quantizer = x86.X86InductorQuantizer().set_global(config)
+    example = (calibration[:max(2, min(batch_size, len(calibration)))],)
+    batch = ({0: torch.export.Dim("batch", min=1, max=65536)},)
+    decompositions = {op: fn for op, fn in torch.export.default_decompositions().items()
+                      if torch._export.utils._is_cia_op(op)}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = torch.export.export(copy.deepcopy(model).eval(), example, dynamic_shapes=batch, strict=True).module()
+        observed = prepare_pt2e(graph, quantizer)
+        for chunk in calibration.split(64):
+            observed(chunk)
+        quantized = convert_pt2e(observed)
+        lowered = torch.export.export(quantized, example, dynamic_shapes=batch, strict=True)
+        lowered = lowered.run_decompositions(decompositions).module()
+        freezing_passes(lowered, example)
+        constant_fold(lowered)
+    return lowered
+
+
+def optimize_for_inference(model: nn.Module, precision: str = "fp32", batch_size: int = 16, *,
+                           device: str | torch.device | None = None, backend: str = "auto",
+                           image_size: int | None = None, calibration: torch.Tensor | str | Path | None = None,
+                           cache: bool = True, check: bool = True) -> InferenceModel:
+    """The fastest inference module this library knows for `model` at this precision, device and batch size.
+
+    precision: fp32, bf16, fp16 (CUDA) or int8 (CPU; calibrated on `calibration`: a tensor of preprocessed images,
+    or a folder, default the family's training images). backend: "auto" (choose_backend) or one of eager, jit,
+    inductor, onnxruntime (CPU fp32), pt2e (int8). `check` runs the result and the eager fp32 model on one random
+    batch: fp32 paths must agree to 1e-4 relative (ValueError otherwise); the others record `max_rel_diff`.
+    Outputs are fp32 logits whatever the precision.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown inference backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    plan = choose_backend(device, precision) if backend == "auto" else Plan(backend, "asked for")
+    if (plan.backend == "pt2e") != (precision == "int8"):
+        raise ValueError(f"backend {plan.backend!r} with precision {precision!r}: int8 runs through pt2e only, "
+                         "and pt2e makes int8 only")
+    if plan.backend == "onnxruntime" and (precision != "fp32" or device.type != "cpu"):
+        raise ValueError("backend onnxruntime runs fp32 on the CPU here; use --backend auto for other settings")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn("bf16 on this CPU is emulated (no avx512_bf16 or AMX) and runs several times slower than fp32",
+                      stacklevel=2)
+    model = model.to(device).eval()
+    size = image_size or model.spec.input_size
+    example = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    start = time.perf_counter()
+    if plan.backend == "onnxruntime":
+        runner = _onnx_runner(model, size, cache)
+    elif plan.backend == "pt2e":
+        images = calibration if isinstance(calibration, torch.Tensor) else calibration_images(model, calibration)
+        runner = _int8_runner(model, images.to(device), batch_size)
+    else:
+        runner = compile_for_inference(model, plan.backend, dtype=DTYPES[precision], example=example)
+    optimized = InferenceModel(runner, fuse_for_inference(model, check=False), precision, plan, 0.0)
+    optimized(example)  # first call: compiles where the backend compiles; counted in build_seconds
+    optimized.build_seconds = time.perf_counter() - start
+    if check:
+        with torch.no_grad():
+            expected = model(example).float()
+        optimized.max_rel_diff = float((optimized(example) - expected).abs().max() / expected.abs().max())
+        if precision == "fp32" and optimized.max_rel_diff > 1e-4:
+            raise ValueError(f"{plan.backend} output differs from the eager model by {optimized.max_rel_diff:.2e} "
+                             "(relative; limit 1e-4); use --backend eager")
+    return optimized
+
+
+def agreement(optimized: nn.Module, model: nn.Module, batches: Sequence[torch.Tensor]) -> dict[str, float]:
+    """Top-1 agreement (%) and max relative logit difference of `optimized` against eager fp32 `model`."""
+    agree = total = 0
+    worst = 0.0
+    with torch.no_grad():
+        for batch in batches:
+            expected, got = model.eval()(batch).float(), optimized(batch).float()
+            agree += int((expected.argmax(1) == got.argmax(1)).sum())
+            total += len(batch)
+            worst = max(worst, float((got - expected).abs().max() / expected.abs().max()))
+    return {"top1_agreement": 100.0 * agree / total, "images": total, "max_rel_diff": worst}
