@@ -1,8 +1,9 @@
 """Weight files: our own (architecture config + state_dict) and torchvision/timm ResNet files (v1.5).
 
 Everything is read with `torch.load(weights_only=True)` (or safetensors), never as a pickle.
-torchvision and timm use the same parameter names as ours for option B; their bottlenecks put
-the stride on the 3x3, so imported models are built with stride_in_1x1=False.
+torchvision and timm's `resnet*` use the same parameter names as ours for option B; timm's pre-activation
+`resnetv2_18/34/50/101/152` (BatchNorm) are renamed onto our `preact_resnet*`. Their bottlenecks put the stride
+on the 3x3, so imported models are built with stride_in_1x1=False.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from ..io import atomic_torch_save, load_torch_file
 from .resnet import ResNet, model_config, model_from_config
-from .specs import IMAGENET_STAGES, ResNetSpec
+from .specs import IMAGENET_STAGES, PREACT_IMAGENET_STAGES, ResNetSpec
 
 StateDict = dict[str, torch.Tensor]
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -83,15 +84,72 @@ def check_compatible(model: torch.nn.Module, state: StateDict, source: str = "we
     raise IncompatibleWeightsError(f"{source} do not fit {target}: {'; '.join(problems)}{hint}")
 
 
+# timm ResNetV2 (pre-activation) names -> ours, applied in order to each name.
+_TIMM_V2_RENAMES: tuple[tuple[str, Any], ...] = (
+    (r"^stem\.conv\.", "conv1."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.", lambda m: f"layer{int(m[1]) + 1}.{m[2]}."),
+    (r"\.norm(\d)\.", r".bn\1."),
+    (r"\.downsample\.conv\.", ".downsample.0."),
+    (r"^norm\.", "final_bn."),
+    (r"^head\.fc\.", "fc."),
+)
+
+
+def is_timm_resnetv2(state: StateDict) -> bool:
+    """timm's ResNetV2 names its trunk stem.* / stages.<i>.blocks.<j>.* (its v1 `resnet*` use our names)."""
+    return any(k.startswith("stem.") for k in state) and any(k.startswith("stages.") for k in state)
+
+
+def timm_resnetv2_difference(state: StateDict) -> str | None:
+    """What, visible in the tensors, keeps a timm ResNetV2 from being exactly one of our preact_resnet*; None if
+    nothing. Not visible and therefore not caught: avg_down=True with the 7x7 stem and output_stride < 32 (no
+    registered timm name uses either without a deep stem; both leave the tensors unchanged)."""
+    if "stem.conv1.weight" in state:
+        return ("deep 3x3 stem (stem.conv1-3) with average-pool projection shortcuts (timm's 'd'/'t' variants); "
+                "ours has the 7x7 stem and strided 1x1 projections")
+    if "stem.norm.weight" in state or "norm.weight" not in state:
+        return "post-activation ResNetV2 (preact=False, timm's ViT-hybrid backbone), not a pre-activation net"
+    norms = sorted({k.rsplit(".", 1)[0] for k in state if re.search(r"(^|\.)norm\d?\.weight$", k)})
+    if no_stats := [n for n in norms if f"{n}.running_mean" not in state]:
+        return (f"{no_stats[0]} has no BatchNorm running statistics (GroupNorm with weight-standardised convs in "
+                "BiT, or EvoNorm/FRN); ours is BatchNorm")
+    if "head.fc.weight" not in state:
+        return "no classifier head.fc (built with num_classes=0); ours always ends in an FC"
+    return None
+
+
+def timm_resnetv2_to_ours(state: StateDict) -> StateDict:
+    """timm ResNetV2 (BatchNorm pre-activation) names -> ours: stem.conv -> conv1, stages.i.blocks.j -> layer<i+1>.j,
+    norm<k> -> bn<k>, downsample.conv -> downsample.0, norm -> final_bn, head.fc (a 1x1 conv) -> fc (a Linear).
+    The blocks are the same: BN-ReLU first, the projection reading the pre-activated input, one BN-ReLU before
+    the pooling; state_dicts in our names pass through unchanged."""
+    if not is_timm_resnetv2(state):
+        return state
+    if problem := timm_resnetv2_difference(state):
+        raise IncompatibleWeightsError(f"timm ResNetV2 weights do not map exactly onto a preact_resnet: {problem}")
+    renamed = {}
+    for key, value in state.items():
+        for pattern, replacement in _TIMM_V2_RENAMES:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = value.flatten(1) if key == "fc.weight" else value
+    return renamed
+
+
 def import_state_dict(model: torch.nn.Module, state: StateDict, source: str = "weights") -> torch.nn.Module:
     """Copy a torchvision/timm/resnets state_dict into `model` after checking every name and shape."""
+    spec, from_timm_v2 = getattr(model, "spec", None), is_timm_resnetv2(state)
+    state = timm_resnetv2_to_ours(state)
+    if from_timm_v2 and spec is not None and spec.block == "bottleneck" and spec.stride_in_1x1:
+        raise IncompatibleWeightsError(f"{source}: timm ResNetV2 bottlenecks stride the 3x3; build {spec.name} "
+                                       "with stride_in_1x1=False")
     check_compatible(model, state, source)
     model.load_state_dict(state, strict=True)
     return model
 
 
 def infer_spec(state: StateDict, stride_in_1x1: bool = False) -> ResNetSpec:
-    """Recognise a torchvision/timm ImageNet ResNet from its tensor names (depth, classes, shortcut)."""
+    """Recognise a torchvision/timm ImageNet ResNet from its tensor names (depth, classes, shortcut, pre-activation)."""
+    state = timm_resnetv2_to_ours(state)
     if "conv1.weight" not in state or "fc.weight" not in state:
         raise IncompatibleWeightsError("not a ResNet state_dict (no conv1.weight / fc.weight)")
     stages = []
@@ -99,7 +157,8 @@ def infer_spec(state: StateDict, stride_in_1x1: bool = False) -> ResNetSpec:
         indices = {int(m[1]) for k in state if (m := re.match(rf"layer{layer}\.(\d+)\.", k))}
         stages.append(len(indices))
     bottleneck = "layer1.0.conv3.weight" in state
-    matches = [d for d, (block, blocks) in IMAGENET_STAGES.items()
+    preact = "final_bn.weight" in state
+    matches = [d for d, (block, blocks) in (PREACT_IMAGENET_STAGES if preact else IMAGENET_STAGES).items()
                if blocks == tuple(stages) and (block == "bottleneck") == bottleneck]
     if not matches:
         raise IncompatibleWeightsError(f"blocks per stage {stages} match no network of Table 1")
@@ -113,7 +172,7 @@ def infer_spec(state: StateDict, stride_in_1x1: bool = False) -> ResNetSpec:
         shortcut = "B"
     num_classes = state["fc.weight"].shape[0]
     return ResNetSpec("imagenet", matches[0], "bottleneck" if bottleneck else "basic", tuple(stages),
-                      (64, 128, 256, 512), shortcut, num_classes, stride_in_1x1)
+                      (64, 128, 256, 512), shortcut, num_classes, stride_in_1x1, preact)
 
 
 def load_model(path: str | Path) -> ResNet:
@@ -123,7 +182,7 @@ def load_model(path: str | Path) -> ResNet:
 
 def model_from_weight_data(data: dict[str, Any], source: str = "weights") -> ResNet:
     """`load_model` for a file already read with `read_weight_file` (callers that also need its meta)."""
-    state = extract_state_dict(data)
+    state = timm_resnetv2_to_ours(extract_state_dict(data))
     config = data.get("model_config")
     model = model_from_config(config) if isinstance(config, dict) else ResNet(infer_spec(state))
     import_state_dict(model, state, source=source)
