@@ -65,7 +65,8 @@ def test_auto_on_cpu_fp32_is_onnxruntime_and_its_cache_is_checked_before_use(mod
         assert relative_error(rebuilt(x), model(x)) < 1e-4
 
 
-def test_int8_keeps_the_shipped_resnet20_accuracy_on_real_cifar10(cifar10_jpeg_dir):
+def test_int8_keeps_the_shipped_resnet20_accuracy_on_real_cifar10(cifar10_jpeg_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path))
     pytest.importorskip("torchao", reason="int8 needs torchao (PT2E quantisation)")
     shipped = create_model("resnet20", pretrained="fast").eval()
     calibration = calibration_images(shipped, cifar10_jpeg_dir / "train", count=256)
@@ -81,6 +82,16 @@ def test_int8_keeps_the_shipped_resnet20_accuracy_on_real_cifar10(cifar10_jpeg_d
     # Measured on the full test set: 12.11% fp32, 12.20% int8 (benchmarks/inference.py --cifar).
     assert errors["int8"] - errors["fp32"] <= 1.0, errors
     assert measured["top1_agreement"] >= 97.0, measured
+
+    # The calibration is cached: a second build skips it and gives the very same logits.
+    x = batches[0][0]
+    again = optimize_for_inference(shipped, "int8", batch_size=100, calibration=calibration)
+    assert torch.equal(again(x), int8(x))
+    [cached] = (tmp_path / "inference").glob("resnet20-int8-*.json")
+    cached.write_text(cached.read_text().replace("0.", "0.9", 1))  # one changed scale: valid JSON, wrong value
+    with pytest.warns(UserWarning, match="damaged"):
+        rebuilt = optimize_for_inference(shipped, "int8", batch_size=100, calibration=calibration)
+    assert torch.equal(rebuilt(x), int8(x))
 
 
 def test_bad_settings_fail_with_one_clear_message(model):

@@ -4,18 +4,21 @@
 `choose_backend` picks. The rule comes from `benchmarks/inference.py` (ResNet-50 v1.5, 224x224, 2 threads,
 medians of interleaved rounds; full table in README and benchmarks/results/):
 
-- CPU fp32: onnxruntime, when it is installed. On the AVX2 CPU of this project's machine it beat every PyTorch
-  fp32 path at batch 1 and 16 (TorchScript-frozen 0.74-0.85x of it, inductor 0.78x, eager channels_last
-  0.47-0.65x). Without onnxruntime: TorchScript freeze ("jit"), as fast as inductor here and without a compile
-  wait.
+- CPU fp32: onnxruntime on our exported graph, when onnxruntime is installed. On this project's AVX2 machine it
+  beat every PyTorch fp32 path at batch 1 and 16 (TorchScript freeze 0.72-0.89x of it, inductor 0.74-0.82x, eager
+  channels_last 0.66-0.69x, torchvision eager 0.49-0.63x). Without onnxruntime: TorchScript freeze ("jit"), as fast
+  as inductor here without its compile wait.
 - CPU int8: post-training static quantisation through PyTorch's x86 path (PT2E export, torchao's
-  X86InductorQuantizer, calibration on real images, lowered to oneDNN int8 kernels): 1.4-1.7x onnxruntime fp32.
+  X86InductorQuantizer, calibration on real training images, lowered to oneDNN int8 kernels): 1.48x onnxruntime
+  fp32 at batch 16. CPUs without VNNI get 7-bit activations (reduce_range), without which ResNet-20 lost 2.2 points
+  of CIFAR-10 accuracy; at batch 1 those kernels are slow there (0.7x onnxruntime fp32), 8-bit ones were 1.5x.
 - CPU bf16: inductor with bf16 weights where the CPU has native bf16 (avx512_bf16 / AMX); elsewhere bf16 is
   emulated and several times slower than fp32 (measured 12x in training), so it is built as asked with a warning.
 - CUDA: inductor (torch.compile with freezing), channels_last; fp16/bf16 weights. Not measured here (no GPU).
 
-Compile artefacts are cached so a CLI call does not pay them twice: ONNX graphs under cache_dir()/inference,
-named by a digest of the weights; inductor keeps its own FX graph cache across processes.
+Compile artefacts are cached so a CLI call does not pay them twice, under cache_dir()/inference: ONNX graphs
+named by a digest of the weights and of their own bytes; int8 calibration results (activation scales, JSON with
+a digest); inductor keeps its own FX graph cache across processes. A damaged cache file is rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from torch import nn
 from ..data.folder import IMAGE_FORMATS, read_image
 from ..data.paths import cache_dir, datasets_root
 from ..data.preprocess import preprocessing_of
-from ..io import atomic_write_bytes
+from ..io import UnreadableFileError, atomic_write_bytes, atomic_write_json, read_json
 from ..models import model_config
 from ..runtime import cpu_has_native_bf16, cpu_has_vnni
 from .fuse import compile_for_inference, fuse_for_inference
@@ -150,9 +153,9 @@ def default_calibration_folder(model: nn.Module) -> Path:
     return root / "imagenette" / "train" if (root / "imagenette" / "train").is_dir() else root / "imagenet-sample"
 
 
-def calibration_images(model: nn.Module, folder: str | Path | None = None,
-                       count: int = CALIBRATION_IMAGES) -> torch.Tensor:
-    """`count` images spread evenly over `folder` (recursively, sorted), preprocessed as the model's weights expect."""
+def calibration_files(model: nn.Module, folder: str | Path | None = None,
+                      count: int = CALIBRATION_IMAGES) -> list[Path]:
+    """`count` image files spread evenly over `folder` (recursively, sorted); default: the family's training set."""
     folder = Path(folder) if folder is not None else default_calibration_folder(model)
     if not folder.is_dir():
         raise FileNotFoundError(f"int8 calibration needs real images: {folder} is not a folder; pass calibration=DIR "
@@ -160,17 +163,76 @@ def calibration_images(model: nn.Module, folder: str | Path | None = None,
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_FORMATS)
     if not files:
         raise FileNotFoundError(f"int8 calibration: no images ({', '.join(IMAGE_FORMATS)}) under {folder}")
-    step = max(1, len(files) // count)
+    return files[::max(1, len(files) // count)][:count]
+
+
+def calibration_images(model: nn.Module, folder: str | Path | None = None,
+                       count: int = CALIBRATION_IMAGES) -> torch.Tensor:
+    """The `calibration_files`, decoded and preprocessed as the model's weights expect."""
     preprocess = preprocessing_of(model)
-    return torch.stack([preprocess(read_image(p)) for p in files[::step][:count]])
+    return torch.stack([preprocess(read_image(p)) for p in calibration_files(model, folder, count)])
 
 
-def _int8_runner(model: nn.Module, calibration: torch.Tensor, batch_size: int) -> nn.Module:
+_QDQ = ("quantize_per_tensor.default", "dequantize_per_tensor.default")
+
+
+def _activation_qparams(graph: torch.fx.GraphModule) -> list[list] | None:
+    """[node name, scale, zero point] of every per-tensor (de)quantize node: all that calibration decided (weights
+    are quantized per channel from the weights themselves). None if a scale is a tensor, not a number."""
+    found = [[n.name, n.args[1], n.args[2]] for n in graph.graph.nodes if str(n.target).endswith(_QDQ)]
+    return found if all(isinstance(s, float) and isinstance(z, int) for _, s, z in found) else None
+
+
+def _set_activation_qparams(graph: torch.fx.GraphModule, qparams: list[list]) -> bool:
+    """Write cached scales into a graph converted from the same model; False (nothing written) if it differs."""
+    nodes = [n for n in graph.graph.nodes if str(n.target).endswith(_QDQ)]
+    if [n.name for n in nodes] != [name for name, _, _ in qparams]:
+        return False
+    for node, (_, scale, zero_point) in zip(nodes, qparams, strict=True):
+        node.args = (node.args[0], float(scale), int(zero_point), *node.args[3:])
+    graph.recompile()
+    return True
+
+
+def _calibration_key(model: nn.Module, calibration: torch.Tensor | str | Path | None, reduce_range: bool) -> str:
+    digest = hashlib.sha256(f"{weights_digest(model)}-{reduce_range}-torch{torch.__version__}".encode())
+    if isinstance(calibration, torch.Tensor):
+        digest.update(calibration.contiguous().numpy().tobytes())
+    else:  # the files themselves: names, sizes and modification times, without decoding them
+        for path in calibration_files(model, calibration):
+            stat = path.stat()
+            digest.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:24]
+
+
+def _qparams_digest(qparams: list[list]) -> str:
+    return hashlib.sha256(json.dumps(qparams).encode()).hexdigest()
+
+
+def _read_qparams(path: Path) -> list[list] | None:
+    """Cached activation scales, or None (absent; or damaged: then with a warning, and the file is removed)."""
+    if not path.is_file():
+        return None
+    try:
+        document = read_json(path, "int8 calibration cache")
+        if document["sha256"] == _qparams_digest(document["qparams"]):
+            return document["qparams"]
+    except (UnreadableFileError, KeyError, TypeError):
+        pass
+    warnings.warn(f"int8 calibration cache {path} is damaged (digest mismatch); calibrating again", stacklevel=4)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _int8_runner(model: nn.Module, calibration: torch.Tensor | str | Path | None, batch_size: int, size: int,
+                 cache: bool) -> nn.Module:
     """PT2E: export (dynamic batch), observe the calibration batches, convert, lower to oneDNN int8 kernels.
 
     Strict (dynamo) export: the non-strict default merges every call of a shared ReLU module into one partition,
     which the x86 quantizer rejects. The lowering is torchao's `lower_pt2e_quantized_to_x86` with the batch kept
-    dynamic, so one lowered graph serves every batch size.
+    dynamic, so one lowered graph serves every batch size. Calibration (minutes for ResNet-50 on 512 photos) is
+    cached as the activation scales it found, in JSON under cache_dir()/inference, keyed by the weights and the
+    calibration images.
     """
     from torch._inductor.constant_folding import constant_fold
     from torch._inductor.fx_passes.freezing_patterns import freezing_passes
@@ -178,10 +240,15 @@ def _int8_runner(model: nn.Module, calibration: torch.Tensor, batch_size: int) -
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
     # Without VNNI, 8-bit activations overflow oneDNN's int16 pair sums: measured on AVX2, ResNet-20 int8 lost
-    # 2.2 points of CIFAR-10 test accuracy with 8 bits and <0.2 with 7 (reduce_range).
-    config = x86.get_default_x86_inductor_quantization_config(reduce_range=not cpu_has_vnni())
+    # 2.2 points of CIFAR-10 test accuracy with 8 bits and 0.09 with 7 (reduce_range).
+    reduce_range = not cpu_has_vnni()
+    config = x86.get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
     quantizer = x86.X86InductorQuantizer().set_global(config)
-    example = (calibration[:max(2, min(batch_size, len(calibration)))],)
+    key = _calibration_key(model, calibration, reduce_range)
+    path = cache_dir() / "inference" / f"{model.spec.name}-int8-{key}.json"
+    cached = _read_qparams(path) if cache else None
+    device = next(model.parameters()).device
+    example = (torch.zeros(max(2, batch_size), 3, size, size, device=device),)
     batch = ({0: torch.export.Dim("batch", min=1, max=65536)},)
     decompositions = {op: fn for op, fn in torch.export.default_decompositions().items()
                       if torch._export.utils._is_cia_op(op)}
@@ -189,9 +256,20 @@ def _int8_runner(model: nn.Module, calibration: torch.Tensor, batch_size: int) -
         warnings.simplefilter("ignore")
         graph = torch.export.export(copy.deepcopy(model).eval(), example, dynamic_shapes=batch, strict=True).module()
         observed = prepare_pt2e(graph, quantizer)
-        for chunk in calibration.split(64):
-            observed(chunk)
+        images = None
+        if cached is None:
+            images = calibration if isinstance(calibration, torch.Tensor) else calibration_images(model, calibration)
+            for chunk in images.to(device).split(64):
+                observed(chunk)
+        else:
+            observed(*example)  # any input initialises the observers; the cached scales replace what they saw
         quantized = convert_pt2e(observed)
+        if cached is not None and not _set_activation_qparams(quantized, cached):
+            warnings.warn(f"{path} does not fit this model's graph; calibrating again", stacklevel=3)
+            return _int8_runner(model, calibration, batch_size, size, cache=False)
+        qparams = _activation_qparams(quantized)
+        if cache and cached is None and qparams is not None:
+            atomic_write_json(path, {"qparams": qparams, "sha256": _qparams_digest(qparams)})
         lowered = torch.export.export(quantized, example, dynamic_shapes=batch, strict=True)
         lowered = lowered.run_decompositions(decompositions).module()
         freezing_passes(lowered, example)
@@ -234,8 +312,7 @@ def optimize_for_inference(model: nn.Module, precision: str = "fp32", batch_size
     if plan.backend == "onnxruntime":
         runner = _onnx_runner(model, size, cache)
     elif plan.backend == "pt2e":
-        images = calibration if isinstance(calibration, torch.Tensor) else calibration_images(model, calibration)
-        runner = _int8_runner(model, images.to(device), batch_size)
+        runner = _int8_runner(model, calibration, batch_size, size, cache)
     else:
         runner = compile_for_inference(model, plan.backend, dtype=DTYPES[precision], example=example)
     optimized = InferenceModel(runner, fuse_for_inference(model, check=False), precision, plan, 0.0)
