@@ -13,16 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-from resnets import complexity, create_model, load_model
+from resnets import complexity, create_model, load_model, model_spec
 from resnets.analysis.experiments import run_degradation
-from resnets.analysis.report import data_copy, jpeg_quality, training_command, write_report
+from resnets.analysis.report import data_copy, jpeg_quality, paper_error, training_command, write_report
 from resnets.analysis.responses import analyze_responses, read_responses_csv
 from resnets.analysis.ship import ship_weights, subset_error
 from resnets.cli import build_parser, main
 from resnets.cli.train import resolve
 from resnets.data.preprocess import Preprocessing
 from resnets.models.weights import extract_state_dict, read_weight_file
-from resnets.runs import RunDirectoryError, load_run
+from resnets.runs import RunDirectoryError, RunRecord, load_run
 
 from .test_experiments import write_tiny_cifar
 
@@ -182,3 +182,18 @@ def test_ship_weights_round_trip(made: dict[str, Path]) -> None:
     (incomplete / "summary.json").write_text(json.dumps({**summary(incomplete), "complete": False}))
     with pytest.raises(ValueError, match="only a complete run is shipped"):
         ship_weights(incomplete, weights_dir=target, data=made["data"], device="cpu")
+
+
+@pytest.mark.parametrize(("model", "dataset", "published"), [
+    ("resnet20", "cifar10", "8.75"), ("resnet110", "cifar10", "6.43"), ("resnet20", "cifar100", "-"),
+    ("resnet164", "cifar10", "5.93 (follow-up)"), ("preact_resnet164", "cifar10", "5.46 (follow-up)"),
+    ("resnet1001", "cifar10", "7.61 (follow-up)"), ("preact_resnet1001", "cifar10", "4.92 (follow-up)"),
+    ("resnet164", "cifar100", "25.16 (follow-up)"), ("preact_resnet164", "cifar100", "24.33 (follow-up)"),
+    ("resnet1001", "cifar100", "27.82 (follow-up)"), ("preact_resnet1001", "cifar100", "22.71 (follow-up)"),
+    ("resnet50", "imagenet", "-"),
+])
+def test_reference_column_has_the_published_error(model: str, dataset: str, published: str) -> None:
+    """Table 6 of the paper and the follow-up's CIFAR table (He et al., ECCV 2016, Table 2 and 3) as printed there."""
+    config = model_spec(model).to_config()
+    run = RunRecord(Path(model), {"dataset": dataset}, {"model_config": config}, [])
+    assert paper_error(run) == published

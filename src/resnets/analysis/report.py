@@ -18,7 +18,13 @@ import torch
 
 from ..io import UnreadableFileError, atomic_write_bytes, atomic_write_text, read_json
 from ..models import create_model, model_from_config
-from ..models.specs import IMAGENET_STAGES, PAPER_CIFAR10_ERROR, PAPER_IMAGENET_GFLOPS
+from ..models.specs import (
+    FOLLOWUP_CIFAR10_ERROR,
+    FOLLOWUP_CIFAR100_ERROR,
+    IMAGENET_STAGES,
+    PAPER_CIFAR10_ERROR,
+    PAPER_IMAGENET_GFLOPS,
+)
 from ..runs import RunDirectoryError, RunRecord, load_run
 from ..train.recipes import Recipe, RunOptions, get_recipe
 from ..train.schedule import milestone_iterations
@@ -141,9 +147,16 @@ def table1() -> str:
 
 
 def paper_error(run: RunRecord) -> str:
-    config = run.config["model_config"]
-    known = (run.summary["dataset"] == "cifar10" and config["shortcut"] == "A"
-             and config["depth"] in PAPER_CIFAR10_ERROR and config["family"] == "cifar")
+    """The published test error for this run's model and dataset: Table 6 for the paper's CIFAR-10 nets (option A),
+    the follow-up's table ("Identity Mappings", ECCV 2016) for the 9n+2 bottleneck nets, original or pre-activation."""
+    config, dataset = run.config["model_config"], run.summary["dataset"]
+    if config["family"] != "cifar":
+        return "-"
+    if config["block"] == "bottleneck":
+        followup = {"cifar10": FOLLOWUP_CIFAR10_ERROR, "cifar100": FOLLOWUP_CIFAR100_ERROR}.get(dataset, {})
+        value = followup.get(("preact" if config.get("preact") else "resnet", config["depth"]))
+        return f"{value:.2f} (follow-up)" if value is not None else "-"
+    known = dataset == "cifar10" and config["shortcut"] == "A" and config["depth"] in PAPER_CIFAR10_ERROR
     return f"{PAPER_CIFAR10_ERROR[config['depth']]:.2f}" if known else "-"
 
 
