@@ -118,3 +118,17 @@ def test_bf16_on_a_cpu_without_native_bf16_is_built_as_asked_with_a_warning(mode
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert (fast(x).argmax(1) == model(x).argmax(1)).float().mean() >= 0.75
+
+
+def test_built_for_the_trained_crop_and_other_sizes_still_run(model, monkeypatch, tmp_path):
+    """A model trained at 64 px crops is built for 64 px (its preprocessing record), not its family's 224; any other
+    size runs the BN-folded copy instead of failing in a fixed-size graph."""
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path))
+    small = create_model("resnet18", num_classes=10).eval()
+    small.meta["preprocess"] = {"resize": 73, "crop": 64, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    fast = optimize_for_inference(small, backend="onnxruntime" if importlib.util.find_spec("onnxruntime") else "jit")
+    assert fast.image_size == 64
+    for size in (64, 96):
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            assert relative_error(fast(x), small(x)) < 1e-4

@@ -87,8 +87,9 @@ class InferenceModel(nn.Module):
     the BN-folded eager copy (`source`), so evaluation protocols that need those still work."""
 
     def __init__(self, runner: nn.Module | Any, source: nn.Module, precision: str, plan: Plan,
-                 build_seconds: float) -> None:
+                 build_seconds: float, image_size: int) -> None:
         super().__init__()
+        self.image_size = image_size
         self.source = source
         self.runner = runner
         self.precision, self.backend, self.reason = precision, plan.backend, plan.reason
@@ -98,6 +99,9 @@ class InferenceModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
+            if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+                # Built for one input size (ONNX and int8 graphs have a fixed H x W): others run the folded copy.
+                return self.source(x).float()
             return self.runner(x).float()
 
     def forward_fcn(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +134,8 @@ def _onnx_runner(model: nn.Module, image_size: int, cache: bool) -> OnnxRuntimeM
     """
     import onnxruntime
 
-    key = f"{weights_digest(model)}-opset{DEFAULT_OPSET}-torch{torch.__version__}-ort{onnxruntime.__version__}"
+    key = (f"{weights_digest(model)}-{image_size}px-opset{DEFAULT_OPSET}-torch{torch.__version__}"
+           f"-ort{onnxruntime.__version__}")
     stem = f"{model.spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
     folder = cache_dir() / "inference"
     for path in sorted(folder.glob(f"{stem}-*.onnx")) if cache else []:
@@ -194,8 +199,9 @@ def _set_activation_qparams(graph: torch.fx.GraphModule, qparams: list[list]) ->
     return True
 
 
-def _calibration_key(model: nn.Module, calibration: torch.Tensor | str | Path | None, reduce_range: bool) -> str:
-    digest = hashlib.sha256(f"{weights_digest(model)}-{reduce_range}-torch{torch.__version__}".encode())
+def _calibration_key(model: nn.Module, calibration: torch.Tensor | str | Path | None, reduce_range: bool,
+                     size: int) -> str:
+    digest = hashlib.sha256(f"{weights_digest(model)}-{size}px-{reduce_range}-torch{torch.__version__}".encode())
     if isinstance(calibration, torch.Tensor):
         digest.update(calibration.contiguous().numpy().tobytes())
     else:  # the files themselves: names, sizes and modification times, without decoding them
@@ -244,7 +250,7 @@ def _int8_runner(model: nn.Module, calibration: torch.Tensor | str | Path | None
     reduce_range = not cpu_has_vnni()
     config = x86.get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
     quantizer = x86.X86InductorQuantizer().set_global(config)
-    key = _calibration_key(model, calibration, reduce_range)
+    key = _calibration_key(model, calibration, reduce_range, size)
     path = cache_dir() / "inference" / f"{model.spec.name}-int8-{key}.json"
     cached = _read_qparams(path) if cache else None
     device = next(model.parameters()).device
@@ -306,7 +312,7 @@ def optimize_for_inference(model: nn.Module, precision: str = "fp32", batch_size
         warnings.warn("bf16 on this CPU is emulated (no avx512_bf16 or AMX) and runs several times slower than fp32",
                       stacklevel=2)
     model = model.to(device).eval()
-    size = image_size or model.spec.input_size
+    size = image_size or preprocessing_of(model).crop  # what its weights were trained on (64 for a small run)
     example = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     start = time.perf_counter()
     if plan.backend == "onnxruntime":
@@ -315,7 +321,8 @@ def optimize_for_inference(model: nn.Module, precision: str = "fp32", batch_size
         runner = _int8_runner(model, calibration, batch_size, size, cache)
     else:
         runner = compile_for_inference(model, plan.backend, dtype=DTYPES[precision], example=example)
-    optimized = InferenceModel(runner, fuse_for_inference(model, check=False), precision, plan, 0.0)
+    source = fuse_for_inference(model, check=False, dtype=DTYPES[precision if precision != "int8" else "fp32"])
+    optimized = InferenceModel(runner, source, precision, plan, 0.0, size)
     optimized(example)  # first call: compiles where the backend compiles; counted in build_seconds
     optimized.build_seconds = time.perf_counter() - start
     if check:
