@@ -171,11 +171,12 @@ def calibration_files(model: nn.Module, folder: str | Path | None = None,
     return files[::max(1, len(files) // count)][:count]
 
 
-def calibration_images(model: nn.Module, folder: str | Path | None = None,
-                       count: int = CALIBRATION_IMAGES) -> torch.Tensor:
-    """The `calibration_files`, decoded and preprocessed as the model's weights expect."""
+def calibration_images(model: nn.Module, folder: str | Path | None = None, count: int = CALIBRATION_IMAGES,
+                       files: Sequence[Path] | None = None) -> torch.Tensor:
+    """The `calibration_files` (or the given `files`), decoded and preprocessed as the model's weights expect."""
     preprocess = preprocessing_of(model)
-    return torch.stack([preprocess(read_image(p)) for p in calibration_files(model, folder, count)])
+    files = files if files is not None else calibration_files(model, folder, count)
+    return torch.stack([preprocess(read_image(p)) for p in files])
 
 
 _QDQ = ("quantize_per_tensor.default", "dequantize_per_tensor.default")
@@ -199,13 +200,13 @@ def _set_activation_qparams(graph: torch.fx.GraphModule, qparams: list[list]) ->
     return True
 
 
-def _calibration_key(model: nn.Module, calibration: torch.Tensor | str | Path | None, reduce_range: bool,
+def _calibration_key(model: nn.Module, calibration: torch.Tensor | Sequence[Path], reduce_range: bool,
                      size: int) -> str:
     digest = hashlib.sha256(f"{weights_digest(model)}-{size}px-{reduce_range}-torch{torch.__version__}".encode())
     if isinstance(calibration, torch.Tensor):
         digest.update(calibration.contiguous().numpy().tobytes())
     else:  # the files themselves: names, sizes and modification times, without decoding them
-        for path in calibration_files(model, calibration):
+        for path in calibration:
             stat = path.stat()
             digest.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:24]
@@ -250,7 +251,9 @@ def _int8_runner(model: nn.Module, calibration: torch.Tensor | str | Path | None
     reduce_range = not cpu_has_vnni()
     config = x86.get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
     quantizer = x86.X86InductorQuantizer().set_global(config)
-    key = _calibration_key(model, calibration, reduce_range, size)
+    # A folder is listed once: its files name the cache entry and, on a miss, are what gets decoded.
+    source = calibration if isinstance(calibration, torch.Tensor) else calibration_files(model, calibration)
+    key = _calibration_key(model, source, reduce_range, size)
     path = cache_dir() / "inference" / f"{model.spec.name}-int8-{key}.json"
     cached = _read_qparams(path) if cache else None
     device = next(model.parameters()).device
@@ -262,9 +265,8 @@ def _int8_runner(model: nn.Module, calibration: torch.Tensor | str | Path | None
         warnings.simplefilter("ignore")
         graph = torch.export.export(copy.deepcopy(model).eval(), example, dynamic_shapes=batch, strict=True).module()
         observed = prepare_pt2e(graph, quantizer)
-        images = None
         if cached is None:
-            images = calibration if isinstance(calibration, torch.Tensor) else calibration_images(model, calibration)
+            images = source if isinstance(source, torch.Tensor) else calibration_images(model, files=source)
             for chunk in images.to(device).split(64):
                 observed(chunk)
         else:
@@ -315,13 +317,13 @@ def optimize_for_inference(model: nn.Module, precision: str = "fp32", batch_size
     size = image_size or preprocessing_of(model).crop  # what its weights were trained on (64 for a small run)
     example = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     start = time.perf_counter()
-    if plan.backend == "onnxruntime":
-        runner = _onnx_runner(model, size, cache)
-    elif plan.backend == "pt2e":
-        runner = _int8_runner(model, calibration, batch_size, size, cache)
-    else:
+    if plan.backend in ("onnxruntime", "pt2e"):
+        runner = (_onnx_runner(model, size, cache) if plan.backend == "onnxruntime"
+                  else _int8_runner(model, calibration, batch_size, size, cache))
+        source = fuse_for_inference(model, check=False)
+    else:  # the folded copy compile_for_inference made (jit/inductor keep it as .source): one fold, not two
         runner = compile_for_inference(model, plan.backend, dtype=DTYPES[precision], example=example)
-    source = fuse_for_inference(model, check=False, dtype=DTYPES[precision if precision != "int8" else "fp32"])
+        source = runner if plan.backend == "eager" else runner.source
     optimized = InferenceModel(runner, source, precision, plan, 0.0, size)
     optimized(example)  # first call: compiles where the backend compiles; counted in build_seconds
     optimized.build_seconds = time.perf_counter() - start
