@@ -143,8 +143,8 @@ def run_table(batch: int, candidates: dict[str, tuple[Runner, float]], rounds: i
     return rows
 
 
-def cifar_int8(rounds: int) -> dict:
-    """Shipped ResNet-20 (`fast` weights) on the full CIFAR-10 test set: fp32 eager, onnxruntime, int8."""
+def cifar_paths(rounds: int, precisions: list[str]) -> dict:
+    """Shipped ResNet-20 (`fast` weights) on the full CIFAR-10 test set: fp32 eager, onnxruntime, bf16, int8."""
     from resnets.evaluate.run import cifar_test_batches
 
     model = create_model("resnet20", pretrained="fast").eval()
@@ -153,8 +153,11 @@ def cifar_int8(rounds: int) -> dict:
     inputs = [x for x, _ in batches]
     labels = torch.cat([y for _, y in batches])
     result = {"source": source, "images": len(labels)}
-    paths = {"eager fp32": model, "onnxruntime fp32": optimize_for_inference(model, "fp32", 128, cache=False),
-             "int8 (pt2e)": optimize_for_inference(model, "int8", 128)}
+    paths = {"eager fp32": model, "onnxruntime fp32": optimize_for_inference(model, "fp32", 128, cache=False)}
+    if "bf16" in precisions:
+        paths["bf16 (auto)"] = optimize_for_inference(model, "bf16", 128)
+    if "int8" in precisions:
+        paths["int8 (pt2e)"] = optimize_for_inference(model, "int8", 128)
     print(f"\n## CIFAR-10 test set ({len(labels)} images), shipped resnet20 `fast` weights")
     for name, runner in paths.items():
         with torch.no_grad():
@@ -170,7 +173,9 @@ def cifar_int8(rounds: int) -> dict:
     for name, seconds in times.items():
         result[name]["images_per_s"] = len(inputs[0]) / statistics.median(seconds)
         print(f"{name:<20} {result[name]['images_per_s']:8.0f} images/s at batch {len(inputs[0])}")
-    result["int8_cost_points"] = result["int8 (pt2e)"]["top1_error"] - result["eager fp32"]["top1_error"]
+    for name in ("bf16 (auto)", "int8 (pt2e)"):
+        if name in result:
+            result[f"{name.split()[0]}_cost_points"] = result[name]["top1_error"] - result["eager fp32"]["top1_error"]
     return result
 
 
@@ -226,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", default="fp32,int8", help="of fp32, bf16, int8")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--calibration-images", type=int, default=256)
-    parser.add_argument("--cifar", action="store_true", help="also: int8 accuracy of the shipped ResNet-20")
+    parser.add_argument("--cifar", action="store_true", help="also: bf16/int8 accuracy of the shipped ResNet-20")
     parser.add_argument("--first-call", action="store_true", help="also: fresh-process first-call seconds")
     parser.add_argument("--train", action="store_true", help="also: ResNet-50 training step vs torchvision")
     parser.add_argument("--json", type=Path, help="write every number to this JSON file")
@@ -252,9 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         report["agreement"][name] = row
         print(f"{name:<44} top-1 agreement {row['top1_agreement']:6.1f}%  max rel diff {row['max_rel_diff']:.2e}")
     if args.cifar:
-        report["cifar"] = cifar_int8(args.rounds)
+        report["cifar"] = cifar_paths(args.rounds, precisions)
     if args.first_call:
         cases = [("fp32", "onnxruntime"), ("fp32", "inductor"), ("int8", "pt2e")]
+        cases += [("bf16", "inductor")] if "bf16" in precisions else []
         report["first_call"] = first_call(cases)
     if args.train:
         report["training_step"] = training_step(args.rounds, 16)

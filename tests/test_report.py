@@ -197,3 +197,75 @@ def test_reference_column_has_the_published_error(model: str, dataset: str, publ
     config = model_spec(model).to_config()
     run = RunRecord(Path(model), {"dataset": dataset}, {"model_config": config}, [])
     assert paper_error(run) == published
+
+
+@pytest.fixture(scope="module")
+def depth_series(made: dict[str, Path]) -> Path:
+    """A depth-series folder: the tiny plain8 and resnet8 runs as seed 0, and resnet8 trained again with seed 1."""
+    from resnets.analysis.experiments import degradation_recipe
+    from resnets.train.loop import train
+    from resnets.train.recipes import RunOptions
+
+    folder = made["root"] / "depth"
+    for model in ("plain8", "resnet8"):
+        shutil.copytree(made["degradation"] / model, folder / f"{model}-s0")
+    train(RunOptions(model="resnet8", dataset="cifar10", data=str(made["data"]), out=str(folder / "resnet8-s1"),
+                     seed=1, device="cpu", progress=False), degradation_recipe(1, 8))
+    return folder
+
+
+def test_depth_series_is_mean_and_std_over_seeds(depth_series: Path, capsys: pytest.CaptureFixture) -> None:
+    import statistics
+
+    from resnets.analysis.experiments import final_train_error
+
+    out = depth_series.parent / "depth-site" / "REPRODUCTION.md"
+    assert main(["report", "--depth", str(depth_series), "--out", str(out)]) == 0, capsys.readouterr().err
+    text = out.read_text()
+    runs = {name: load_run(depth_series / name) for name in ("plain8-s0", "resnet8-s0", "resnet8-s1")}
+    tests = [runs[f"resnet8-s{seed}"].summary["test_top1_error"] for seed in (0, 1)]
+    trains = [final_train_error(r.metrics, r.config["iterations_per_epoch"]) for r in runs.values()]
+    assert trains[1] != trains[2]  # the seed changed the run
+    row = next(line for line in text.splitlines() if line.startswith("| ResNet-8 |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[2:5] == ["2 (0, 1)", f"{statistics.mean(tests):.2f} ± {statistics.stdev(tests):.2f}",
+                          f"{statistics.mean(trains[1:]):.2f} ± {statistics.stdev(trains[1:]):.2f}"]
+    plain = next(line for line in text.splitlines() if line.startswith("| plain-8 |"))
+    assert f"| 1 (0) | {runs['plain8-s0'].summary['test_top1_error']:.2f} | {trains[0]:.2f} |" in plain
+    assert "](figures/depth-series.png)" in text and (out.parent / "figures" / "depth-series.png").is_file()
+    assert "- plain: not measured (needs two depths)" in text
+    assert f"```\nresnets report --depth {depth_series} --out {out}\n```" in text
+
+
+def test_depth_series_refuses_a_mislabelled_or_unfinished_run(depth_series: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    folder = depth_series.parent / "depth-bad"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(depth_series / "resnet8-s1", folder / "resnet8-s2")  # seed 1's files under seed 2's name
+    out = folder.parent / "depth-bad-site" / "REPRODUCTION.md"
+    assert main(["report", "--depth", str(folder), "--out", str(out)]) == 2 and not out.exists()
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "seed 2" in error and "seed 1" in error
+    (folder / "resnet8-s2").rename(folder / "resnet8-s1")
+    summary_path = folder / "resnet8-s1" / "summary.json"
+    summary_path.write_text(json.dumps({**summary(folder / "resnet8-s1"), "complete": False}))
+    assert main(["report", "--depth", str(folder), "--out", str(out)]) == 2 and not out.exists()
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_depth_verdict_checks_the_order_at_every_depth() -> None:
+    from resnets.analysis.depth import series_verdict
+
+    def row(model: str, train: float, test: float) -> dict[str, Any]:
+        spec = model_spec(model)
+        return {"model": model, "label": f"{'ResNet' if spec.residual else 'plain'}-{spec.depth}",
+                "depth": spec.depth, "residual": spec.residual, "final_train_error": train,
+                "final_test_error": test}
+
+    lines = series_verdict([row("plain20", 5.0, 9.0), row("plain32", 6.0, 9.5), row("plain56", 8.0, 11.0),
+                            row("resnet20", 4.0, 8.0), row("resnet56", 2.0, 7.0), row("resnet110", 2.5, 6.5)])
+    assert "plain training error rises with every added depth: yes (plain-20 5.00 -> plain-32 6.00 -> " \
+           "plain-56 8.00)" in lines
+    assert any(line.startswith("ResNet training error falls with every added depth: no") for line in lines)
+    assert any(line.startswith("ResNet test error falls with every added depth: yes") for line in lines)
+    assert any(line.startswith("deeper ResNet has lower training error: yes") for line in lines)  # 110 vs 20

@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rep = subparsers.add_parser("report", help="write REPRODUCTION.md from run directories (Tables 1 and 6, "
                                                "Fig. 6, Fig. 7)")
     rep.add_argument("run_dirs", nargs="*", help="run directories for Table 6")
+    rep.add_argument("--depth", default=None, help="folder of <model>-s<seed> runs: the depth series (Table 6, "
+                                                   "Fig. 6, mean ± std over seeds), e.g. results/depth")
     rep.add_argument("--degradation", default=None, help="folder of `resnets experiment degradation`")
     rep.add_argument("--responses", default=None, help="folder of `resnets analyze responses`")
     rep.add_argument("--out", default="REPRODUCTION.md")
@@ -87,7 +89,7 @@ def run_ship(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     from ..analysis.report import write_report
 
-    path = write_report(args.run_dirs, args.out, args.degradation, args.responses)
+    path = write_report(args.run_dirs, args.out, args.degradation, args.responses, depth=args.depth)
     print(f"wrote {path}")
     return 0
 

@@ -1,0 +1,126 @@
+"""The depth series (Table 6, Fig. 6 left and middle): plain and residual CIFAR-10 nets of growing depth, one
+schedule for all, several seeds where affordable.
+
+Input: a folder of finished run directories named `<model>-s<seed>` (what `resnets train --model M --seed S --out
+DIR/M-sS` writes; `results/depth` holds the committed records: config, metrics, summary, curves). A network's
+seeds are summarised as mean +- sample std (n-1), and every row says how many runs stand behind it. The curves are
+the seed mean at the iterations every seed logged. The verdicts compare seed means: the paper's claims are that
+deeper plain nets have higher training error (Fig. 6 left) and deeper ResNets lower training and test error
+(Fig. 6 middle, Table 6: ResNet-110 < ResNet-56 < ... < ResNet-20).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..models import model_spec
+from ..models.specs import PAPER_CIFAR10_ERROR
+from ..plots import plot_error_curves
+from ..runs import RunDirectoryError, RunRecord, load_run
+from .experiments import final_train_error, label, verdict
+
+RUN_NAME = re.compile(r"^(?P<model>[a-z0-9_]+)-s(?P<seed>\d+)$")
+
+
+def load_series(folder: str | Path) -> dict[str, list[RunRecord]]:
+    """model -> its finished runs, by seed; every run must be complete and all must share one schedule."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunDirectoryError(f"{folder} is not a directory; give the folder holding <model>-s<seed> run "
+                                "directories (e.g. results/depth)")
+    series: dict[str, list[RunRecord]] = {}
+    budgets: dict[str, str] = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_dir()):
+        match = RUN_NAME.match(path.name)
+        if not match:
+            continue
+        run = load_run(path)
+        model, seed = match["model"], int(match["seed"])
+        if run.summary["model"] != model or run.config["options"].get("seed") != seed:
+            raise RunDirectoryError(f"{path}: its name says {model} seed {seed}, its files say "
+                                    f"{run.summary['model']} seed {run.config['options'].get('seed')}; rename it")
+        if not run.summary["complete"]:
+            raise RunDirectoryError(f"{path} stopped at {run.summary['iterations']:,} of "
+                                    f"{run.summary['scheduled_iterations']:,} iterations; finish it with "
+                                    f"`resnets train --resume --out {path}` or move it out of {folder}")
+        budgets[path.name] = schedule_of(run)
+        series.setdefault(model, []).append(run)
+    if not series:
+        raise RunDirectoryError(f"{folder} holds no <model>-s<seed> run directories")
+    if len(set(budgets.values())) > 1:
+        first = next(iter(budgets))
+        odd = next(name for name, budget in budgets.items() if budget != budgets[first])
+        raise RunDirectoryError(f"{folder}: {odd} was trained on another schedule than {first} ({budgets[odd]} vs "
+                                f"{budgets[first]}); one series has one budget: move it to another folder")
+    return dict(sorted(series.items(), key=lambda item: (model_spec(item[0]).residual, model_spec(item[0]).depth)))
+
+
+def schedule_of(run: RunRecord) -> str:
+    recipe = run.config["recipe"]
+    return f"{recipe['name']} recipe, {run.summary['scheduled_iterations']:,} iterations, batch {recipe['batch_size']}"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def plus_minus(values: Sequence[float]) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def series_rows(series: Mapping[str, Sequence[RunRecord]]) -> list[dict[str, Any]]:
+    """One row per network: seeds, test and final training error of each run, their means, wall time, precision."""
+    rows = []
+    for model, runs in series.items():
+        spec = model_spec(model)
+        test = [run.summary["test_top1_error"] for run in runs]
+        train = [final_train_error(run.metrics, run.config["iterations_per_epoch"]) for run in runs]
+        rows.append({"model": model, "label": label(model), "depth": spec.depth, "residual": spec.residual,
+                     "seeds": [run.config["options"]["seed"] for run in runs], "test_errors": test,
+                     "train_errors": train, "final_test_error": statistics.fmean(test),
+                     "final_train_error": statistics.fmean(train),
+                     "paper_error": PAPER_CIFAR10_ERROR.get(spec.depth) if spec.residual else None,
+                     "wall_seconds": statistics.fmean(run.summary["wall_seconds"] for run in runs),
+                     "precision": "/".join(sorted({run.summary["precision"] for run in runs}))})
+    return rows
+
+
+def series_verdict(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Deepest vs shallowest of each family (as Fig. 6 is read), then whether the order holds at every depth."""
+    lines = list(verdict({row["model"]: row for row in rows})["lines"])
+    claims = ((False, "final_train_error", "plain training error rises with every added depth", 1),
+              (True, "final_train_error", "ResNet training error falls with every added depth", -1),
+              (True, "final_test_error", "ResNet test error falls with every added depth", -1))
+    for residual, key, claim, sign in claims:
+        members = sorted((r for r in rows if r["residual"] == residual), key=lambda r: r["depth"])
+        if len(members) < 3:
+            continue
+        holds = all(sign * (b[key] - a[key]) > 0 for a, b in itertools.pairwise(members))
+        order = " -> ".join(f"{r['label']} {r[key]:.2f}" for r in members)
+        lines.append(f"{claim}: {'yes' if holds else 'no'} ({order})")
+    return lines
+
+
+def mean_curve(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    """Seed mean of train and test error at the iterations every run logged (the schedule is the same)."""
+    records = []
+    for key in ("train_error", "test_error"):
+        logged = [{r["iteration"]: r[key] for r in run.metrics if r.get(key) is not None} for run in runs]
+        common = sorted(set.intersection(*(set(points) for points in logged)))
+        records += [{"iteration": i, key: statistics.fmean(points[i] for points in logged)} for i in common]
+    return sorted(records, key=lambda r: r["iteration"])
+
+
+def plot_series(series: Mapping[str, Sequence[RunRecord]], path: str | Path) -> Path:
+    """Fig. 6 left (plain) and middle (ResNet): seed-mean curves, training error dashed, test error solid."""
+    panels: dict[str, dict[str, list[dict[str, Any]]]] = {"plain": {}, "ResNet": {}}
+    for model, runs in series.items():
+        seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
+        panels["ResNet" if model_spec(model).residual else "plain"][label(model) + seeds] = mean_curve(runs)
+    return plot_error_curves({title: runs for title, runs in panels.items() if runs}, path)
