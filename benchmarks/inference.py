@@ -40,6 +40,7 @@ from resnets.runtime import cpu_has_native_bf16, cpu_has_vnni
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 ANCHOR = "onnxruntime fp32 (our export)"
+PAUSE = 0.25  # idle seconds before each timed call: the previous runtime's spinning threads go quiet
 
 
 def ort_int8(fp32_graph: bytes, calibration: torch.Tensor) -> OnnxRuntimeModule:
@@ -129,7 +130,7 @@ def run_table(batch: int, candidates: dict[str, tuple[Runner, float]], rounds: i
         return call
 
     steps = {name: (step(runner), torch.device("cpu")) for name, (runner, _) in candidates.items()}
-    times = time_interleaved(steps, warmup=1, repeats=rounds)
+    times = time_interleaved(steps, warmup=1, repeats=rounds, pause=PAUSE)
     anchor = times[ANCHOR]
     rows = []
     print(f"\n## ResNet-50 v1.5, 224x224, batch {batch}, {torch.get_num_threads()} threads, {rounds} rounds")
@@ -169,7 +170,7 @@ def cifar_paths(rounds: int, precisions: list[str]) -> dict:
               f"max rel diff {row['max_rel_diff']:.2e}", flush=True)
     steps = {name: ((lambda r=runner, x=inputs[0]: r(x)), torch.device("cpu")) for name, runner in paths.items()}
     with torch.no_grad():
-        times = time_interleaved(steps, warmup=1, repeats=rounds)
+        times = time_interleaved(steps, warmup=1, repeats=rounds, pause=PAUSE)
     for name, seconds in times.items():
         result[name]["images_per_s"] = len(inputs[0]) / statistics.median(seconds)
         print(f"{name:<20} {result[name]['images_per_s']:8.0f} images/s at batch {len(inputs[0])}")

@@ -107,3 +107,15 @@ def test_export_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFi
                  "--out", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "missing.pt does not exist" in err
+
+
+def test_onnxruntime_sessions_do_not_spin_after_a_run() -> None:
+    """Spinning workers take the cores from the PyTorch code that runs next (see ort_session's docstring)."""
+    pytest.importorskip("onnxruntime")
+    from resnets.deploy.onnx import onnx_bytes, ort_session
+
+    model = resnets.create_model("resnet8").eval()
+    session = ort_session(onnx_bytes(model, torch.zeros(1, 3, 32, 32)), threads=2)
+    options = session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2

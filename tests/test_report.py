@@ -201,17 +201,20 @@ def test_reference_column_has_the_published_error(model: str, dataset: str, publ
 
 @pytest.fixture(scope="module")
 def depth_series(made: dict[str, Path]) -> Path:
-    """A depth-series folder: the tiny plain8 and resnet8 runs as seed 0, and resnet8 trained again with seed 1."""
-    from resnets.analysis.experiments import degradation_recipe
-    from resnets.train.loop import train
-    from resnets.train.recipes import RunOptions
-
-    folder = made["root"] / "depth"
-    for model in ("plain8", "resnet8"):
-        shutil.copytree(made["degradation"] / model, folder / f"{model}-s0")
-    train(RunOptions(model="resnet8", dataset="cifar10", data=str(made["data"]), out=str(folder / "resnet8-s1"),
-                     seed=1, device="cpu", progress=False), degradation_recipe(1, 8))
-    return folder
+    """`resnets experiment depth` on tiny data: plain8 and resnet8, seeds 0 and 1, one iteration each; the records
+    go to their own folder, as results/depth in the repository."""
+    records = made["root"] / "depth"
+    args = ["experiment", "depth", "--models", "plain8", "resnet8", "--seeds", "0", "1", "--epochs", "1",
+            "--data", str(made["data"]), "--device", "cpu", "--out", str(made["root"] / "depth-runs"),
+            "--records", str(records), "--no-progress"]
+    assert main(args) == 0
+    assert sorted(p.name for p in records.iterdir()) == ["plain8-s0", "plain8-s1", "resnet8-s0", "resnet8-s1"]
+    assert sorted(p.name for p in (records / "resnet8-s1").iterdir()) == [
+        "config.json", "curves.png", "metrics.jsonl", "summary.json"]  # no weights, no checkpoints
+    weights_file = made["root"] / "depth-runs" / "resnet8-s0" / "model.pt"
+    stamp = weights_file.stat().st_mtime_ns
+    assert main(args) == 0 and weights_file.stat().st_mtime_ns == stamp  # complete runs are not trained again
+    return records
 
 
 def test_depth_series_is_mean_and_std_over_seeds(depth_series: Path, capsys: pytest.CaptureFixture) -> None:
@@ -222,18 +225,17 @@ def test_depth_series_is_mean_and_std_over_seeds(depth_series: Path, capsys: pyt
     out = depth_series.parent / "depth-site" / "REPRODUCTION.md"
     assert main(["report", "--depth", str(depth_series), "--out", str(out)]) == 0, capsys.readouterr().err
     text = out.read_text()
-    runs = {name: load_run(depth_series / name) for name in ("plain8-s0", "resnet8-s0", "resnet8-s1")}
-    tests = [runs[f"resnet8-s{seed}"].summary["test_top1_error"] for seed in (0, 1)]
-    trains = [final_train_error(r.metrics, r.config["iterations_per_epoch"]) for r in runs.values()]
-    assert trains[1] != trains[2]  # the seed changed the run
-    row = next(line for line in text.splitlines() if line.startswith("| ResNet-8 |"))
-    cells = [cell.strip() for cell in row.strip("|").split("|")]
-    assert cells[2:5] == ["2 (0, 1)", f"{statistics.mean(tests):.2f} ± {statistics.stdev(tests):.2f}",
-                          f"{statistics.mean(trains[1:]):.2f} ± {statistics.stdev(trains[1:]):.2f}"]
-    plain = next(line for line in text.splitlines() if line.startswith("| plain-8 |"))
-    assert f"| 1 (0) | {runs['plain8-s0'].summary['test_top1_error']:.2f} | {trains[0]:.2f} |" in plain
+    for model, label in (("resnet8", "ResNet-8"), ("plain8", "plain-8")):
+        runs = [load_run(depth_series / f"{model}-s{seed}") for seed in (0, 1)]
+        tests = [run.summary["test_top1_error"] for run in runs]
+        trains = [final_train_error(r.metrics, r.config["iterations_per_epoch"]) for r in runs]
+        assert runs[0].metrics != runs[1].metrics  # the seed changed the run
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[2:5] == ["2 (0, 1)", f"{statistics.mean(tests):.2f} ± {statistics.stdev(tests):.2f}",
+                              f"{statistics.mean(trains):.2f} ± {statistics.stdev(trains):.2f}"]
     assert "](figures/depth-series.png)" in text and (out.parent / "figures" / "depth-series.png").is_file()
-    assert "- plain: not measured (needs two depths)" in text
+    assert "- plain: not measured (needs two depths)" in text and "fast recipe, 1 iterations" in text
     assert f"```\nresnets report --depth {depth_series} --out {out}\n```" in text
 
 

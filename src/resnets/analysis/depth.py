@@ -11,18 +11,21 @@ deeper plain nets have higher training error (Fig. 6 left) and deeper ResNets lo
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..io import atomic_write_bytes
 from ..models import model_spec
 from ..models.specs import PAPER_CIFAR10_ERROR
 from ..plots import plot_error_curves
-from ..runs import RunDirectoryError, RunRecord, load_run
-from .experiments import final_train_error, label, verdict
+from ..runs import RECORD_FILES, RunDirectoryError, RunPaths, RunRecord, load_run
+from ..train.recipes import RunOptions, get_recipe
+from .experiments import check_same_plan, final_train_error, label, verdict
 
 RUN_NAME = re.compile(r"^(?P<model>[a-z0-9_]+)-s(?P<seed>\d+)$")
 
@@ -124,3 +127,43 @@ def plot_series(series: Mapping[str, Sequence[RunRecord]], path: str | Path) -> 
         seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
         panels["ResNet" if model_spec(model).residual else "plain"][label(model) + seeds] = mean_curve(runs)
     return plot_error_curves({title: runs for title, runs in panels.items() if runs}, path)
+
+
+def run_depth_series(out: str | Path, models: Sequence[str], seeds: Sequence[int], recipe: str = "fast",
+                     precision: str = "fp32", compile: bool = False, data: str | Path | None = None,
+                     device: str = "auto", records: str | Path | None = None, epochs: float | None = None,
+                     progress: bool = True, log: Callable[[str], Any] = print) -> list[str]:
+    """Train every network with every seed under `out` (<model>-s<seed>): a complete run is skipped, an
+    interrupted one resumed, so the command can be re-run until the series is done, one sitting at a time.
+    `records`: copy each complete run's small records (config, metrics, summary, curves) there, e.g. results/depth,
+    the folder `resnets report --depth` reads. `epochs` shortens or lengthens the recipe (its schedule keeps its
+    shape). Returns the verdict lines of what is complete so far."""
+    from ..train.loop import train  # the training stack is heavy; importing it only here keeps the CLI fast
+
+    out = Path(out)
+    for model, seed in itertools.product(models, seeds):
+        spec = model_spec(model)
+        if spec.family != "cifar":
+            raise ValueError(f"{model} is not a CIFAR network; the depth series takes resnet<6n+2> and plain<6n+2>")
+        run_dir = out / f"{model}-s{seed}"
+        options = RunOptions(model=model, dataset="cifar10", data=None if data is None else str(data),
+                             out=str(run_dir), precision=precision, device=device, seed=seed, compile=compile,
+                             progress=progress)
+        plan = get_recipe(recipe, depth=spec.depth)
+        plan = plan if epochs is None else dataclasses.replace(plan, epochs=epochs)
+        check_same_plan(run_dir, plan, options)
+        paths = RunPaths(run_dir)
+        if not paths.is_complete():
+            options.resume = paths.has_checkpoint()
+            log(f"{run_dir.name}: {'resuming' if options.resume else 'training'} in {run_dir}")
+            train(options, plan)
+        if records is not None:
+            target = Path(records) / run_dir.name
+            for source in (*(run_dir / name for name in RECORD_FILES), paths.curves):
+                content = source.read_bytes()
+                atomic_write_bytes(target / source.name, lambda f, content=content: f.write(content))
+    series = load_series(out)
+    lines = series_verdict(series_rows(series))
+    for line in lines:
+        log(line)
+    return lines

@@ -65,14 +65,14 @@ def degradation_command(out: str | Path, models: Sequence[str], budget: float | 
     return shlex.join(words)
 
 
-def _check_same_plan(run_dir: Path, recipe: Recipe, options: RunOptions) -> None:
+def check_same_plan(run_dir: Path, recipe: Recipe, options: RunOptions) -> None:
     """A run directory made under another budget or subset must not be silently resumed or reported as this one."""
     config_path = RunPaths(run_dir).config
     if not config_path.is_file():
         return
     config = read_json(config_path, "run config")
     theirs = config.get("options", {})
-    differs = [key for key in ("model", "subset", "eval_subset") if theirs.get(key) != getattr(options, key)]
+    differs = [key for key in ("model", "seed", "subset", "eval_subset") if theirs.get(key) != getattr(options, key)]
     theirs_recipe, ours_recipe = config.get("recipe") or {}, recipe.to_dict()
     # Only fields both know: a field added to Recipe since the run started must not orphan a resumable run.
     if any(theirs_recipe[k] != ours_recipe[k] for k in theirs_recipe.keys() & ours_recipe.keys()):
@@ -108,7 +108,7 @@ def run_degradation(out: str | Path = "runs/degradation", models: Sequence[str] 
                              out=str(run_dir), precision=precision, device=device, subset=subset,
                              eval_subset=eval_subset, max_iterations=max_iterations, progress=progress,
                              compile=compile)
-        _check_same_plan(run_dir, recipe, options)
+        check_same_plan(run_dir, recipe, options)
         if RunPaths(run_dir).is_complete():
             statuses[name] = "skipped (complete)"
             log(f"{name}: complete in {run_dir}, skipped")

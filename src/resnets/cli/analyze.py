@@ -54,6 +54,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--compile", action="store_true", help="torch.compile each network (faster after a warm-up)")
     d.add_argument("--no-progress", dest="progress", action="store_false")
     d.set_defaults(handler=run_degradation)
+    series = experiments.add_parser("depth", help="the CIFAR-10 depth series (Table 6, Fig. 6) over seeds, resumable")
+    series.add_argument("--models", nargs="+", required=True, help="e.g. resnet20 resnet32 resnet44 resnet56 resnet110 "
+                                                                     "plain20 plain32 plain44 plain56")
+    series.add_argument("--seeds", nargs="+", type=int, default=[0])
+    series.add_argument("--recipe", default="fast", help="one recipe for every network (default fast)")
+    series.add_argument("--epochs", type=float, default=None, help="the recipe's schedule stretched to N epochs")
+    series.add_argument("--out", required=True, help="run directories, <model>-s<seed> (outside the work tree)")
+    series.add_argument("--records", default=None, help="copy each complete run's records here (e.g. results/depth)")
+    series.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    series.add_argument("--compile", action="store_true", help="torch.compile each network (faster after a warm-up)")
+    series.add_argument("--data", default=None, help="CIFAR directory (default: the datasets root)")
+    series.add_argument("--device", default="auto")
+    series.add_argument("--no-progress", dest="progress", action="store_false")
+    series.set_defaults(handler=run_depth)
 
 
 def run_responses(args: argparse.Namespace) -> int:
@@ -91,6 +105,14 @@ def run_report(args: argparse.Namespace) -> int:
 
     path = write_report(args.run_dirs, args.out, args.degradation, args.responses, depth=args.depth)
     print(f"wrote {path}")
+    return 0
+
+
+def run_depth(args: argparse.Namespace) -> int:
+    from ..analysis.depth import run_depth_series
+
+    run_depth_series(args.out, args.models, args.seeds, args.recipe, args.precision, args.compile, args.data,
+                     args.device, args.records, args.epochs, args.progress)
     return 0
 
 

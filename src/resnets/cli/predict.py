@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if not predictor.meta.get("preprocess"):
         print(f"resnets predict: note: preprocessing {predictor.preprocess.describe()} "
               f"({predictor.preprocess_note})", file=sys.stderr)
-    prepare, _ = inference_preparation(args, args.batch_size)
+    # Built for the batch it will see: an int8 graph has a fixed batch, and 3 photos padded to 32 waste work.
+    prepare, _ = inference_preparation(args, min(args.batch_size, len(args.images)))
     predictions, failures = predict_files(predictor, args.images, args.topk, args.batch_size, prepare=prepare)
     for failure in failures:
         print(f"resnets predict: error: {failure.message}", file=sys.stderr)

@@ -179,8 +179,12 @@ def _sync(device: torch.device) -> None:
 
 
 def time_interleaved(steps: dict[str, tuple[Callable[[], Any], torch.device]], warmup: int = 2,
-                     repeats: int = 5) -> dict[str, list[float]]:
-    """Seconds per step of each candidate; rounds alternate candidates so that background load is shared."""
+                     repeats: int = 5, pause: float = 0.0) -> dict[str, list[float]]:
+    """Seconds per step of each candidate; rounds alternate candidates so that background load is shared.
+
+    `pause` seconds of idle before each timed step (not timed) let the previous candidate's thread pool stop
+    spinning: runtimes whose idle workers busy-wait (OpenVINO's TBB, OpenMP) otherwise slow whoever runs next.
+    """
     for fn, device in steps.values():
         for _ in range(warmup):
             fn()
@@ -188,6 +192,7 @@ def time_interleaved(steps: dict[str, tuple[Callable[[], Any], torch.device]], w
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, (fn, device) in steps.items():
+            time.sleep(pause)
             start = time.perf_counter()
             fn()
             _sync(device)

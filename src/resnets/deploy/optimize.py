@@ -4,16 +4,16 @@
 `choose_backend` picks. The rule comes from `benchmarks/inference.py` (ResNet-50 v1.5, 224x224, 2 threads,
 medians of interleaved rounds; full table in README and benchmarks/results/):
 
-- CPU fp32: onnxruntime on our exported graph, when onnxruntime is installed. On this project's AVX2 machine it
-  beat every PyTorch fp32 path at batch 1 and 16 (TorchScript freeze 0.72-0.89x of it, inductor 0.74-0.82x, eager
-  channels_last 0.66-0.69x, torchvision eager 0.49-0.63x). Without onnxruntime: TorchScript freeze ("jit"), as fast
-  as inductor here without its compile wait.
+- CPU fp32: onnxruntime on our exported graph, when onnxruntime is installed: 1.00x by definition, where
+  PyTorch's fp32 paths measured 0.60-0.81x of it (AVX-512) and 0.65-0.80x (AVX2): oneDNN's convolutions lose to
+  onnxruntime's MLAS. Without onnxruntime: TorchScript freeze ("jit"), as fast as inductor without its compile wait.
 - CPU int8: post-training static quantisation through PyTorch's x86 path (PT2E export, torchao's
-  X86InductorQuantizer, calibration on real training images, lowered to oneDNN int8 kernels): 1.48x onnxruntime
-  fp32 at batch 16. CPUs without VNNI get 7-bit activations (reduce_range), without which ResNet-20 lost 2.2 points
-  of CIFAR-10 accuracy; at batch 1 those kernels are slow there (0.7x onnxruntime fp32), 8-bit ones were 1.5x.
-- CPU bf16: inductor with bf16 weights where the CPU has native bf16 (avx512_bf16 / AMX); elsewhere bf16 is
-  emulated and several times slower than fp32 (measured 12x in training), so it is built as asked with a warning.
+  X86InductorQuantizer, calibration on real training images, lowered to oneDNN int8 kernels for a fixed batch
+  size): 2.26x onnxruntime fp32 at batch 16 and 1.61x at batch 1 with VNNI. CPUs without VNNI get 7-bit
+  activations (reduce_range), without which ResNet-20 lost 2.2 points of CIFAR-10 accuracy (1.48x there).
+- CPU bf16: inductor with bf16 weights where the CPU has native bf16 (avx512_bf16 / AMX): 1.70x onnxruntime fp32
+  at batch 16 on avx512_bf16 without AMX. Elsewhere bf16 is emulated and several times slower than fp32
+  (measured 12x in training), so it is built as asked with a warning.
 - CUDA: inductor (torch.compile with freezing), channels_last; fp16/bf16 weights. Not measured here (no GPU).
 
 Compile artefacts are cached so a CLI call does not pay them twice, under cache_dir()/inference: ONNX graphs
@@ -233,13 +233,15 @@ def _read_qparams(path: Path) -> list[list] | None:
 
 def _int8_runner(model: nn.Module, calibration: torch.Tensor | str | Path | None, batch_size: int, size: int,
                  cache: bool) -> nn.Module:
-    """PT2E: export (dynamic batch), observe the calibration batches, convert, lower to oneDNN int8 kernels.
+    """PT2E: export at `batch_size`, observe the calibration batches, convert, lower to oneDNN int8 kernels.
 
     Strict (dynamo) export: the non-strict default merges every call of a shared ReLU module into one partition,
-    which the x86 quantizer rejects. The lowering is torchao's `lower_pt2e_quantized_to_x86` with the batch kept
-    dynamic, so one lowered graph serves every batch size. Calibration (minutes for ResNet-50 on 512 photos) is
-    cached as the activation scales it found, in JSON under cache_dir()/inference, keyed by the weights and the
-    calibration images.
+    which the x86 quantizer rejects. The lowering is torchao's `lower_pt2e_quantized_to_x86` (freezing passes and
+    constant folding) on a graph of fixed batch size: the same graph exported with a dynamic batch ran 4.5x slower
+    at batch 1 (ResNet-50, 10.4 vs 46.4 images/s, 2 threads, AVX-512 VNNI), so other batch sizes are run in
+    chunks of `batch_size` (StaticBatch). Calibration (minutes for ResNet-50 on 512 photos) is cached as the
+    activation scales it found, in JSON under cache_dir()/inference, keyed by the weights and the calibration
+    images.
     """
     from torch._inductor.constant_folding import constant_fold
     from torch._inductor.fx_passes.freezing_patterns import freezing_passes
@@ -257,17 +259,16 @@ def _int8_runner(model: nn.Module, calibration: torch.Tensor | str | Path | None
     path = cache_dir() / "inference" / f"{model.spec.name}-int8-{key}.json"
     cached = _read_qparams(path) if cache else None
     device = next(model.parameters()).device
-    example = (torch.zeros(max(2, batch_size), 3, size, size, device=device),)
-    batch = ({0: torch.export.Dim("batch", min=1, max=65536)},)
+    example = (torch.zeros(batch_size, 3, size, size, device=device),)
     decompositions = {op: fn for op, fn in torch.export.default_decompositions().items()
                       if torch._export.utils._is_cia_op(op)}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        graph = torch.export.export(copy.deepcopy(model).eval(), example, dynamic_shapes=batch, strict=True).module()
+        graph = torch.export.export(copy.deepcopy(model).eval(), example, strict=True).module()
         observed = prepare_pt2e(graph, quantizer)
         if cached is None:
             images = source if isinstance(source, torch.Tensor) else calibration_images(model, files=source)
-            for chunk in images.to(device).split(64):
+            for chunk in _fixed_batches(images.to(device), batch_size):
                 observed(chunk)
         else:
             observed(*example)  # any input initialises the observers; the cached scales replace what they saw
@@ -278,11 +279,36 @@ def _int8_runner(model: nn.Module, calibration: torch.Tensor | str | Path | None
         qparams = _activation_qparams(quantized)
         if cache and cached is None and qparams is not None:
             atomic_write_json(path, {"qparams": qparams, "sha256": _qparams_digest(qparams)})
-        lowered = torch.export.export(quantized, example, dynamic_shapes=batch, strict=True)
+        lowered = torch.export.export(quantized, example, strict=True)
         lowered = lowered.run_decompositions(decompositions).module()
         freezing_passes(lowered, example)
         constant_fold(lowered)
-    return lowered
+    return StaticBatch(lowered, batch_size)
+
+
+def _fixed_batches(images: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """`images` in batches of exactly `batch_size`, the last one filled up with images from the start (repeating
+    real images leaves the observed ranges as they are, where zero padding would not)."""
+    count = -(-len(images) // batch_size) * batch_size
+    return list(images[torch.arange(count) % len(images)].split(batch_size))
+
+
+class StaticBatch(nn.Module):
+    """Runs a graph built for one batch size on any batch: in chunks of that size, the last one zero-padded and
+    its padding dropped from the output (images are independent in inference, so padding changes nothing)."""
+
+    def __init__(self, graph: nn.Module, batch_size: int) -> None:
+        super().__init__()
+        self.graph, self.batch_size = graph, batch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for chunk in x.split(self.batch_size):
+            missing = self.batch_size - len(chunk)
+            if missing:
+                chunk = torch.cat([chunk, chunk.new_zeros(missing, *chunk.shape[1:])])
+            outputs.append(self.graph(chunk)[:self.batch_size - missing])
+        return torch.cat(outputs)
 
 
 def optimize_for_inference(model: nn.Module, precision: str = "fp32", batch_size: int = 16, *,
