@@ -243,7 +243,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path = "REPRODUCTION
     header = ("run / model", "params", "test error (%)", "paper (%)", "recipe", "epochs", "wall time", "precision",
               "hardware", "data", "train / test images")
     for dataset, members in by_dataset.items():
-        title = "Table 6: CIFAR-10 test error" if dataset == "cifar10" else f"Runs on {DATASET_NAMES.get(dataset)}"
+        title = ("Table 6: CIFAR-10 test error" if dataset == "cifar10" and series is None
+                 else f"Runs on {DATASET_NAMES.get(dataset)}")  # with a depth series, that section is Table 6
         jpeg = any("JPEG" in data_copy(run.summary["data"]) for run in members)
         parts += [f"## {title}", table(header, [run_row(run) for run in members]),
                   "Single 32x32 view of each test image; paper: Table 6 (option A shortcuts)."
