@@ -90,8 +90,17 @@ def series_rows(series: Mapping[str, Sequence[RunRecord]]) -> list[dict[str, Any
                      "final_train_error": statistics.fmean(train),
                      "paper_error": PAPER_CIFAR10_ERROR.get(spec.depth) if spec.residual else None,
                      "wall_seconds": statistics.fmean(run.summary["wall_seconds"] for run in runs),
+                     "steady_seconds": statistics.fmean(steady_seconds(run) for run in runs),
                      "precision": "/".join(sorted({run.summary["precision"] for run in runs}))})
     return rows
+
+
+def steady_seconds(run: RunRecord) -> float:
+    """The run's training time at its median logged rate: wall time without the pauses of a shared machine (a
+    window that held a pause logs a low rate and does not move the median); evaluation time not included."""
+    rates = [r["images_per_s"] for r in run.metrics if r.get("images_per_s")]
+    images = run.summary["iterations"] * run.config["recipe"]["batch_size"]
+    return images / statistics.median(rates) if rates else float("nan")
 
 
 def series_verdict(rows: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -271,7 +271,8 @@ def _depth_section(writer: ReportWriter, folder: Path, series: dict[str, list[Ru
     table_rows = [(row["label"], params[row["model"]], f"{len(row['seeds'])} ({', '.join(map(str, row['seeds']))})",
                    plus_minus(row["test_errors"]), plus_minus(row["train_errors"]),
                    "-" if row["paper_error"] is None else f"{row['paper_error']:.2f}",
-                   duration(row["wall_seconds"]), row["precision"]) for row in rows]
+                   f"{duration(row['wall_seconds'])} ({duration(row['steady_seconds'])})", row["precision"])
+                  for row in rows]
     anchor = [f"`{name}` ({meta['recipe']['name']} recipe, {meta.get('epochs') or meta['recipe']['iterations']:g}"
               f"{' epochs' if meta.get('epochs') else ' iterations'}, 1 run): {meta['test_top1_error']:.2f}%"
               for name, meta in list_pretrained().items()
@@ -287,7 +288,7 @@ def _depth_section(writer: ReportWriter, folder: Path, series: dict[str, list[Ru
             "after the last iteration; training error: the last epoch's augmented mini-batches in train mode. "
             "Mean ± sample std over the runs counted in the third column.",
             table(("net", "params", "runs (seeds)", "test error (%)", "final train error (%)",
-                   "paper (%, 64k it.)", "wall time per run", "precision"), table_rows),
+                   "paper (%, 64k it.)", "wall time per run (at its median rate)", "precision"), table_rows),
             "Anchor rows, shipped ResNet-20 weights (their metadata): " + "; ".join(anchor) + "."
             if anchor else "",
             figure,
