@@ -25,7 +25,7 @@ from ..models.specs import PAPER_CIFAR10_ERROR
 from ..plots import plot_error_curves
 from ..runs import RECORD_FILES, RunDirectoryError, RunPaths, RunRecord, load_run
 from ..train.recipes import RunOptions, get_recipe
-from .experiments import check_same_plan, final_train_error, label, verdict
+from .experiments import final_train_error, label, train_or_resume, verdict
 
 RUN_NAME = re.compile(r"^(?P<model>[a-z0-9_]+)-s(?P<seed>\d+)$")
 
@@ -147,8 +147,6 @@ def run_depth_series(out: str | Path, models: Sequence[str], seeds: Sequence[int
     `records`: copy each complete run's small records (config, metrics, summary, curves) there, e.g. results/depth,
     the folder `resnets report --depth` reads. `epochs` shortens or lengthens the recipe (its schedule keeps its
     shape). Returns the verdict lines of what is complete so far."""
-    from ..train.loop import train  # the training stack is heavy; importing it only here keeps the CLI fast
-
     out = Path(out)
     for model, seed in itertools.product(models, seeds):
         spec = model_spec(model)
@@ -160,15 +158,10 @@ def run_depth_series(out: str | Path, models: Sequence[str], seeds: Sequence[int
                              progress=progress)
         plan = get_recipe(recipe, depth=spec.depth)
         plan = plan if epochs is None else dataclasses.replace(plan, epochs=epochs)
-        check_same_plan(run_dir, plan, options)
-        paths = RunPaths(run_dir)
-        if not paths.is_complete():
-            options.resume = paths.has_checkpoint()
-            log(f"{run_dir.name}: {'resuming' if options.resume else 'training'} in {run_dir}")
-            train(options, plan)
+        train_or_resume(run_dir, plan, options, log)
         if records is not None:
             target = Path(records) / run_dir.name
-            for source in (*(run_dir / name for name in RECORD_FILES), paths.curves):
+            for source in (*(run_dir / name for name in RECORD_FILES), RunPaths(run_dir).curves):
                 content = source.read_bytes()
                 atomic_write_bytes(target / source.name, lambda f, content=content: f.write(content))
     series = load_series(out)

@@ -82,6 +82,21 @@ def check_same_plan(run_dir: Path, recipe: Recipe, options: RunOptions) -> None:
                          "use another --out or delete that directory")
 
 
+def train_or_resume(run_dir: Path, recipe: Recipe, options: RunOptions, log: Callable[[str], Any]) -> str:
+    """One network of an experiment: skipped when complete, resumed when it has a checkpoint, trained otherwise;
+    refused when the directory holds another plan. Returns what was done."""
+    from ..train.loop import train  # the training stack is heavy; importing it only here keeps the CLI fast
+
+    check_same_plan(run_dir, recipe, options)
+    if RunPaths(run_dir).is_complete():
+        log(f"{run_dir.name}: complete in {run_dir}, skipped")
+        return "skipped (complete)"
+    options.resume = RunPaths(run_dir).has_checkpoint()
+    log(f"{run_dir.name}: {'resuming' if options.resume else 'training'} in {run_dir}")
+    train(options, recipe)
+    return "resumed" if options.resume else "trained"
+
+
 def run_degradation(out: str | Path = "runs/degradation", models: Sequence[str] = DEGRADATION_MODELS,
                     budget: float | None = None, precision: str = "fp32", data: str | Path | None = None,
                     subset: int | None = None, eval_subset: int | None = None, device: str = "auto",
@@ -91,8 +106,6 @@ def run_degradation(out: str | Path = "runs/degradation", models: Sequence[str] 
 
     max_iterations stops every run early without changing its schedule (smoke tests); a later call resumes it.
     """
-    from ..train.loop import train  # the training stack is heavy; importing it only here keeps the CLI fast
-
     out = Path(out)
     if not models:
         raise ValueError("--models needs at least one model name")
@@ -108,15 +121,7 @@ def run_degradation(out: str | Path = "runs/degradation", models: Sequence[str] 
                              out=str(run_dir), precision=precision, device=device, subset=subset,
                              eval_subset=eval_subset, max_iterations=max_iterations, progress=progress,
                              compile=compile)
-        check_same_plan(run_dir, recipe, options)
-        if RunPaths(run_dir).is_complete():
-            statuses[name] = "skipped (complete)"
-            log(f"{name}: complete in {run_dir}, skipped")
-            continue
-        options.resume = RunPaths(run_dir).has_checkpoint()
-        statuses[name] = "resumed" if options.resume else "trained"
-        log(f"{name}: {'resuming' if options.resume else 'training'} in {run_dir}")
-        train(options, recipe)
+        statuses[name] = train_or_resume(run_dir, recipe, options, log)
     command = degradation_command(out, models, budget, precision, data, subset, eval_subset, compile)
     result = write_degradation(out, models, budget, command)
     result["status"] = statuses
