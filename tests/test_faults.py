@@ -1,9 +1,9 @@
 """Surviving a cluster, as fast tests on data the tests write: damaged checkpoints, requeue (--resume auto),
-preemption signals, and two nodes on loopback. (torchrun's elastic restart after a worker is killed is not tested
-here: on this machine the restarted gloo group hangs in init_process_group in most trials, see README.)"""
+preemption signals, two nodes on loopback, and torchrun's elastic restart after a worker is killed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -125,11 +125,18 @@ def ddp_args(data: Path, out: Path) -> list[str]:
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def test_two_nodes_on_loopback_equal_two_processes_on_one_node(synthetic_cifar: Path, tmp_path: Path) -> None:
-    one_node = tmp_path / "one-node"
-    result = subprocess.run([*torchrun("--standalone", "--nproc-per-node", "2"), *ddp_args(synthetic_cifar, one_node)],
+@pytest.fixture(scope="module")
+def one_node(synthetic_cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """The final weights of an uninterrupted torchrun run: one node, two CPU processes of one thread each."""
+    out = tmp_path_factory.mktemp("one-node") / "run"
+    result = subprocess.run([*torchrun("--standalone", "--nproc-per-node", "2"), *ddp_args(synthetic_cifar, out)],
                             capture_output=True, text=True, timeout=600, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
+    return weights(out / "model.pt")
+
+
+def test_two_nodes_on_loopback_equal_two_processes_on_one_node(
+        synthetic_cifar: Path, tmp_path: Path, one_node: dict[str, torch.Tensor]) -> None:
     two_nodes, port = tmp_path / "two-nodes", free_port()
     nodes = [subprocess.Popen([*torchrun("--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(rank),
                                          "--master-addr", "127.0.0.1", "--master-port", str(port)),
@@ -141,4 +148,35 @@ def test_two_nodes_on_loopback_equal_two_processes_on_one_node(synthetic_cifar: 
     config = json.loads((two_nodes / "config.json").read_text())
     assert config["hardware"]["world_size"] == 2 and config["hardware"]["threads"] == 1
     assert json.loads((two_nodes / "summary.json").read_text())["parameters_identical_across_ranks"] is True
-    assert_same_weights(weights(two_nodes / "model.pt"), weights(one_node / "model.pt"))
+    assert_same_weights(weights(two_nodes / "model.pt"), one_node)
+
+
+def worker_with_rank(agent: int, rank: int) -> int:
+    """The pid of the torchrun worker process (a child of the agent) whose environment says RANK=rank."""
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            if int(fields["PPid"]) == agent:
+                environment = (status.parent / "environ").read_bytes().split(b"\0")
+                if f"RANK={rank}".encode() in environment:
+                    return int(status.parent.name)
+    raise AssertionError(f"torchrun agent {agent} has no worker with RANK={rank}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker to kill through /proc (Linux)")
+def test_elastic_restart_after_kill_9_of_one_worker_equals_the_uninterrupted_run(
+        synthetic_cifar: Path, tmp_path: Path, one_node: dict[str, torch.Tensor]) -> None:
+    out = tmp_path / "elastic"
+    agent = subprocess.Popen([*torchrun("--standalone", "--nproc-per-node", "2", "--max-restarts", "3"),
+                              *ddp_args(synthetic_cifar, out), "--resume", "auto"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
+    wait_for_lines(out / "metrics.jsonl", 22, agent)  # past the checkpoint at iteration 20
+    os.kill(worker_with_rank(agent.pid, 1), signal.SIGKILL)
+    stdout, stderr = agent.communicate(timeout=600)
+    assert agent.returncode == 0, stderr[-3000:]
+    assert "failed (exitcode: -9) local_rank: 1" in stderr  # torchrun saw the kill, then restarted the group
+    resumed = next(line for line in stdout.splitlines() if line.startswith("resumed "))
+    assert int(resumed.split(" at iteration ")[1].split()[0]) >= 20, resumed
+    lines = [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines == list(range(1, ITERATIONS + 1))
+    assert_same_weights(weights(out / "model.pt"), one_node)

@@ -52,8 +52,20 @@ def setup_runtime(device: str = "auto") -> Runtime:
             device = f"cuda:{local_rank}"
         torch.cuda.set_device(torch.device(device))
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend, store=attempt_store(), rank=rank, world_size=world_size)
     return Runtime(torch.device(device), rank, world_size, local_rank)
+
+
+def attempt_store() -> dist.Store:
+    """The rendezvous store of torchrun's env://, under a prefix unique to this restart of the worker group.
+
+    After an elastic restart (--max-restarts) torchrun hands the new workers the same agent store, which still
+    holds the dead group's keys: gloo then reads a peer address from the last attempt and fails with
+    "connectFullMesh ... Connection refused", or the store barrier counts stale arrivals and hangs.
+    """
+    store, _rank, _world_size = next(dist.rendezvous("env://"))
+    return dist.PrefixStore(f"resnets-attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def teardown_runtime(runtime: Runtime) -> None:
