@@ -97,3 +97,31 @@ def cifar_data(request: pytest.FixtureRequest) -> Path:
     if request.param == "synthetic":
         return request.getfixturevalue("synthetic_cifar")
     return request.getfixturevalue("cifar10_jpeg_dir")
+
+
+def smooth_photos(count: int, size: int = 224, seed: int = 0) -> torch.Tensor:
+    """uint8 (count, 3, size, size) images of low-frequency colour waves: resampling filters barely differ on them,
+    so two resizing paths that read the same region must agree closely, and a misplaced region cannot."""
+    generator = torch.Generator().manual_seed(seed)
+    rows, cols = torch.meshgrid(torch.arange(float(size)), torch.arange(float(size)), indexing="ij")
+    waves = torch.rand(count, 3, 4, generator=generator)
+    pixels = 0.5 + 0.25 * torch.sin(rows / (12 + 20 * waves[..., 0, None, None]) + 6 * waves[..., 1, None, None]) \
+        + 0.25 * torch.cos(cols / (10 + 20 * waves[..., 2, None, None]) + rows / (40 + 40 * waves[..., 3, None, None]))
+    return (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def write_synthetic_imagenette(folder: Path, train_per_class: int = 12, val_per_class: int = 4, seed: int = 0) -> Path:
+    """An Imagenette-shaped folder (train/ and val/ of two wnid class folders, 224x224 JPEGs) that a network can
+    learn: each class its own colour cast over smooth waves, under per-image noise."""
+    from torchvision.io import write_jpeg
+
+    generator = torch.Generator().manual_seed(seed)
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        for label, wnid in enumerate(("n01440764", "n02102040")):
+            (folder / split / wnid).mkdir(parents=True)
+            photos = smooth_photos(per_class, seed=seed + 7 * label + (100 if split == "val" else 0)).float()
+            cast = torch.tensor([60.0, -40.0, -20.0] if label == 0 else [-40.0, 10.0, 60.0])[:, None, None]
+            photos = (photos + cast + 8 * torch.randn(photos.shape, generator=generator)).clamp(0, 255)
+            for index, photo in enumerate(photos.round().to(torch.uint8)):
+                write_jpeg(photo, str(folder / split / wnid / f"{wnid}_{index}.JPEG"), quality=90)
+    return folder

@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from resnets.data.cifar import CifarDataError, load_cifar, per_pixel_mean, train_val_split
+from resnets.data.cifar import CifarDataError, load_cifar, train_val_split
+from resnets.data.decoded import per_pixel_mean
 from resnets.data.paths import datasets_root
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from resnets.data.cifar import per_pixel_mean
+from resnets.data.decoded import per_pixel_mean
 from resnets.data.loader import TensorBatchLoader, pad_crop_flip
 
 

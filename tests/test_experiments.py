@@ -13,7 +13,8 @@ import torch
 
 from resnets.analysis.experiments import degradation_command, final_train_error, run_degradation
 from resnets.cli import build_parser, main
-from resnets.data.cifar import FORMATS, load_cifar, spread_indices
+from resnets.data.cifar import FORMATS, load_cifar
+from resnets.data.decoded import spread_indices
 
 MODELS = ["plain8", "plain14", "resnet8", "resnet14"]
 

@@ -14,7 +14,8 @@ from torch import nn
 from resnets import create_model, save_weights
 from resnets.analysis.responses import conv_bn_pairs, layer_responses
 from resnets.cli import main
-from resnets.data.cifar import load_cifar, per_pixel_mean, spread_indices
+from resnets.data.cifar import load_cifar
+from resnets.data.decoded import per_pixel_mean, spread_indices
 from resnets.models.blocks import BasicBlock, conv3x3
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnets.data.cifar import load_cifar, spread_indices
+from resnets.data.cifar import load_cifar
+from resnets.data.decoded import spread_indices
 from resnets.data.loader import TensorBatchLoader
 from resnets.evaluate.metrics import evaluate_batches
 from resnets.models.weights import extract_state_dict, model_from_weight_data, read_weight_file

@@ -15,13 +15,13 @@ import dataclasses
 import itertools
 import re
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_bytes
 from ..models import model_spec
-from ..models.specs import PAPER_CIFAR10_ERROR
+from ..models.specs import PAPER_CIFAR10_ERROR, ResNetSpec
 from ..plots import plot_error_curves
 from ..runs import RECORD_FILES, RunDirectoryError, RunPaths, RunRecord, load_run
 from ..train.recipes import RunOptions, get_recipe
@@ -138,6 +138,28 @@ def plot_series(series: Mapping[str, Sequence[RunRecord]], path: str | Path) -> 
     return plot_error_curves({title: runs for title, runs in panels.items() if runs}, path)
 
 
+def series_members(out: Path, models: Sequence[str], seeds: Sequence[int], family: str, which: str,
+                   **options: Any) -> Iterator[tuple[Path, RunOptions, ResNetSpec]]:
+    """(run directory out/<model>-s<seed>, its RunOptions, the model's spec) for every network and seed of a series;
+    `options` are the RunOptions all of them share. A network of another family than `family` is refused."""
+    for model, seed in itertools.product(models, seeds):
+        spec = model_spec(model)
+        if spec.family != family:
+            raise ValueError(f"{model} is not a {family} network; {which}")
+        run_dir = out / f"{model}-s{seed}"
+        yield run_dir, RunOptions(model=model, out=str(run_dir), seed=seed, **options), spec
+
+
+def copy_records(run_dir: Path, records: Path, extra: Sequence[str] = ()) -> Path:
+    """A complete run's small records (config, metrics, summary, curves and `extra` files) into records/<run name>,
+    the copy that is committed and reported; weights and checkpoints stay behind."""
+    target = records / run_dir.name
+    for source in (*(run_dir / name for name in (*RECORD_FILES, *extra)), RunPaths(run_dir).curves):
+        content = source.read_bytes()
+        atomic_write_bytes(target / source.name, lambda f, content=content: f.write(content))
+    return target
+
+
 def run_depth_series(out: str | Path, models: Sequence[str], seeds: Sequence[int], recipe: str = "fast",
                      precision: str = "fp32", compile: bool = False, data: str | Path | None = None,
                      device: str = "auto", records: str | Path | None = None, epochs: float | None = None,
@@ -148,22 +170,15 @@ def run_depth_series(out: str | Path, models: Sequence[str], seeds: Sequence[int
     the folder `resnets report --depth` reads. `epochs` shortens or lengthens the recipe (its schedule keeps its
     shape). Returns the verdict lines of what is complete so far."""
     out = Path(out)
-    for model, seed in itertools.product(models, seeds):
-        spec = model_spec(model)
-        if spec.family != "cifar":
-            raise ValueError(f"{model} is not a CIFAR network; the depth series takes resnet<6n+2> and plain<6n+2>")
-        run_dir = out / f"{model}-s{seed}"
-        options = RunOptions(model=model, dataset="cifar10", data=None if data is None else str(data),
-                             out=str(run_dir), precision=precision, device=device, seed=seed, compile=compile,
-                             progress=progress)
+    members = series_members(out, models, seeds, "cifar", "the depth series takes resnet<6n+2> and plain<6n+2>",
+                             dataset="cifar10", data=None if data is None else str(data), precision=precision,
+                             device=device, compile=compile, progress=progress)
+    for run_dir, options, spec in members:
         plan = get_recipe(recipe, depth=spec.depth)
         plan = plan if epochs is None else dataclasses.replace(plan, epochs=epochs)
         train_or_resume(run_dir, plan, options, log)
         if records is not None:
-            target = Path(records) / run_dir.name
-            for source in (*(run_dir / name for name in RECORD_FILES), RunPaths(run_dir).curves):
-                content = source.read_bytes()
-                atomic_write_bytes(target / source.name, lambda f, content=content: f.write(content))
+            copy_records(run_dir, Path(records))
     series = load_series(out)
     lines = series_verdict(series_rows(series))
     for line in lines:

@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument("run_dirs", nargs="*", help="run directories for Table 6")
     rep.add_argument("--depth", default=None, help="folder of <model>-s<seed> runs: the depth series (Table 6, "
                                                    "Fig. 6, mean ± std over seeds), e.g. results/depth")
+    rep.add_argument("--imagenette", default=None, help="folder of <model>-s<seed> Imagenette runs with their "
+                     "protocols.json (Tables 2 and 3, Fig. 4), e.g. results/imagenette")
     rep.add_argument("--degradation", default=None, help="folder of `resnets experiment degradation`")
     rep.add_argument("--responses", default=None, help="folder of `resnets analyze responses`")
     rep.add_argument("--out", default="REPRODUCTION.md")
@@ -55,19 +57,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--no-progress", dest="progress", action="store_false")
     d.set_defaults(handler=run_degradation)
     series = experiments.add_parser("depth", help="the CIFAR-10 depth series (Table 6, Fig. 6) over seeds, resumable")
-    series.add_argument("--models", nargs="+", required=True, help="e.g. resnet20 resnet32 resnet44 resnet56 resnet110 "
-                                                                     "plain20 plain32 plain44 plain56")
-    series.add_argument("--seeds", nargs="+", type=int, default=[0])
+    add_series_arguments(series, "resnet20 resnet32 resnet44 resnet56 resnet110 plain20 plain32 plain44 plain56",
+                         "results/depth", "CIFAR")
     series.add_argument("--recipe", default="fast", help="one recipe for every network (default fast)")
-    series.add_argument("--epochs", type=float, default=None, help="the recipe's schedule stretched to N epochs")
-    series.add_argument("--out", required=True, help="run directories, <model>-s<seed> (outside the work tree)")
-    series.add_argument("--records", default=None, help="copy each complete run's records here (e.g. results/depth)")
-    series.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    series.add_argument("--compile", action="store_true", help="torch.compile each network (faster after a warm-up)")
-    series.add_argument("--data", default=None, help="CIFAR directory (default: the datasets root)")
-    series.add_argument("--device", default="auto")
-    series.add_argument("--no-progress", dest="progress", action="store_false")
     series.set_defaults(handler=run_depth)
+    nette = experiments.add_parser("imagenette", help="plain-18/34 vs ResNet-18/34 on Imagenette (Table 2, Table 3, "
+                                                      "Fig. 4 in miniature), each tested with the three protocols")
+    add_series_arguments(nette, "plain18 plain34 resnet18 resnet34", "results/imagenette", "Imagenette (train/, val/)")
+    nette.add_argument("--subset", type=int, default=None, help="train on N training images (smoke runs)")
+    nette.add_argument("--eval-subset", type=int, default=None, help="evaluate on N validation images while training")
+    nette.set_defaults(handler=run_imagenette)
+
+
+def add_series_arguments(parser: argparse.ArgumentParser, models: str, records: str, data: str) -> None:
+    """Options shared by the series experiments: networks x seeds, resumable run directories, committed records."""
+    parser.add_argument("--models", nargs="+", required=True, help=f"e.g. {models}")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--epochs", type=float, default=None, help="the recipe's schedule stretched to N epochs")
+    parser.add_argument("--out", required=True, help="run directories, <model>-s<seed> (outside the work tree)")
+    parser.add_argument("--records", default=None, help=f"copy each complete run's records here (e.g. {records})")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each network (faster after a warm-up)")
+    parser.add_argument("--data", default=None, help=f"{data} directory (default: the datasets root)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def run_responses(args: argparse.Namespace) -> int:
@@ -103,7 +116,8 @@ def run_ship(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     from ..analysis.report import write_report
 
-    path = write_report(args.run_dirs, args.out, args.degradation, args.responses, depth=args.depth)
+    path = write_report(args.run_dirs, args.out, args.degradation, args.responses, depth=args.depth,
+                        imagenette=args.imagenette)
     print(f"wrote {path}")
     return 0
 
@@ -113,6 +127,14 @@ def run_depth(args: argparse.Namespace) -> int:
 
     run_depth_series(args.out, args.models, args.seeds, args.recipe, args.precision, args.compile, args.data,
                      args.device, args.records, args.epochs, args.progress)
+    return 0
+
+
+def run_imagenette(args: argparse.Namespace) -> int:
+    from ..analysis.imagenette import run_imagenette_series
+
+    run_imagenette_series(args.out, args.models, args.seeds, args.precision, args.compile, args.data, args.device,
+                          args.records, args.epochs, args.progress, subset=args.subset, eval_subset=args.eval_subset)
     return 0
 
 

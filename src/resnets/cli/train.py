@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_text
+from ..train.data import DATASETS
 from ..train.recipes import RECIPES, Recipe, RunOptions, apply_overrides, get_recipe, parse_assignments, read_toml
 from .predict import add_inference_arguments, inference_preparation
 
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a network with a named recipe (paper, fast, ...)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model name (see `resnets models`); default resnet20")
-    p.add_argument("--dataset", default=None, choices=["cifar10", "cifar100", "imagenet"])
+    p.add_argument("--dataset", default=None, choices=DATASETS)
     p.add_argument("--data", default=None, help="dataset directory (official binaries, archive or image folders)")
     p.add_argument("--recipe", default=None, choices=sorted(RECIPES), help="named recipe; default paper")
     p.add_argument("--config", default=None, help="TOML file of run options and recipe fields")
@@ -64,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e = subparsers.add_parser("eval", help="test error of a checkpoint, run directory or weight file")
     e.add_argument("--checkpoint", required=True, help="run directory, checkpoint or weight file")
     e.add_argument("--data", default=None, help="dataset directory")
-    e.add_argument("--dataset", default=None, choices=["cifar10", "cifar100", "imagenet"])
+    e.add_argument("--dataset", default=None, choices=DATASETS)
     add_inference_arguments(e)
     e.add_argument("--device", default="auto")
     e.add_argument("--protocol", choices=["center", "10crop", "multiscale"], default="center",
@@ -123,7 +124,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..evaluate.run import evaluate_checkpoint
 
     imagenet = {}
-    if (args.dataset or "") == "imagenet" or args.protocol != "center":
+    if (args.dataset or "") in ("imagenet", "imagenette") or args.protocol != "center":
         imagenet = {"batch_size": args.batch_size, "num_workers": args.workers, "on_bad_image": args.on_bad_image}
     prepare, precision = inference_preparation(args, batch_size=args.batch_size)
     result = evaluate_checkpoint(Path(args.checkpoint), data=args.data, dataset=args.dataset,

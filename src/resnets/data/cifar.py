@@ -2,7 +2,7 @@
 
 Reads the official *binary* release (never the python-pickle one: unpickling downloaded files runs code), the
 official archive after checking its published MD5, or an image-folder copy such as ../shared/datasets/cifar10-jpeg;
-downloads the official archive as a last resort. Decoded image folders are cached as weights-only tensor files.
+downloads the official archive as a last resort. Image folders are decoded and cached by `decoded.read_image_folder`.
 """
 
 from __future__ import annotations
@@ -16,25 +16,23 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..io import atomic_torch_save, atomic_write_bytes, verify_torch_file
-from .folder import IMAGE_FORMATS, BadImageError, read_image
-from .paths import DATASETS_ENV, cache_dir, datasets_root
+from ..io import atomic_write_bytes
+from .decoded import DatasetError, DecodedImages, read_image_folder
+from .paths import DATASETS_ENV, datasets_root
 
 SIZE = 32
 PIXELS = 3 * SIZE * SIZE
 SPLITS = ("train", "test")
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/"
-CACHE_VERSION = 1  # bump when the cached layout changes so that old files are ignored, not misread
 
 
-class CifarDataError(ValueError):
-    """Data that exists but cannot be used: truncated files, wrong checksums, undecodable or mis-sized images."""
+CifarDataError = DatasetError
 
 
 @dataclass(frozen=True)
@@ -71,15 +69,7 @@ FORMATS = {
 }
 
 
-@dataclass
-class CifarArrays:
-    images: torch.Tensor  # uint8, N x 3 x 32 x 32, contiguous
-    labels: torch.Tensor  # int64, N
-    classes: list[str]
-    source: str  # what was read, for logs and run summaries
-
-    def __len__(self) -> int:
-        return len(self.labels)
+CifarArrays = DecodedImages  # images are N x 3 x 32 x 32
 
 
 def load_cifar(data: str | Path | None = None, name: str = "cifar10", split: str = "train", download: bool = True,
@@ -110,7 +100,7 @@ def load_cifar(data: str | Path | None = None, name: str = "cifar10", split: str
     for folder in (root, root / f"{fmt.name}-jpeg"):
         looked.append(f"{folder / split}/<class>/*")
         if (folder / split).is_dir():
-            return read_image_folder(folder, split, cache)
+            return read_image_folder(folder, split, SIZE, cache, kind="CIFAR")
     how = (f"point at the data with --data DIR or ${DATASETS_ENV} (a folder holding {fmt.folder}/, {fmt.archive}, "
            f"or {split}/<class>/ image folders)")
     where = "; ".join(looked)
@@ -214,98 +204,6 @@ def download_file(url: str, target: Path, timeout: float = 60.0) -> Path:
     return atomic_write_bytes(target, stream)
 
 
-def read_image_folder(root: Path, split: str, cache: bool = True) -> CifarArrays:
-    """root/<split>/<class>/<image>: class index = position of the class folder name in sorted order, as in
-    torchvision's ImageFolder (for CIFAR-10 that alphabetical order is also the official label order)."""
-    folder = root / split
-    classes = class_folders(folder)
-    for other in SPLITS:
-        if other != split and (root / other).is_dir() and class_folders(root / other) != classes:
-            raise CifarDataError(f"{folder} and {root / other} hold different class folders; class indices would "
-                                 "disagree between splits: make both hold the same classes")
-    files, labels, fingerprint = list_images(folder, classes)
-    kinds = "/".join(sorted({IMAGE_FORMATS[path.suffix.lower()] for path in files}))
-    source = f"image folder {folder.resolve()} ({kinds})"
-    cache_file = cache_dir() / f"{root.resolve().name}-{split}-{fingerprint[:20]}.pt"
-    if cache and (cached := read_cache(cache_file, len(files))) is not None:
-        return CifarArrays(cached["images"], cached["labels"], cached["classes"], f"{source}, cached {cache_file}")
-    images = torch.empty(len(files), 3, SIZE, SIZE, dtype=torch.uint8)
-    for index, path in enumerate(tqdm(files, desc=f"decode {folder}", unit="img", leave=False, disable=None)):
-        images[index] = decode_rgb32(path)
-    label_tensor = torch.tensor(labels, dtype=torch.int64)
-    if cache:
-        atomic_torch_save({"version": CACHE_VERSION, "images": images, "labels": label_tensor, "classes": classes},
-                          cache_file)
-    return CifarArrays(images, label_tensor, classes, source)
-
-
-def class_folders(folder: Path) -> list[str]:
-    classes = sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith("."))
-    if not classes:
-        raise CifarDataError(f"{folder} has no class folders; expected {folder}/<class>/<image files>")
-    return classes
-
-
-def list_images(folder: Path, classes: list[str]) -> tuple[list[Path], list[int], str]:
-    """Image paths and labels in a fixed order, plus a fingerprint of every name, size and mtime: any added,
-    removed, renamed or rewritten file gives a new fingerprint and so a new cache key."""
-    files: list[Path] = []
-    labels: list[int] = []
-    digest = hashlib.sha256(f"{CACHE_VERSION}|{folder.resolve()}".encode())
-    for label, name in enumerate(classes):
-        entries = sorted((entry for entry in os.scandir(folder / name)
-                          if entry.is_file() and not entry.name.startswith(".")
-                          and Path(entry.name).suffix.lower() in IMAGE_FORMATS), key=lambda entry: entry.name)
-        if not entries:
-            raise CifarDataError(f"{folder / name} holds no images ({', '.join(IMAGE_FORMATS)}); "
-                                 "remove the empty class folder or add its images")
-        for entry in entries:
-            stat = entry.stat()
-            digest.update(f"{name}/{entry.name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-            files.append(Path(entry.path))
-            labels.append(label)
-    return files, labels, digest.hexdigest()
-
-
-def decode_rgb32(path: Path) -> torch.Tensor:
-    """3 x 32 x 32 uint8 RGB (grey and palette images are converted); anything else is an error naming the file."""
-    try:
-        image = read_image(path)
-    except BadImageError as error:
-        raise CifarDataError(f"{path}: cannot decode this image ({error.reason}); replace or remove the file") from None
-    if tuple(image.shape[1:]) != (SIZE, SIZE):
-        raise CifarDataError(f"{path}: image is {image.shape[2]}x{image.shape[1]}, CIFAR images are {SIZE}x{SIZE}; "
-                             "resize or remove it")
-    return image
-
-
-def read_cache(path: Path, count: int) -> dict[str, Any] | None:
-    """The cached tensors if the file is whole and matches; None otherwise, since a cache can always be rebuilt."""
-    if not path.is_file():
-        return None
-    try:
-        verify_torch_file(path)  # a flipped byte in the cached pixels must mean "rebuild", not "train on it"
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        images, labels, classes = blob["images"], blob["labels"], blob["classes"]
-        valid = (blob.get("version") == CACHE_VERSION and images.dtype == torch.uint8
-                 and tuple(images.shape) == (count, 3, SIZE, SIZE) and images.is_contiguous()
-                 and labels.dtype == torch.int64 and tuple(labels.shape) == (count,)
-                 and all(isinstance(name, str) for name in classes))
-    except Exception:  # truncated, foreign or corrupt file: rebuild rather than fail
-        return None
-    return blob if valid else None
-
-
-def spread_indices(total: int, count: int | None) -> torch.Tensor:
-    """`count` indices spread evenly over range(total) (every total//count-th): image-folder copies list the test
-    set class by class, so its first 1,000 images would all be airplanes; these take 100 of each class."""
-    if count is None or count >= total:
-        return torch.arange(total)
-    if count < 1:
-        raise ValueError(f"a test subset needs at least 1 image, got {count}")
-    return torch.arange(count) * (total // count)
-
-
 def train_val_split(n: int, val_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted index tensors of a random (train, val) partition of range(n): the paper's 45k/5k split (Sec. 4.2).
     Sorted so that the held-out set does not depend on how the caller iterates, only on (n, val_size, seed)."""
@@ -314,19 +212,3 @@ def train_val_split(n: int, val_size: int, seed: int = 0) -> tuple[torch.Tensor,
     held_out = torch.zeros(n, dtype=torch.bool)
     held_out[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:val_size]] = True
     return (~held_out).nonzero().flatten(), held_out.nonzero().flatten()  # a mask, not a sort: O(n) and fast
-
-
-def per_pixel_mean(images: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    """Mean image (3 x H x W, float32 in [0, 1]) of uint8 images, summed exactly in int64 without ever making a
-    float copy of the whole set (600 MB for 50,000 images): numpy on CPU (it casts in small buffers and is ~20x
-    faster than torch's CPU reduction here), chunk by chunk elsewhere."""
-    if images.dtype != torch.uint8 or images.ndim != 4 or len(images) == 0:
-        raise ValueError(f"per_pixel_mean needs a non-empty uint8 N x C x H x W tensor, got {images.dtype} "
-                         f"{tuple(images.shape)}")
-    if images.device.type == "cpu":
-        total = torch.from_numpy(images.numpy().sum(0, dtype=np.int64))
-    else:
-        total = torch.zeros(images.shape[1:], dtype=torch.int64, device=images.device)
-        for part in images.split(chunk):
-            total += part.sum(0, dtype=torch.int64)
-    return (total.double() / (255.0 * len(images))).float()

@@ -61,6 +61,36 @@ def pad_crop_flip(images: torch.Tensor, pad: int = 4, generator: torch.Generator
     return crop_flip(images, offsets, flips, pad)
 
 
+class BatchAugment(Protocol):
+    """Random augmentation of a whole batch on the training device: `draw` makes every image's random parameters up
+    front (on the CPU generator, so a seed means the same views on any device), `__call__` turns a float batch in
+    [0, 1] and its parameters into normalised network inputs of `output_size`."""
+
+    output_size: tuple[int, int] | None  # (H, W) of the inputs it makes; None: the images' own size
+
+    def draw(self, count: int, generator: torch.Generator) -> dict[str, torch.Tensor]: ...
+    def __call__(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+
+class PadCropFlip:
+    """Sec. 4.2's CIFAR augmentation as a `BatchAugment`. Normalising before padding makes the padded border equal
+    to the mean image, i.e. zero input, which is what padding means to the first convolution."""
+
+    output_size = None
+
+    def __init__(self, normalize: Callable[[torch.Tensor], torch.Tensor], pad: int = 4) -> None:
+        if pad < 0:
+            raise ValueError(f"pad must be >= 0, got {pad}")
+        self.normalize, self.pad = normalize, pad
+
+    def draw(self, count: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        offsets, flips = draw_crop_flip(count, self.pad, generator)
+        return {"offsets": offsets, "flips": flips}
+
+    def __call__(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return crop_flip(self.normalize(images), params["offsets"], params["flips"], self.pad)
+
+
 def epoch_seed(seed: int, epoch: int, *more: int) -> int:
     """A 63-bit seed per (seed, epoch, ...); hashed rather than e.g. seed * K + epoch, which collides across runs.
     The one seed scheme of the package: epoch orders, augmentation draws, DataLoader worker seeds."""
@@ -118,15 +148,14 @@ class EpochPlan:
 
     epoch: int
     indices: torch.Tensor
-    offsets: torch.Tensor | None
-    flips: torch.Tensor | None
+    params: dict[str, torch.Tensor] | None  # this rank's augmentation parameters, one row per sample
 
 
 class TensorBatchLoader(ResumablePosition):
     """Iterates (inputs, labels) batches of uint8 images held on the training device.
 
-    inputs = crop_flip(((images / 255) - mean) / std), cast to `dtype`. Normalising before padding makes the padded
-    border equal to the mean image, i.e. zero input, which is what padding means to the first convolution.
+    inputs = augment(images / 255) cast to `dtype`, where `augment` is a `BatchAugment` (True: CIFAR's `PadCropFlip`
+    with `pad`, `mean` and `std`) that normalises its own output; without augmentation ((images / 255) - mean) / std.
 
     Resuming: `state_dict()` is (epoch, batches already yielded); after `load_state_dict` iteration continues with
     the next unseen batch, identical to an uninterrupted run. Iterating yields the rest of the current epoch; once an
@@ -137,7 +166,8 @@ class TensorBatchLoader(ResumablePosition):
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = False,
-                 augment: bool = False, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
+                 augment: bool | BatchAugment = False, mean: torch.Tensor | None = None,
+                 std: torch.Tensor | None = None,
                  drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
                  channels_last: bool = False, dtype: torch.dtype = torch.float32, pad: int = 4) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
@@ -148,14 +178,14 @@ class TensorBatchLoader(ResumablePosition):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        if pad < 0:
-            raise ValueError(f"pad must be >= 0, got {pad}")
         self.images, self.labels = images, labels.to(images.device)
-        self.batch_size, self.shuffle, self.augment, self.pad = batch_size, shuffle, augment, pad
+        self.batch_size, self.shuffle = batch_size, shuffle
         self.drop_last, self.seed, self.rank, self.world_size = drop_last, seed, rank, world_size
         self.channels_last, self.dtype = channels_last, dtype
         self.mean = self._statistic(mean, "mean")
         self.std = self._statistic(std, "std")
+        self.augment: BatchAugment | None = (PadCropFlip(self.normalize, pad) if augment is True
+                                             else augment or None)
         self.epoch, self.position = 0, 0
         self._completed = False  # this object ran the current epoch to its end (see the class docstring)
         self._plan: EpochPlan | None = None
@@ -170,6 +200,14 @@ class TensorBatchLoader(ResumablePosition):
             raise ValueError(f"{what} of shape {tuple(value.shape)} does not broadcast to images of shape "
                              f"{tuple(self.images.shape[1:])}; pass C x H x W or C x 1 x 1") from error
         return value
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(images - mean) / std, in place, for a float batch in [0, 1]."""
+        if self.mean is not None:
+            images.sub_(self.mean)
+        if self.std is not None:
+            images.div_(self.std)
+        return images
 
     @property
     def samples_per_rank(self) -> int:
@@ -190,13 +228,12 @@ class TensorBatchLoader(ResumablePosition):
         order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
         total = self.samples_per_rank * self.world_size
         order = order.repeat(math.ceil(total / count))[:total] if count else order
-        offsets = flips = None
-        if self.augment:
-            offsets, flips = draw_crop_flip(total, self.pad, generator)
-            offsets = offsets[self.rank::self.world_size].to(self.images.device)
-            flips = flips[self.rank::self.world_size].to(self.images.device)
+        params = None
+        if self.augment is not None:
+            drawn = self.augment.draw(total, generator)
+            params = {name: value[self.rank::self.world_size].to(self.images.device) for name, value in drawn.items()}
         indices = order[self.rank::self.world_size].to(self.images.device)
-        self._plan = EpochPlan(epoch, indices, offsets, flips)
+        self._plan = EpochPlan(epoch, indices, params)
         return self._plan
 
     def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,12 +242,10 @@ class TensorBatchLoader(ResumablePosition):
         window = slice(index * self.batch_size, (index + 1) * self.batch_size)
         chosen = plan.indices[window]
         inputs = self.images.index_select(0, chosen).float().div_(255)
-        if self.mean is not None:
-            inputs.sub_(self.mean)
-        if self.std is not None:
-            inputs.div_(self.std)
-        if plan.offsets is not None and plan.flips is not None:
-            inputs = crop_flip(inputs, plan.offsets[window], plan.flips[window], self.pad)
+        if self.augment is not None and plan.params is not None:
+            inputs = self.augment(inputs, {name: value[window] for name, value in plan.params.items()})
+        else:
+            inputs = self.normalize(inputs)
         inputs = inputs.to(self.dtype)
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)

@@ -1,4 +1,4 @@
-"""The paper's per-image ImageNet transforms (Sec. 3.4) on uint8 CHW tensors.
+"""The paper's ImageNet transforms (Sec. 3.4): per image on uint8 CHW tensors, and batched (`ScaleCropFlip`).
 
 Training: shorter side resized to a random integer in [256, 480], a random 224x224 crop, a random
 horizontal flip, conversion to float in [0, 1], AlexNet's PCA lighting noise, mean subtraction.
@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from .folder import BadImageError, ImageFolderDataset, read_image
@@ -212,6 +213,75 @@ class PaperTrainTransform:
                 f"lighting_std={lighting}, normalize={self.normalize!r})")
 
 
+class ScaleCropFlip:
+    """`PaperTrainTransform` for a batch of equal-size images held whole on the training device (a `BatchAugment`
+    of `loader.TensorBatchLoader`): random shorter side in `scale`, random `crop_size` crop, flip, PCA lighting,
+    mean subtraction; no per-image Python work.
+
+    Resizing the whole image to shorter side s and cropping c x c at (top, left) reads the source box
+    [left, left + c] x [top, top + c] scaled by (source size / resized size). So resize, crop and flip are one
+    bilinear `grid_sample` over the batch, each image with its own affine grid (the box; a flip is its x axis
+    negated). Against the per-image path (antialiased resize) the views of 10 Imagenette photos differ by 0.3-6
+    grey levels (of 255) on average: bilinear sampling aliases a little at the strongest downscale (shorter side
+    128 from 224). `torchvision.ops.roi_align` averages more samples but runs single-threaded on the CPU: 108 ms
+    against grid_sample's 33 ms for a batch of 128 on 2 cores. Crop positions are drawn as integers of the resized
+    image, exactly as `PaperTrainTransform.sample_params` draws them.
+    """
+
+    def __init__(self, image_size: tuple[int, int], scale: tuple[int, int] = (256, 480), crop_size: int = 224,
+                 lighting_std: float = 0.1, eigval: Sequence[float] | torch.Tensor = IMAGENET_LIGHTING_EIGVAL,
+                 eigvec: Sequence[Sequence[float]] | torch.Tensor = IMAGENET_LIGHTING_EIGVEC,
+                 normalize: Normalize | None = None) -> None:
+        low, high = int(scale[0]), int(scale[1])
+        if not crop_size <= low <= high:
+            raise ValueError(f"scale must satisfy crop_size ({crop_size}) <= low <= high, got {scale}")
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.scale, self.crop_size = (low, high), int(crop_size)
+        self.output_size = (self.crop_size, self.crop_size)
+        self.lighting = PCALighting(lighting_std, eigval, eigvec) if lighting_std > 0 else None
+        self.normalize = Normalize() if normalize is None else normalize
+        # (height, width) of the image resized to each possible shorter side, as the per-image resize makes it
+        self._resized = torch.tensor([_resized_size(*self.image_size, shorter) for shorter in range(low, high + 1)],
+                                     dtype=torch.float64)
+
+    def draw(self, count: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Per image: the view as `PaperTrainTransform` draws it (shorter side, top, left, flip), its source box
+        (x1, y1, x2, y2) and the lighting alpha."""
+        height, width = self.image_size
+        shorter = torch.randint(self.scale[0], self.scale[1] + 1, (count,), generator=generator)
+        new_h, new_w = self._resized[shorter - self.scale[0]].unbind(1)
+        top = (torch.rand(count, generator=generator) * (new_h - self.crop_size + 1)).floor()
+        left = (torch.rand(count, generator=generator) * (new_w - self.crop_size + 1)).floor()
+        flips = torch.rand(count, generator=generator) < 0.5
+        alpha = (self.lighting.sample_alpha(generator, count) if self.lighting is not None
+                 else torch.zeros(count, 3))
+        y_scale, x_scale = height / new_h, width / new_w
+        boxes = torch.stack([left * x_scale, top * y_scale, (left + self.crop_size) * x_scale,
+                             (top + self.crop_size) * y_scale], dim=1)
+        return {"shorter": shorter, "top": top.long(), "left": left.long(), "flips": flips, "boxes": boxes.float(),
+                "alpha": alpha}
+
+    def __call__(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Float (N, 3, H, W) in [0, 1] -> normalised (N, 3, crop, crop)."""
+        height, width = images.shape[-2:]
+        x1, y1, x2, y2 = params["boxes"].to(images.device, torch.float32).unbind(1)
+        mirror = 1.0 - 2.0 * params["flips"].to(images.device, torch.float32)
+        zero = torch.zeros_like(x1)
+        # normalised output coordinates [-1, 1] -> the box in normalised input coordinates (align_corners=False)
+        theta = torch.stack([torch.stack([mirror * (x2 - x1) / width, zero, (x1 + x2) / width - 1], dim=1),
+                             torch.stack([zero, (y2 - y1) / height, (y1 + y2) / height - 1], dim=1)], dim=1)
+        grid = F.affine_grid(theta, [len(images), images.shape[1], *self.output_size], align_corners=False)
+        out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if self.lighting is not None:
+            out = out + self.lighting.rgb_shift(params["alpha"]).to(out.device, out.dtype)[:, :, None, None]
+        return self.normalize(out)
+
+    def __repr__(self) -> str:
+        lighting = 0.0 if self.lighting is None else self.lighting.alpha_std
+        return (f"ScaleCropFlip(image_size={self.image_size}, scale={self.scale}, crop_size={self.crop_size}, "
+                f"lighting_std={lighting}, normalize={self.normalize!r})")
+
+
 class EvalTransform:
     """Single-view evaluation: shorter side -> `resize`, centre `crop_size` crop, float, normalise."""
 
@@ -283,16 +353,22 @@ def compute_mean_image(source: ImageSource, size: int = 224, resize: int = 256,
 
 def compute_pca_lighting(source: ImageSource, max_images: int | None = 10_000, resize: int = 256,
                          size: int = 224) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (3,), descending, and eigenvectors (3, 3) as columns of the RGB pixel covariance in [0, 1].
+    """`pixel_pca` of the same image subset and crops as `compute_mean_image`."""
+    return pixel_pca(_iter_center_views(source, max_images, resize, size))
 
-    Same image subset and crops as `compute_mean_image`. The sign of an eigenvector is arbitrary (the lighting
-    noise is symmetric); each is oriented like the matching column of AlexNet's IMAGENET_LIGHTING_EIGVEC.
+
+def pixel_pca(views: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (3,), descending, and eigenvectors (3, 3) as columns of the RGB pixel covariance in [0, 1] of
+    `views`: float (3, H, W) images in [0, 1] or uint8 (N, 3, H, W) batches.
+
+    The sign of an eigenvector is arbitrary (the lighting noise is symmetric); each is oriented like the matching
+    column of AlexNet's IMAGENET_LIGHTING_EIGVEC.
     """
     total = torch.zeros(3, dtype=torch.float64)
     outer = torch.zeros(3, 3, dtype=torch.float64)
     pixels = 0
-    for view in _iter_center_views(source, max_images, resize, size):
-        flat = view.reshape(3, -1).double()
+    for view in views:
+        flat = (to_float(view).transpose(0, 1) if view.dim() == 4 else view).reshape(3, -1).double()
         total += flat.sum(dim=1)
         outer += flat @ flat.T
         pixels += flat.shape[1]

@@ -36,6 +36,12 @@ from .metrics import topk_correct
 
 PROTOCOLS = ("center", "10crop", "multiscale")
 MULTISCALE_SHORTER_SIDES = (224, 256, 384, 480, 640)
+
+
+def multiscale_sides(crop_size: int = 224) -> tuple[int, ...]:
+    """The paper's multi-scale shorter sides scaled like the training resolution (crop_size / 224): a net trained
+    on 112 crops is tested at (112, 128, 192, 240, 320)."""
+    return tuple(round(side * crop_size / 224) for side in MULTISCALE_SHORTER_SIDES)
 FCN_REDUCTIONS = ("softmax_then_mean", "mean_then_softmax")
 Box = tuple[int, int, int, int]  # (top, left, height, width)
 

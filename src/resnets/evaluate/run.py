@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
-from ..data.cifar import load_cifar, spread_indices
+from ..data.cifar import load_cifar
 from ..data.classes import imagenet_wnids
+from ..data.decoded import spread_indices
 from ..data.folder import open_image_folder
 from ..data.loader import TensorBatchLoader
 from ..data.paths import datasets_root
@@ -20,9 +21,10 @@ from ..models import load_model
 from ..runs import resolve_weights, run_dataset
 from ..runtime import setup_runtime
 from .metrics import evaluate_batches
-from .protocols import evaluate
+from .protocols import evaluate, multiscale_sides
 
 CIFAR_EVAL_BATCH = 500
+EVAL_FOLDERS = {"imagenet": "imagenet-sample", "imagenette": "imagenette"}  # under datasets_root(), without --data
 
 
 def load_for_evaluation(path: str | Path) -> tuple[torch.nn.Module, Path]:
@@ -75,8 +77,9 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, dataset: str 
         model = prepare(model)
     describe = getattr(model, "describe", None)
     inference = {"inference": describe() if describe else f"the eager model ({precision} autocast)"}
-    if dataset == "imagenet":
-        return evaluate_imagenet(model, weights, data, protocol, precision, predictions, **imagenet) | inference
+    if dataset in ("imagenet", "imagenette"):
+        return (evaluate_imagenet(model, weights, data or datasets_root() / EVAL_FOLDERS[dataset], protocol,
+                                  precision, predictions, **imagenet) | {"dataset": dataset} | inference)
     loader, source = cifar_test_batches(model, data, device=runtime.device)
     start = time.perf_counter()
     result = evaluate_batches(model, loader, runtime.device, precision, keep_predictions=predictions)
@@ -90,9 +93,9 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, dataset: str 
                      "num_classes": model.spec.num_classes} | inference
 
 
-def evaluate_imagenet(model: torch.nn.Module, weights: Path, data: str | None, protocol: str, precision: str,
+def evaluate_imagenet(model: torch.nn.Module, weights: Path, data: str | Path | None, protocol: str, precision: str,
                       predictions: bool = False, **options: Any) -> dict[str, Any]:
-    folder = Path(data) if data else datasets_root() / "imagenet-sample"
+    folder = Path(data) if data else datasets_root() / EVAL_FOLDERS["imagenet"]
     if (folder / "val").is_dir():
         folder = folder / "val"
     record = preprocessing_of(model)
@@ -100,6 +103,7 @@ def evaluate_imagenet(model: torch.nn.Module, weights: Path, data: str | None, p
     if class_to_idx is None and model.spec.num_classes == 1000:
         class_to_idx = {wnid: index for index, wnid in enumerate(imagenet_wnids())}
     images = open_image_folder(folder, class_to_idx=class_to_idx, on_bad_image=options.pop("on_bad_image", "fail"))
+    options.setdefault("scales", multiscale_sides(record.crop))
     result = evaluate(model, images, protocol, precision=precision, normalize=record.normalize,
                       resize=record.resize, crop_size=record.crop, keep_predictions=predictions, **options)
     if predictions:

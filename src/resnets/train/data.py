@@ -1,6 +1,8 @@
 """The training loop's data (`data.loader.TrainingData`) from a run's options and recipe.
 
-CIFAR keeps decoded uint8 tensors on the training device and augments whole batches there (Sec. 4.2); ImageNet-style
+CIFAR keeps decoded uint8 tensors on the training device and augments whole batches there (Sec. 4.2). Imagenette
+(ImageNet photos stored at 224x224) does the same with the ImageNet augmentation of Sec. 3.4 done per batch
+(`ScaleCropFlip`), evaluating on centre views resized once; ImageNet-style
 folders decode JPEGs in DataLoader workers with the paper's scale augmentation (Sec. 3.4), while lighting and mean
 subtraction run on the collated batch on the training device. ImageNet layout under --data: train/<wnid>/*.JPEG and
 val/<wnid>/*.JPEG, or a flat val/ folder with a labels file (--val-labels FILE), or flat folders of <wnid>_<name> files.
@@ -14,16 +16,27 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..data.cifar import load_cifar, per_pixel_mean, spread_indices, train_val_split
+from ..data.cifar import load_cifar, train_val_split
+from ..data.decoded import per_pixel_mean, read_image_folder, spread_indices
 from ..data.folder import ImageFolderDataset, open_image_folder
 from ..data.loader import FolderBatchLoader, TensorBatchLoader, TrainingData
 from ..data.paths import datasets_root
 from ..data.preprocess import Preprocessing
-from ..data.transforms import EvalTransform, Normalize, PaperTrainTransform, compute_mean_image, compute_pca_lighting
+from ..data.transforms import (
+    EvalTransform,
+    Normalize,
+    PaperTrainTransform,
+    ScaleCropFlip,
+    compute_mean_image,
+    compute_pca_lighting,
+    pixel_pca,
+)
 from ..runtime import Runtime
 from .recipes import Recipe, RunOptions
 
 CIFAR_DATASETS = ("cifar10", "cifar100")
+DECODED_IMAGENET_DATASETS = {"imagenette": 224}  # ImageNet-style folders of equal-size images: name -> image size
+DATASETS = (*CIFAR_DATASETS, "imagenet", *DECODED_IMAGENET_DATASETS)
 CIFAR_EVAL_BATCH = 500
 IMAGENET_EVAL_BATCH = 50
 
@@ -33,7 +46,9 @@ def build_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -> Trainin
         return build_cifar_data(options, recipe, runtime)
     if options.dataset == "imagenet":
         return build_imagenet_data(options, recipe, runtime)
-    raise ValueError(f"unknown dataset {options.dataset!r}; valid: {', '.join((*CIFAR_DATASETS, 'imagenet'))}")
+    if options.dataset in DECODED_IMAGENET_DATASETS:
+        return build_decoded_imagenet_data(options, recipe, runtime)
+    raise ValueError(f"unknown dataset {options.dataset!r}; valid: {', '.join(DATASETS)}")
 
 
 def build_cifar_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -> TrainingData:
@@ -69,6 +84,50 @@ def build_cifar_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -> T
     return TrainingData(train_loader, evals, list(train.classes), len(train_labels), preprocess, description)
 
 
+def build_decoded_imagenet_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -> TrainingData:
+    """train/ and val/ class folders of equal-size photos, decoded once (cached) and held whole on the device."""
+    name, size = options.dataset, DECODED_IMAGENET_DATASETS[options.dataset]
+    root = Path(options.data) if options.data else datasets_root() / name
+    train = read_image_folder(root, "train", size, kind=name)
+    val = read_image_folder(root, "val", size, kind=name)
+    train_images, train_labels = train.images, train.labels
+    if options.subset:
+        chosen = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(options.seed))
+        train_images, train_labels = train_images[chosen[: options.subset]], train_labels[chosen[: options.subset]]
+    picked = spread_indices(len(val.labels), options.eval_subset)  # val folders are sorted by class
+    # Evaluation sees what `preprocess` and the `center` protocol feed a network: the same uint8 resize and crop.
+    center = EvalTransform(recipe.eval_resize, recipe.crop_size).geometry
+    val_views = torch.cat([center(part) for part in val.images[picked].split(256)])
+    train_views = torch.cat([center(part) for part in train_images.split(256)])
+    mean_image = per_pixel_mean(train_views)  # Sec. 3.4: "the per-pixel mean subtracted", of centre views
+    normalize = Normalize(mean_image, std=None)
+    device = runtime.device
+    pca = {}
+    if recipe.lighting_pca == "computed" and recipe.lighting_std > 0:
+        eigval, eigvec = pixel_pca(train_views.split(256))
+        pca = {"eigval": eigval, "eigvec": eigvec}
+    augment = (ScaleCropFlip((size, size), (recipe.scale_min, recipe.scale_max), recipe.crop_size,
+                             recipe.lighting_std, normalize=Normalize(mean_image.to(device), std=None), **pca)
+               if recipe.augment else False)
+    train_source = train_images if recipe.augment else train_views
+    train_loader = TensorBatchLoader(
+        train_source.to(device), train_labels.to(device), batch_size=recipe.batch_size // runtime.world_size,
+        shuffle=True, augment=augment, mean=None if recipe.augment else mean_image.to(device), drop_last=True,
+        seed=options.seed, rank=runtime.rank, world_size=runtime.world_size, channels_last=options.channels_last)
+    shard = slice(runtime.rank, None, runtime.world_size)
+    evaluation = TensorBatchLoader(val_views[shard].to(device), val.labels[picked][shard].to(device),
+                                   batch_size=IMAGENET_EVAL_BATCH * 4, mean=mean_image.to(device),
+                                   channels_last=options.channels_last)
+    preprocess = Preprocessing("imagenet", recipe.eval_resize, recipe.crop_size,
+                               tuple(normalize.channel_mean.tolist()), None, mean_image)
+    description = {"source": f"{train.source}; {val.source}", "dataset": name, "train_images": len(train_labels),
+                   "test_images": len(picked), "classes": len(train.classes),
+                   "lighting": {k: v.tolist() for k, v in pca.items()} or "imagenet (AlexNet)",
+                   "class_to_idx": {wnid: index for index, wnid in enumerate(train.classes)}}
+    return TrainingData(train_loader, {"test": evaluation}, list(train.classes), len(train_labels), preprocess,
+                        description)
+
+
 def _find_split(root: Path, split: str) -> Path:
     folder = root / split
     if not folder.is_dir():
@@ -93,8 +152,6 @@ def build_imagenet_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -
     else:
         normalize = Normalize()  # torchvision's per-channel mean/std
     device = runtime.device
-    if recipe.lighting_pca not in ("imagenet", "computed"):
-        raise ValueError(f"lighting_pca must be 'imagenet' or 'computed', got {recipe.lighting_pca!r}")
     pca = {}
     if recipe.lighting_pca == "computed" and recipe.lighting_std > 0:
         eigval, eigvec = compute_pca_lighting(train_set, max_images=recipe.mean_images, resize=recipe.eval_resize,

@@ -1,0 +1,129 @@
+"""ImageNet in miniature (Table 2, Table 3, Fig. 4 of Sec. 4.1) on Imagenette: plain-18/34 and ResNet-18/34
+(option A shortcuts, as in Table 2) on one schedule, the `imagenette` recipe (Sec. 3.4 scaled to 112px crops),
+each trained network then tested on the validation photos with the three protocols of Sec. 3.4 (`center`,
+`10crop`, `multiscale` at the paper's scales times 112/224).
+
+Run directories are named `<model>-s<seed>` as in the CIFAR depth series (`depth.load_series` reads both); each
+holds `protocols.json` beside the usual records. Paper numbers for the reference column: Table 2's top-1 10-crop
+validation error on ImageNet, which Imagenette's 10 classes do not reproduce in scale, only in direction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..evaluate.protocols import PROTOCOLS
+from ..evaluate.run import evaluate_checkpoint
+from ..io import atomic_write_json, read_json
+from ..models.specs import PAPER_IMAGENET_TOP1_10CROP
+from ..runs import RunDirectoryError, RunPaths, RunRecord
+from ..train.recipes import get_recipe
+from .depth import copy_records, load_series, series_members, series_rows, series_verdict
+from .experiments import train_or_resume
+
+IMAGENETTE_MODELS = ("plain18", "plain34", "resnet18", "resnet34")
+PROTOCOLS_FILE = "protocols.json"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def evaluate_protocols(run_dir: Path, data: str | Path | None = None, device: str = "auto",
+                       precision: str = "fp32", log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Top-1/top-5 validation error of the run's final weights under each protocol, written to protocols.json;
+    reused when that file already belongs to these weights (its sha256), recomputed otherwise."""
+    weights = RunPaths(run_dir).weights
+    if not weights.is_file():
+        raise RunDirectoryError(f"{run_dir} has no {weights.name}: the run is not complete; finish it first")
+    digest, path = file_sha256(weights), run_dir / PROTOCOLS_FILE
+    if path.is_file():
+        previous = read_json(path, "protocol results")
+        if previous.get("weights_sha256") == digest and set(previous.get("protocols", {})) == set(PROTOCOLS):
+            return previous
+    results = {}
+    for protocol in PROTOCOLS:
+        result = evaluate_checkpoint(run_dir, data=None if data is None else str(data),
+                                     dataset="imagenette", precision=precision, device=device, protocol=protocol,
+                                     num_workers=2, batch_size=50, progress=False)
+        results[protocol] = {key: result[key] for key in ("top1_error", "top5_error", "images", "views_per_image",
+                                                          "seconds")}
+        log(f"{run_dir.name} {protocol}: top-1 {result['top1_error']:.2f}%, top-5 {result['top5_error']:.2f}% "
+            f"({result['images']} images, {result['seconds']:.0f} s)")
+    record = {"weights_sha256": digest, "precision": precision, "source": result["source"], "protocols": results}
+    atomic_write_json(path, record)
+    return record
+
+
+def run_imagenette_series(out: str | Path, models: Sequence[str] = IMAGENETTE_MODELS, seeds: Sequence[int] = (0,),
+                          precision: str = "fp32", compile: bool = False, data: str | Path | None = None,
+                          device: str = "auto", records: str | Path | None = None, epochs: float | None = None,
+                          progress: bool = True, log: Callable[[str], Any] = print,
+                          **overrides: Any) -> list[str]:
+    """Train (or resume, or skip when complete) every network and seed under `out`/<model>-s<seed>, test each with
+    the three protocols, and copy the records (with protocols.json) to `records` (e.g. results/imagenette).
+    `overrides` are RunOptions fields (subset, eval_subset, ... for smoke runs). Returns the verdict lines."""
+    out = Path(out)
+    members = series_members(out, models, seeds, "imagenet", "this series takes plain18/34, resnet18/34, ...",
+                             dataset="imagenette", data=None if data is None else str(data), precision=precision,
+                             device=device, compile=compile, progress=progress, **overrides)
+    for run_dir, options, spec in members:
+        options.shortcut = "A" if spec.residual else None  # Table 2 compares plain nets with option A ResNets
+        recipe = get_recipe("imagenette")
+        recipe = recipe if epochs is None else dataclasses.replace(recipe, epochs=epochs)
+        train_or_resume(run_dir, recipe, options, log)
+        evaluate_protocols(run_dir, data, device, precision, log)
+        if records is not None:
+            copy_records(run_dir, Path(records), extra=(PROTOCOLS_FILE,))
+    lines = imagenette_verdicts(load_series(out))
+    for line in lines:
+        log(line)
+    return lines
+
+
+def protocol_results(run: RunRecord) -> dict[str, dict[str, float]]:
+    path = run.path / PROTOCOLS_FILE
+    if not path.is_file():
+        raise RunDirectoryError(f"{run.path} has no {PROTOCOLS_FILE}; run `resnets experiment imagenette` again "
+                                "(complete runs are only tested) to write it")
+    return read_json(path, "protocol results")["protocols"]
+
+
+def protocol_rows(series: Mapping[str, Sequence[RunRecord]]) -> list[dict[str, Any]]:
+    """Per network: seed-mean top-1 and top-5 validation error under each protocol."""
+    rows = []
+    for model, runs in series.items():
+        results = [protocol_results(run) for run in runs]
+        row: dict[str, Any] = {"model": model, "runs": len(runs), "paper_10crop": PAPER_IMAGENET_TOP1_10CROP.get(model)}
+        for protocol in PROTOCOLS:
+            for key in ("top1_error", "top5_error"):
+                row[f"{protocol}_{key}"] = statistics.fmean(r[protocol][key] for r in results)
+        rows.append(row)
+    return rows
+
+
+def protocol_verdicts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Sec. 3.4's ordering of the protocols, on the mean top-1 error over the networks (and per network)."""
+    lines = []
+    for better, worse, claim in (("10crop", "center", "10-crop testing is better than a single centre crop"),
+                                 ("multiscale", "10crop", "multi-scale testing is better than 10-crop")):
+        ours = statistics.fmean(row[f"{better}_top1_error"] for row in rows)
+        theirs = statistics.fmean(row[f"{worse}_top1_error"] for row in rows)
+        wins = sum(row[f"{better}_top1_error"] < row[f"{worse}_top1_error"] for row in rows)
+        lines.append(f"{claim}: {'yes' if ours < theirs else 'no'} (mean top-1 over the {len(rows)} nets "
+                     f"{ours:.2f}% vs {theirs:.2f}%; better for {wins} of {len(rows)})")
+    return lines
+
+
+def imagenette_verdicts(series: Mapping[str, Sequence[RunRecord]]) -> list[str]:
+    """Table 2 / Fig. 4 (deeper plain trains worse, deeper ResNet better) and the protocol ordering of Table 3."""
+    return series_verdict(series_rows(series)) + protocol_verdicts(protocol_rows(series))
