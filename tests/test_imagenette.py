@@ -8,9 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import resnets
+from resnets.analysis.ship import ship_weights
+from resnets.data.folder import read_image
 from resnets.data.loader import TensorBatchLoader
 from resnets.data.paths import CACHE_ENV
 from resnets.data.transforms import Normalize, PaperTrainTransform, ScaleCropFlip, TrainViewParams
+from resnets.models import weights as weights_module
 
 from .conftest import smooth_photos, write_synthetic_imagenette
 from .test_train import run_cli
@@ -107,6 +111,27 @@ def test_imagenette_experiment_and_report(tmp_path: Path, monkeypatch: pytest.Mo
     assert f"{protocols['protocols']['10crop']['top1_error']:.2f}" in text
     assert "10-crop testing is better than a single centre crop: " in text
     assert (tmp_path / "figures" / "imagenette-fig4.png").is_file()
+    shipped_weights_agree_with_a_create_model_and_preprocess_loop(tmp_path, data, monkeypatch)
     (records / "protocols.json").unlink()
     refused = run_cli("report", "--imagenette", str(tmp_path / "records"), "--out", str(report), check=False)
     assert refused.returncode != 0 and "protocols.json" in refused.stderr
+
+
+def shipped_weights_agree_with_a_create_model_and_preprocess_loop(tmp_path: Path, data: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ship the trained ResNet-18 as pretrained="imagenette" (into a scratch weights folder), then evaluate it with
+    nothing but create_model and preprocess: the error in its metadata comes back."""
+    folder = tmp_path / "weights"
+    path = ship_weights(tmp_path / "runs" / "resnet18-s0", weights_dir=folder, data=data, device="cpu")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert path.name == "resnet18-imagenette.pt" and meta["check_subset"]["images"] == 6
+    monkeypatch.setattr(weights_module, "pretrained_dir", lambda: folder)
+    model = resnets.create_model("resnet18", pretrained="imagenette").eval()
+    assert (model.spec.shortcut, model.spec.num_classes) == ("A", 2)  # the shipped architecture, not the default
+    photos = sorted((data / "val").rglob("*.JPEG"))
+    with torch.no_grad():
+        scores = model(resnets.preprocess(model, [read_image(photo) for photo in photos]))
+    labels = torch.tensor([meta["classes"].index(photo.parent.name) for photo in photos])
+    error = 100 * (scores.argmax(1) != labels).float().mean().item()
+    assert error == pytest.approx(meta["check_subset"]["top1_error"], abs=1e-6)
+    assert error == pytest.approx(meta["test_top1_error"], abs=1e-6)

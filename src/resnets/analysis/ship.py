@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
+from ..data.paths import datasets_root
 from ..data.preprocess import preprocessing_of
 from ..evaluate.metrics import evaluate_batches
-from ..evaluate.run import cifar_test_batches
+from ..evaluate.run import cifar_test_batches, evaluate_imagenet
 from ..io import atomic_torch_save, atomic_write_text
 from ..models import create_model, model_config
 from ..models.weights import model_from_weight_data, pretrained_dir, read_weight_file, shipped_name
@@ -41,19 +42,31 @@ def subset_error(model: torch.nn.Module, data: str | Path | None = None, images:
             "selection": f"resnets.data.cifar.spread_indices(test images, {images}): evenly spread"}
 
 
+def center_error(model: torch.nn.Module, weights: Path, data: str | Path | None = None,
+                 device: str = "auto") -> dict[str, Any]:
+    """Top-1 error (fp32) of the `center` protocol on every Imagenette validation photo."""
+    model = model.to(setup_runtime(device).device).eval()
+    result = evaluate_imagenet(model, weights, data or datasets_root() / "imagenette", "center", "fp32",
+                               num_workers=2, progress=False)
+    return {"images": result["images"], "top1_error": result["top1_error"], "source": result["source"],
+            "selection": "every validation photo, center protocol"}
+
+
 def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str | Path | None = None,
                  data: str | Path | None = None, device: str = "auto", tag: str | None = None) -> Path:
     """Copy RUN_DIR/model.pt to WEIGHTS_DIR/<shipped name>.pt (weights-only, fp32) with its .json; returns the .pt
     path. tag: the `pretrained=` value that loads it (default: none for the paper recipe, else the recipe's name).
 
-    Only a complete CIFAR run is shipped: a shipped file claims the accuracy of a finished recipe.
+    Only a complete CIFAR or Imagenette run is shipped: a shipped file claims the accuracy of a finished recipe.
+    Imagenette weights are checked on every validation photo with the `center` protocol (what `preprocess` does).
     """
     run = load_run(run_dir)
     if not run.summary["complete"]:
         raise ValueError(f"{run.path} stopped at {run.summary['iterations']} of {run.summary['scheduled_iterations']} "
                          f"iterations; only a complete run is shipped (finish it with --resume)")
-    if run.summary["dataset"] not in ("cifar10", "cifar100"):
-        raise ValueError(f"{run.path} is a {run.summary['dataset']} run; shipped weights are CIFAR networks")
+    if run.summary["dataset"] not in ("cifar10", "cifar100", "imagenette"):
+        raise ValueError(f"{run.path} is a {run.summary['dataset']} run; shipped weights are CIFAR or Imagenette "
+                         "networks")
     name = name or run.summary["model"]
     recipe_name = run.config["recipe"]["name"]
     tag = tag if tag is not None else (None if recipe_name == "paper" else recipe_name)
@@ -62,14 +75,18 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
     stem = shipped_name(name, tag or True)
     stored = read_weight_file(run.paths.weights)
     with torch.device("meta"):  # only the architecture is compared
-        named = model_config(create_model(name, num_classes=stored["model_config"]["num_classes"]))
+        named = model_config(create_model(name, num_classes=stored["model_config"]["num_classes"],
+                                          shortcut=stored["model_config"]["shortcut"]))
     if named != stored["model_config"]:
         raise ValueError(f"--name {name!r} does not build the architecture of {run.path} ({run.summary['model']}); "
                          "a shipped file is loaded by create_model(name, pretrained=...): use the run's model name")
     model = model_from_weight_data(stored, source=f"weights in {run.paths.weights}")
     model = model.float()  # fp32 whatever the training precision: eval/predict/export expect it
     meta = model.meta
-    check = subset_error(model, data, device=device)
+    if run.summary["dataset"] == "imagenette":
+        check = center_error(model, run.paths.weights, data, device)
+    else:
+        check = subset_error(model, data, device=device)
     target_dir = Path(weights_dir) if weights_dir is not None else pretrained_dir()
     weights_path = target_dir / f"{stem}.pt"
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

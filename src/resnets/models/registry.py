@@ -16,7 +16,7 @@ from .specs import (
     cifar_spec,
     imagenet_spec,
 )
-from .weights import load_pretrained_into
+from .weights import load_pretrained_into, shipped_weights
 
 _NAME = re.compile(r"^(?P<preact>preact_)?(?P<cifar>cifar_)?(?P<kind>resnet|plain)(?P<depth>\d+)$")
 
@@ -79,11 +79,18 @@ def create_model(name: str, *, num_classes: int | None = None, shortcut: str | N
     everywhere) or "none" (plain). stride_in_1x1: True = paper's bottleneck ("v1"), False = v1.5
     (torchvision). pretrained: load the weights shipped with the package (see `resnets models`); True for the
     paper recipe's, a tag such as "fast" for another recipe's. activation_checkpointing: recompute activations in
-    the backward pass instead of storing them (for the 1001-layer nets).
+    the backward pass instead of storing them (for the 1001-layer nets). With `pretrained`, options left unset
+    take the shipped network's values (e.g. 10 classes and option A for `resnet18`, pretrained="imagenette").
     """
+    shipped = shipped_weights(name, pretrained) if pretrained else None
+    if shipped is not None:
+        config = shipped["model_config"]
+        num_classes = config["num_classes"] if num_classes is None else num_classes
+        shortcut = config["shortcut"] if shortcut is None else shortcut
+        stride_in_1x1 = config["stride_in_1x1"] if stride_in_1x1 is None else stride_in_1x1
     spec = model_spec(name, num_classes=num_classes, shortcut=shortcut, stride_in_1x1=stride_in_1x1)
     model = ResNet(spec, zero_init_residual=zero_init_residual, init_mode=init_mode,
                    activation_checkpointing=activation_checkpointing)
-    if pretrained:
-        load_pretrained_into(model, name, pretrained)
+    if shipped is not None:
+        load_pretrained_into(model, name, pretrained, shipped)
     return model

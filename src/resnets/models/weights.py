@@ -221,7 +221,8 @@ def pretrained_values(model_name: str, shipped: dict[str, dict[str, Any]] | None
     return sorted(values, key=lambda value: (value is not True, str(value)))
 
 
-def load_pretrained_into(model: ResNet, name: str, pretrained: bool | str = True) -> ResNet:
+def shipped_weights(name: str, pretrained: bool | str = True) -> dict[str, Any]:
+    """The shipped weight file of (name, pretrained): model_config, model (state dict) and meta."""
     path = pretrained_dir() / f"{shipped_name(name, pretrained)}.pt"
     if not path.is_file():
         values = pretrained_values(name)
@@ -229,7 +230,14 @@ def load_pretrained_into(model: ResNet, name: str, pretrained: bool | str = True
                 f"shipped: {', '.join(list_pretrained()) or 'none yet'}")
         raise ValueError(f"no shipped weights {shipped_name(name, pretrained)!r}; {hint}. "
                          "For torchvision/timm files use resnets.load_model(path)")
-    data = read_weight_file(path)
+    return read_weight_file(path)
+
+
+def load_pretrained_into(model: ResNet, name: str, pretrained: bool | str = True,
+                         data: dict[str, Any] | None = None) -> ResNet:
+    """Load shipped weights (`data`: the file when the caller has read it already) into `model`."""
+    path = pretrained_dir() / f"{shipped_name(name, pretrained)}.pt"
+    data = data if data is not None else shipped_weights(name, pretrained)
     import_state_dict(model, extract_state_dict(data), source=f"shipped weights {path.name}")
     # The JSON describes the run; the file's own meta (exact mean image as a tensor, classes) wins where both say.
     model.meta = {**(list_pretrained().get(shipped_name(name, pretrained)) or {}), **(data.get("meta") or {})}
