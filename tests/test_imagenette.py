@@ -10,6 +10,7 @@ import torch
 
 import resnets
 from resnets.analysis.ship import ship_weights
+from resnets.data.classes import class_names
 from resnets.data.folder import read_image
 from resnets.data.loader import TensorBatchLoader
 from resnets.data.paths import CACHE_ENV
@@ -128,6 +129,7 @@ def shipped_weights_agree_with_a_create_model_and_preprocess_loop(tmp_path: Path
     monkeypatch.setattr(weights_module, "pretrained_dir", lambda: folder)
     model = resnets.create_model("resnet18", pretrained="imagenette").eval()
     assert (model.spec.shortcut, model.spec.num_classes) == ("A", 2)  # the shipped architecture, not the default
+    assert class_names(model.meta, model.spec) == ["tench", "English springer"]  # what `predict` prints
     photos = sorted((data / "val").rglob("*.JPEG"))
     with torch.no_grad():
         scores = model(resnets.preprocess(model, [read_image(photo) for photo in photos]))

@@ -40,13 +40,18 @@ def imagenet_wnids() -> list[str]:
 
 
 def class_names(meta: dict[str, Any], spec: Any, source: str = "weights") -> list[str]:
-    """`meta['classes']` (checked against the network's outputs), else the family's names, else class_<i>."""
+    """`meta['classes']` (checked against the network's outputs; ImageNet wnids, as an Imagenette run stores them,
+    become their English names), else the family's names, else class_<i>."""
     classes = meta.get("classes")
     if classes is not None:
         classes = [str(c) for c in classes]
         if len(classes) != spec.num_classes:
             raise ValueError(f"{source}: meta['classes'] names {len(classes)} classes but the model has "
                              f"{spec.num_classes} outputs; fix or remove meta['classes']")
+        wnids = {wnid: index for index, wnid in enumerate(imagenet_wnids())}
+        if all(name in wnids for name in classes):
+            names = imagenet_classes()
+            return [names[wnids[name]] for name in classes]
         return classes
     if spec.family == "cifar" and spec.num_classes == 10:
         return list(CIFAR10_CLASSES)
