@@ -1,9 +1,11 @@
 """The training loop's data, behind one small protocol (`BatchLoader`): a resumable iterator of (inputs, labels)
 batches whose position is (epoch, batches already yielded), with one seed scheme (`epoch_seed`).
 
-`TensorBatchLoader`: CIFAR-sized images kept whole on the training device, with the paper's augmentation (Sec. 4.2:
-pad 4, random 32x32 crop, horizontal flip) done on entire batches there. At 32x32 a DataLoader's per-image Python
-work costs more than the network's forward pass; here each batch is a few tensor ops. All randomness of an epoch is
+`TensorBatchLoader`: datasets small enough to keep whole on the training device as uint8 (CIFAR; Imagenette's
+224x224 photos), augmented on entire batches there by a `BatchAugment`: the paper's CIFAR augmentation (Sec. 4.2:
+pad 4, random 32x32 crop, horizontal flip; `PadCropFlip`) or its ImageNet one (`transforms.ScaleCropFlip`). At
+32x32 a DataLoader's per-image Python work costs more than the network's forward pass; here each batch is a few
+tensor ops. All randomness of an epoch is
 drawn up front from a generator seeded by (seed, epoch), so batch k of an epoch is a pure function of
 (seed, epoch, k): that is what makes resuming bit-exact and DDP shards disjoint.
 
@@ -64,9 +66,7 @@ def pad_crop_flip(images: torch.Tensor, pad: int = 4, generator: torch.Generator
 class BatchAugment(Protocol):
     """Random augmentation of a whole batch on the training device: `draw` makes every image's random parameters up
     front (on the CPU generator, so a seed means the same views on any device), `__call__` turns a float batch in
-    [0, 1] and its parameters into normalised network inputs of `output_size`."""
-
-    output_size: tuple[int, int] | None  # (H, W) of the inputs it makes; None: the images' own size
+    [0, 1] and its parameters into normalised network inputs."""
 
     def draw(self, count: int, generator: torch.Generator) -> dict[str, torch.Tensor]: ...
     def __call__(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor: ...
@@ -75,8 +75,6 @@ class BatchAugment(Protocol):
 class PadCropFlip:
     """Sec. 4.2's CIFAR augmentation as a `BatchAugment`. Normalising before padding makes the padded border equal
     to the mean image, i.e. zero input, which is what padding means to the first convolution."""
-
-    output_size = None
 
     def __init__(self, normalize: Callable[[torch.Tensor], torch.Tensor], pad: int = 4) -> None:
         if pad < 0:
