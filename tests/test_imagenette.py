@@ -126,6 +126,7 @@ def shipped_weights_agree_with_a_create_model_and_preprocess_loop(tmp_path: Path
     path = ship_weights(tmp_path / "runs" / "resnet18-s0", weights_dir=folder, data=data, device="cpu")
     meta = json.loads(path.with_suffix(".json").read_text())
     assert path.name == "resnet18-imagenette.pt" and meta["check_subset"]["images"] == 6
+    assert torch.load(path, weights_only=True)["model"]["conv1.weight"].dtype == torch.float16  # half the bytes
     monkeypatch.setattr(weights_module, "pretrained_dir", lambda: folder)
     model = resnets.create_model("resnet18", pretrained="imagenette").eval()
     assert (model.spec.shortcut, model.spec.num_classes) == ("A", 2)  # the shipped architecture, not the default

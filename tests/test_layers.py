@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "resnets"
-# Lowest first: io/runtime < models, data < runs < train, evaluate < analysis, deploy < cli and the package root.
+# Lowest first: io/runtime < models, data < runs < train, evaluate < analysis, deploy, detection < cli and the root.
 LAYERS = [
     {"io", "runtime", "version"},
     {"models", "data", "plots"},
     {"runs"},
     {"train", "evaluate"},
-    {"analysis", "deploy"},
+    {"analysis", "deploy", "detection"},
     {"cli", "__init__", "__main__"},
 ]
 

@@ -58,3 +58,27 @@ def plot_layer_responses(responses: Mapping[str, Sequence[float]], path: str | P
     atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path
+
+
+def plot_detection_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path) -> Path:
+    """Training loss (left) and validation mAP@.5 (solid) and mAP@[.5:.95] (dashed) (right), one colour per run."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for index, (label, records) in enumerate(runs.items()):
+        colour = f"C{index}"
+        losses = [(r["iteration"], r["loss"]) for r in records if "loss" in r]
+        left.plot(*zip(*losses, strict=True), color=colour, linewidth=1, label=label)
+        for key, style in (("val_map_50", "-"), ("val_map", "--")):
+            points = [(r["iteration"], r[key]) for r in records if r.get(key) is not None]
+            if points:
+                right.plot(*zip(*points, strict=True), style, color=colour, marker="o", markersize=3,
+                           label=f"{label} {'mAP@.5' if key == 'val_map_50' else 'mAP@[.5:.95]'}")
+    left.set(xlabel="iteration", ylabel="training loss (sum of the four)", yscale="log")
+    right.set(xlabel="iteration", ylabel="validation mAP (%)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path

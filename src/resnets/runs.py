@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .io import UnreadableFileError, atomic_write_text, read_json
+from .io import UnreadableFileError, atomic_write_bytes, atomic_write_text, read_json
 from .models import ResNetSpec, model_spec
 
 CONFIG, METRICS, SUMMARY, WEIGHTS, CURVES = "config.json", "metrics.jsonl", "summary.json", "model.pt", "curves.png"
@@ -189,3 +189,13 @@ def inconsistencies(summary: dict[str, Any], config: dict[str, Any], metrics: Se
         problems.append(f"{SUMMARY} schedules {summary['scheduled_iterations']} iterations, {CONFIG} "
                         f"{config['iterations']}")
     return problems
+
+
+def copy_records(run_dir: Path, records: Path, extra: Sequence[str] = ()) -> Path:
+    """A complete run's small records (config, metrics, summary, curves and `extra` files) into records/<run name>,
+    the copy that is committed and reported; weights and checkpoints stay behind."""
+    target = records / run_dir.name
+    for source in (*(run_dir / name for name in (*RECORD_FILES, *extra)), RunPaths(run_dir).curves):
+        content = source.read_bytes()
+        atomic_write_bytes(target / source.name, lambda f, content=content: f.write(content))
+    return target

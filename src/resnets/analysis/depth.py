@@ -19,11 +19,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_bytes
 from ..models import model_spec
 from ..models.specs import PAPER_CIFAR10_ERROR, ResNetSpec
 from ..plots import plot_error_curves
-from ..runs import RECORD_FILES, RunDirectoryError, RunPaths, RunRecord, load_run
+from ..runs import RunDirectoryError, RunRecord, copy_records, load_run
 from ..train.recipes import RunOptions, get_recipe
 from .experiments import final_train_error, label, train_or_resume, verdict
 
@@ -148,16 +147,6 @@ def series_members(out: Path, models: Sequence[str], seeds: Sequence[int], famil
             raise ValueError(f"{model} is not a {family} network; {which}")
         run_dir = out / f"{model}-s{seed}"
         yield run_dir, RunOptions(model=model, out=str(run_dir), seed=seed, **options), spec
-
-
-def copy_records(run_dir: Path, records: Path, extra: Sequence[str] = ()) -> Path:
-    """A complete run's small records (config, metrics, summary, curves and `extra` files) into records/<run name>,
-    the copy that is committed and reported; weights and checkpoints stay behind."""
-    target = records / run_dir.name
-    for source in (*(run_dir / name for name in (*RECORD_FILES, *extra)), RunPaths(run_dir).curves):
-        content = source.read_bytes()
-        atomic_write_bytes(target / source.name, lambda f, content=content: f.write(content))
-    return target
 
 
 def run_depth_series(out: str | Path, models: Sequence[str], seeds: Sequence[int], recipe: str = "fast",

@@ -21,9 +21,9 @@ from ..evaluate.protocols import PROTOCOLS
 from ..evaluate.run import evaluate_checkpoint
 from ..io import atomic_write_json, read_json
 from ..models.specs import PAPER_IMAGENET_TOP1_10CROP
-from ..runs import RunDirectoryError, RunPaths, RunRecord
+from ..runs import RunDirectoryError, RunPaths, RunRecord, copy_records
 from ..train.recipes import get_recipe
-from .depth import copy_records, load_series, series_members, series_rows, series_verdict
+from .depth import load_series, series_members, series_rows, series_verdict
 from .experiments import train_or_resume
 
 IMAGENETTE_MODELS = ("plain18", "plain34", "resnet18", "resnet34")

@@ -1,7 +1,7 @@
-"""Ship a finished run's weights inside the package: a weights-only fp32 file and a JSON of what it measured and how
-it was made, so that the numbers travel with the weights. A paper-recipe run ships as `<model>` and loads with
-`create_model(model, pretrained=True)`; a run of another recipe ships as `<model>-<recipe>` and loads with
-`pretrained="<recipe>"` (e.g. `create_model("resnet20", pretrained="fast")`).
+"""Ship a finished run's weights inside the package: a weights-only file (fp32; fp16 for the ImageNet-family nets)
+and a JSON of what it measured and how it was made, so that the numbers travel with the weights. A paper-recipe
+run ships as `<model>` and loads with `create_model(model, pretrained=True)`; a run of another recipe ships as
+`<model>-<recipe>` and loads with `pretrained="<recipe>"` (e.g. `create_model("resnet20", pretrained="fast")`).
 
 The JSON also holds the error on a fixed 1,000-image test subset (100 per class, see `spread_indices`) measured at
 shipping time: a check on 1,000 images cannot be held to the 10,000-image number within 1 point (its standard
@@ -54,7 +54,8 @@ def center_error(model: torch.nn.Module, weights: Path, data: str | Path | None 
 
 def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str | Path | None = None,
                  data: str | Path | None = None, device: str = "auto", tag: str | None = None) -> Path:
-    """Copy RUN_DIR/model.pt to WEIGHTS_DIR/<shipped name>.pt (weights-only, fp32) with its .json; returns the .pt
+    """Copy RUN_DIR/model.pt to WEIGHTS_DIR/<shipped name>.pt (weights-only; fp32, fp16 for Imagenette nets) with
+    its .json; returns the .pt
     path. tag: the `pretrained=` value that loads it (default: none for the paper recipe, else the recipe's name).
 
     Only a complete CIFAR or Imagenette run is shipped: a shipped file claims the accuracy of a finished recipe.
@@ -82,6 +83,10 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
                          "a shipped file is loaded by create_model(name, pretrained=...): use the run's model name")
     model = model_from_weight_data(stored, source=f"weights in {run.paths.weights}")
     model = model.float()  # fp32 whatever the training precision: eval/predict/export expect it
+    # ImageNet-family nets are stored in fp16 (ResNet-18: 22 MB instead of 45 MB in the package) and loaded back
+    # into fp32; the error shipped with them is measured on these rounded weights, so it is the file's own error.
+    storage = torch.float16 if run.summary["dataset"] == "imagenette" else torch.float32
+    model = model.to(storage).float()
     meta = model.meta
     if run.summary["dataset"] == "imagenette":
         check = center_error(model, run.paths.weights, data, device)
@@ -89,7 +94,8 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
         check = subset_error(model, data, device=device)
     target_dir = Path(weights_dir) if weights_dir is not None else pretrained_dir()
     weights_path = target_dir / f"{stem}.pt"
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().to(storage) if v.is_floating_point() else v.detach().cpu()
+             for k, v in model.state_dict().items()}
     atomic_torch_save({"model_config": stored["model_config"], "model": state, "meta": meta}, weights_path)
     summary = run.summary
     description = {

@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Each module registers its subcommands; order is the order of `resnets --help`.
-COMMAND_MODULES = ("models", "train", "predict", "export", "bench", "analyze")
+COMMAND_MODULES = ("models", "train", "predict", "export", "bench", "detect", "analyze")
 
 
 class CommandError(Exception):

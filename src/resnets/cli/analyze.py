@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                    "Fig. 6, mean ± std over seeds), e.g. results/depth")
     rep.add_argument("--imagenette", default=None, help="folder of <model>-s<seed> Imagenette runs with their "
                      "protocols.json (Tables 2 and 3, Fig. 4), e.g. results/imagenette")
+    rep.add_argument("--detection", default=None, help="folder of <backbone>-s<seed> detection runs (Sec. 4.3 in "
+                     "miniature), e.g. results/detection")
     rep.add_argument("--degradation", default=None, help="folder of `resnets experiment degradation`")
     rep.add_argument("--responses", default=None, help="folder of `resnets analyze responses`")
     rep.add_argument("--out", default="REPRODUCTION.md")
@@ -67,6 +69,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     nette.add_argument("--subset", type=int, default=None, help="train on N training images (smoke runs)")
     nette.add_argument("--eval-subset", type=int, default=None, help="evaluate on N validation images while training")
     nette.set_defaults(handler=run_imagenette)
+    det = experiments.add_parser("detection", help="the same Faster R-CNN on plain-18 and ResNet-18 backbones "
+                                                   "(Sec. 4.3 in miniature), resumable")
+    det.add_argument("--backbones", nargs="+", default=["plain18", "resnet18"])
+    det.add_argument("--seeds", nargs="+", type=int, default=[0])
+    det.add_argument("--pretrained", default="imagenette", help="shipped tag, or 'none' for He initialisation")
+    det.add_argument("--data", required=True, help="synthetic dataset folder (made there if missing)")
+    det.add_argument("--out", required=True, help="run directories, <backbone>-s<seed> (outside the work tree)")
+    det.add_argument("--records", default=None, help="copy each complete run's records here (e.g. results/detection)")
+    det.add_argument("--iterations", type=int, default=None)
+    det.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    det.add_argument("--no-progress", dest="progress", action="store_false")
+    det.set_defaults(handler=run_detection)
 
 
 def add_series_arguments(parser: argparse.ArgumentParser, models: str, records: str, data: str) -> None:
@@ -117,7 +131,7 @@ def run_report(args: argparse.Namespace) -> int:
     from ..analysis.report import write_report
 
     path = write_report(args.run_dirs, args.out, args.degradation, args.responses, depth=args.depth,
-                        imagenette=args.imagenette)
+                        imagenette=args.imagenette, detection=args.detection)
     print(f"wrote {path}")
     return 0
 
@@ -127,6 +141,20 @@ def run_depth(args: argparse.Namespace) -> int:
 
     run_depth_series(args.out, args.models, args.seeds, args.recipe, args.precision, args.compile, args.data,
                      args.device, args.records, args.epochs, args.progress)
+    return 0
+
+
+def run_detection(args: argparse.Namespace) -> int:
+    from ..analysis.detection import detection_rows, detection_verdict, load_detection_runs
+    from ..detection.experiment import run_detection_series
+    from ..detection.train import DetectionRecipe
+
+    recipe = DetectionRecipe() if args.iterations is None else DetectionRecipe(iterations=args.iterations)
+    run_detection_series(args.out, args.data, args.backbones, args.seeds,
+                         None if args.pretrained == "none" else args.pretrained, args.records, args.precision, recipe,
+                         progress=args.progress)
+    for line in detection_verdict(detection_rows(load_detection_runs(args.out))):
+        print(line)
     return 0
 
 

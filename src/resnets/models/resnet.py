@@ -88,8 +88,7 @@ class ResNet(nn.Module):
                     nn.init.zeros_(m.unit(m.depth)[0].weight if m.preact else m.last_bn.weight)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
-        return self.maxpool(x if self.bn1 is None else self.relu(self.bn1(x)))
+        return stem_forward(self, x)
 
     def head_activation(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activation nets end their trunk with BN-ReLU; post-activation blocks already end in a ReLU."""
@@ -123,6 +122,13 @@ class ResNet(nn.Module):
         trunk = self.forward_trunk(x)
         weight = self.fc.weight[:, :, None, None].to(trunk.dtype)
         return nn.functional.conv2d(trunk, weight, self.fc.bias.to(trunk.dtype))
+
+
+def stem_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """conv1, BN-ReLU (post-activation nets only), max pool: for any module holding the stem under torchvision's
+    names (the ResNet itself, and detection backbones that reuse its layers)."""
+    x = net.conv1(x)
+    return net.maxpool(x if net.bn1 is None else net.relu(net.bn1(x)))
 
 
 def checkpointed(stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:

@@ -62,17 +62,19 @@ def read_training_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def read_intact_checkpoint(candidates: Sequence[Path], log: Callable[[str], Any] = print
+def read_intact_checkpoint(candidates: Sequence[Path], log: Callable[[str], Any] = print,
+                           read: Callable[[Path], dict[str, Any]] = read_training_checkpoint
                            ) -> tuple[Path, dict[str, Any]]:
     """The first of `candidates` (newest first) that exists and verifies; a damaged one is reported and skipped.
-    One error naming every candidate and what was wrong with it when none is intact."""
+    One error naming every candidate and what was wrong with it when none is intact. `read`: the reader of one
+    checkpoint kind (classification by default; detection runs pass theirs)."""
     problems = []
     for path in candidates:
         if not path.is_file():
             problems.append(f"{path} does not exist")
             continue
         try:
-            state = read_training_checkpoint(path)
+            state = read(path)
         except (UnreadableFileError, ValueError) as error:
             problems.append(str(error))
             log(f"warning: {error}")

@@ -51,6 +51,11 @@ def build_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -> Trainin
     raise ValueError(f"unknown dataset {options.dataset!r}; valid: {', '.join(DATASETS)}")
 
 
+def random_subset(total: int, count: int, seed: int) -> torch.Tensor:
+    """`count` of `total` training images in a seeded random order (--subset smoke runs)."""
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:count]
+
+
 def build_cifar_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -> TrainingData:
     train = load_cifar(options.data, options.dataset, "train")
     test = load_cifar(options.data, options.dataset, "test")
@@ -62,8 +67,8 @@ def build_cifar_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -> T
         evals_source["val"] = (train_images[val_index], train_labels[val_index])
         train_images, train_labels = train_images[train_index], train_labels[train_index]
     if options.subset:
-        chosen = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(options.seed))
-        train_images, train_labels = train_images[chosen[: options.subset]], train_labels[chosen[: options.subset]]
+        chosen = random_subset(len(train_labels), options.subset, options.seed)
+        train_images, train_labels = train_images[chosen], train_labels[chosen]
     if options.eval_subset:  # spread evenly: image folders list the test set class by class
         picks = {k: spread_indices(len(y), options.eval_subset) for k, (_, y) in evals_source.items()}
         evals_source = {k: (x[picks[k]], y[picks[k]]) for k, (x, y) in evals_source.items()}
@@ -92,31 +97,33 @@ def build_decoded_imagenet_data(options: RunOptions, recipe: Recipe, runtime: Ru
     val = read_image_folder(root, "val", size, kind=name)
     train_images, train_labels = train.images, train.labels
     if options.subset:
-        chosen = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(options.seed))
-        train_images, train_labels = train_images[chosen[: options.subset]], train_labels[chosen[: options.subset]]
+        chosen = random_subset(len(train_labels), options.subset, options.seed)
+        train_images, train_labels = train_images[chosen], train_labels[chosen]
     picked = spread_indices(len(val.labels), options.eval_subset)  # val folders are sorted by class
     # Evaluation sees what `preprocess` and the `center` protocol feed a network: the same uint8 resize and crop.
     center = EvalTransform(recipe.eval_resize, recipe.crop_size).geometry
     val_views = torch.cat([center(part) for part in val.images[picked].split(256)])
     train_views = torch.cat([center(part) for part in train_images.split(256)])
-    mean_image = per_pixel_mean(train_views)  # Sec. 3.4: "the per-pixel mean subtracted", of centre views
+    # Sec. 3.4: "the per-pixel mean subtracted", of centre views (at most recipe.mean_images, spread over classes)
+    mean_image = per_pixel_mean(train_views[spread_indices(len(train_views), recipe.mean_images)])
     normalize = Normalize(mean_image, std=None)
     device = runtime.device
+    device_mean = mean_image.to(device)
     pca = {}
     if recipe.lighting_pca == "computed" and recipe.lighting_std > 0:
         eigval, eigvec = pixel_pca(train_views.split(256))
         pca = {"eigval": eigval, "eigvec": eigvec}
     augment = (ScaleCropFlip((size, size), (recipe.scale_min, recipe.scale_max), recipe.crop_size,
-                             recipe.lighting_std, normalize=Normalize(mean_image.to(device), std=None), **pca)
+                             recipe.lighting_std, normalize=Normalize(device_mean, std=None), **pca)
                if recipe.augment else False)
     train_source = train_images if recipe.augment else train_views
     train_loader = TensorBatchLoader(
         train_source.to(device), train_labels.to(device), batch_size=recipe.batch_size // runtime.world_size,
-        shuffle=True, augment=augment, mean=None if recipe.augment else mean_image.to(device), drop_last=True,
+        shuffle=True, augment=augment, mean=None if recipe.augment else device_mean, drop_last=True,
         seed=options.seed, rank=runtime.rank, world_size=runtime.world_size, channels_last=options.channels_last)
     shard = slice(runtime.rank, None, runtime.world_size)
     evaluation = TensorBatchLoader(val_views[shard].to(device), val.labels[picked][shard].to(device),
-                                   batch_size=IMAGENET_EVAL_BATCH * 4, mean=mean_image.to(device),
+                                   batch_size=IMAGENET_EVAL_BATCH * 4, mean=device_mean,
                                    channels_last=options.channels_last)
     preprocess = Preprocessing("imagenet", recipe.eval_resize, recipe.crop_size,
                                tuple(normalize.channel_mean.tolist()), None, mean_image)
@@ -143,8 +150,8 @@ def build_imagenet_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -
     val_set = open_image_folder(_find_split(root, "val"), class_to_idx=train_set.class_to_idx,
                                 labels_file=options.val_labels, on_bad_image=on_bad)
     if options.subset:
-        chosen = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(options.seed))
-        train_set = ImageFolderDataset.from_samples([train_set.samples[i] for i in chosen[: options.subset]],
+        chosen = random_subset(len(train_set), options.subset, options.seed)
+        train_set = ImageFolderDataset.from_samples([train_set.samples[i] for i in chosen],
                                                     train_set.classes, root=train_set.root, on_bad_image=on_bad)
     if recipe.mean == "pixel":  # Sec. 3.4: "the per-pixel mean subtracted"
         normalize = Normalize(compute_mean_image(train_set, size=recipe.crop_size, resize=recipe.eval_resize,

@@ -1,0 +1,67 @@
+"""The detection transfer experiment (Sec. 4.3 in miniature) read back from its committed records: one row per
+backbone (mAP mean +- std over its runs), the curves, and the verdict "residual backbone transfers better".
+
+Reads only the run files (summary.json, config.json, metrics.jsonl under <backbone>-s<seed>/), so REPRODUCTION.md
+regenerates from the repository alone. Paper: Faster R-CNN on COCO, VGG-16 -> ResNet-101: mAP@.5 41.5 -> 48.4,
+mAP@[.5:.95] 21.2 -> 27.2 (Table 8); VOC 2007 73.2 -> 76.4 (Table 7).
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..io import read_json
+from ..runs import RunDirectoryError, RunPaths, read_metrics
+
+PAPER_COCO = {"vgg16": {"map_50": 41.5, "map": 21.2}, "resnet101": {"map_50": 48.4, "map": 27.2}}
+_RUN = re.compile(r"^(?P<backbone>[a-z_]+\d+)-s(?P<seed>\d+)$")
+
+
+def load_detection_runs(folder: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """backbone -> its complete runs ({"name", "summary", "config", "metrics"}), in folder order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunDirectoryError(f"{folder} does not exist; run `resnets experiment detection --records {folder}`")
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for run_dir in sorted(p for p in folder.iterdir() if p.is_dir() and _RUN.match(p.name)):
+        paths = RunPaths(run_dir)
+        summary = read_json(paths.summary, "detection run summary")
+        if not summary.get("complete"):
+            raise RunDirectoryError(f"{run_dir} is not complete; finish it before reporting")
+        runs.setdefault(str(_RUN.match(run_dir.name)["backbone"]), []).append(  # type: ignore[index]
+            {"name": run_dir.name, "summary": summary, "config": read_json(paths.config, "detection run config"),
+             "metrics": read_metrics(paths.metrics)})
+    if not runs:
+        raise RunDirectoryError(f"{folder} holds no <backbone>-s<seed> detection runs")
+    return runs
+
+
+def detection_rows(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    rows = []
+    for backbone, members in runs.items():
+        summaries = [m["summary"] for m in members]
+        rows.append({"backbone": backbone, "runs": len(members), "pretrained": summaries[0]["backbone_source"],
+                     "map": [s["val_map"] for s in summaries], "map_50": [s["val_map_50"] for s in summaries],
+                     "minutes": statistics.fmean(s["train_seconds"] for s in summaries) / 60,
+                     "iterations": summaries[0]["iterations"], "form": summaries[0]["form"]})
+    return rows
+
+
+def detection_verdict(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each residual backbone against the plain one of the same depth, on mean mAP@[.5:.95] (and mAP@.5)."""
+    by_name = {row["backbone"]: row for row in rows}
+    lines = []
+    for name, row in by_name.items():
+        plain = by_name.get(name.replace("resnet", "plain")) if name.startswith("resnet") else None
+        if plain is None:
+            continue
+        ours, theirs = statistics.fmean(row["map"]), statistics.fmean(plain["map"])
+        ours50, theirs50 = statistics.fmean(row["map_50"]), statistics.fmean(plain["map_50"])
+        lines.append(f"residual backbone transfers better ({name} vs {plain['backbone']}): "
+                     f"{'yes' if ours > theirs else 'no'} (mAP@[.5:.95] {ours:.2f} vs {theirs:.2f}, mAP@.5 "
+                     f"{ours50:.2f} vs {theirs50:.2f}; {row['runs']} and {plain['runs']} run(s))")
+    return lines or ["no residual/plain pair of the same depth to compare"]

@@ -1,0 +1,31 @@
+"""Object detection with our ResNets as backbones (Sec. 4.3, Appendix A): torchvision's Faster R-CNN / Mask R-CNN
+in the paper's C4 form or the FPN form, a synthetic-composition dataset made offline, COCO mAP with pycocotools,
+and a resumable training loop.
+
+    from resnets.detection import build_detector
+    detector = build_detector("resnet50", num_classes=91, form="fpn")   # torchvision's state_dict names
+"""
+
+from .backbones import build_detector, freeze_batchnorm, set_trainable_layers
+from .data import DetectionDataset, collate_detection
+from .inference import detect_image, evaluate_detector, load_detector
+from .metrics import detections_to_coco, evaluate_detections
+from .synthetic import make_synthetic_detection
+from .train import DetectionOptions, DetectionRecipe, train_detector
+
+__all__ = [
+    "DetectionDataset",
+    "DetectionOptions",
+    "DetectionRecipe",
+    "build_detector",
+    "collate_detection",
+    "detect_image",
+    "detections_to_coco",
+    "evaluate_detections",
+    "evaluate_detector",
+    "freeze_batchnorm",
+    "load_detector",
+    "make_synthetic_detection",
+    "set_trainable_layers",
+    "train_detector",
+]

@@ -1,0 +1,61 @@
+"""Sec. 4.3 in miniature, "features matter": one detector and one schedule on backbones pre-trained the same way
+(Imagenette, #16), plain against residual, on the synthetic composition dataset. Run directories are
+`<backbone>-s<seed>` under `out`: complete runs are skipped, interrupted ones resumed, so the command can be
+repeated until the series is done, one sitting at a time; each finished run's small records are copied to `records`
+(e.g. results/detection) for `resnets report --detection`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..runs import RunPaths, copy_records
+from .synthetic import make_synthetic_detection
+from .train import DetectionOptions, DetectionRecipe, train_detector
+
+DETECTION_BACKBONES = ("plain18", "resnet18")
+
+
+def run_detection_series(out: str | Path, data: str | Path, backbones: Sequence[str] = DETECTION_BACKBONES,
+                         seeds: Sequence[int] = (0,), pretrained: str | None = "imagenette",
+                         records: str | Path | None = None, precision: str = "fp32",
+                         recipe: DetectionRecipe | None = None, train_images: int = 2000, val_images: int = 500,
+                         progress: bool = True, log: Callable[[str], Any] = print) -> list[Path]:
+    """Make the dataset if `data` does not hold it yet, then train every backbone x seed; returns the run dirs.
+    pretrained: a shipped tag (e.g. "imagenette"), a folder of classification runs named <backbone>-s0 (e.g. the
+    Imagenette series' run directories: each backbone starts from its own run's weights), or None (He init)."""
+    data = Path(data)
+    if not (data / "annotations" / "val.json").is_file():
+        make_synthetic_detection(data, train_images=train_images, val_images=val_images, seed=0, progress=progress)
+    recipe = recipe or DetectionRecipe()
+    done = []
+    for backbone in backbones:
+        for seed in seeds:
+            run_dir = Path(out) / f"{backbone}-s{seed}"
+            if RunPaths(run_dir).is_complete():
+                log(f"{run_dir.name}: complete in {run_dir}, skipped")
+            else:
+                resume = RunPaths(run_dir).has_checkpoint()
+                log(f"{run_dir.name}: {'resuming' if resume else 'training'} in {run_dir}")
+                source = backbone_weights(pretrained, backbone)
+                train_detector(DetectionOptions(data=str(data), out=str(run_dir), backbone=backbone, pretrained=source,
+                                                precision=precision, seed=seed, resume=resume, progress=progress,
+                                                recipe=dataclasses.replace(recipe)))
+            if records is not None:
+                copy_records(run_dir, Path(records))
+            done.append(run_dir)
+    return done
+
+
+def backbone_weights(pretrained: str | None, backbone: str) -> str | None:
+    """A folder of classification runs means its <backbone>-s0 run; anything else is passed on as given."""
+    if pretrained is not None and Path(pretrained).is_dir():
+        run = Path(pretrained) / f"{backbone}-s0"
+        if not (run / "model.pt").is_file():
+            raise FileNotFoundError(f"{run}/model.pt does not exist: train {backbone} in {pretrained} first "
+                                    "(resnets experiment imagenette) or give a shipped tag")
+        return str(run)
+    return pretrained

@@ -1,0 +1,82 @@
+"""COCO box AP (the detection metric of Sec. 4.3 and Appendix A) with pycocotools, the reference implementation.
+
+`evaluate_detections` reads the annotation JSON once and builds both pycocotools objects from memory (no second
+read, no `loadRes`): the results object is made the same way whether or not there are detections, so an empty
+list (which `loadRes` cannot take) gives what COCOeval itself gives for no detections: AP 0 wherever the ground
+truth has objects. pycocotools prints progress and tables to stdout; all of it is captured here.
+
+Values are percentages. A metric pycocotools marks undefined (-1: no ground-truth object at all, or none in that
+size range, e.g. no box under 32x32 px for map_small) is returned as NaN, so that it cannot be averaged as a score.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from ..io import read_json
+
+# Names (torchmetrics' names) of COCOeval.stats[0:6]: AP@[.5:.95], AP@.5, AP@.75, AP small / medium / large.
+METRICS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
+
+
+def detections_to_coco(image_ids: Sequence[int], outputs: Sequence[Mapping[str, torch.Tensor]]) -> list[dict]:
+    """torchvision detection outputs ({"boxes": N x 4 xyxy, "scores": N, "labels": N}, one per image, in the order
+    of `image_ids`) -> COCO result dicts {"image_id", "category_id", "bbox": [x, y, w, h], "score"}."""
+    if len(image_ids) != len(outputs):
+        raise ValueError(f"detections_to_coco: {len(image_ids)} image ids for {len(outputs)} outputs; pass one id "
+                         "per output, in the same order")
+    results = []
+    for image_id, output in zip(image_ids, outputs, strict=True):
+        boxes = output["boxes"].detach().to("cpu", torch.float64).reshape(-1, 4).tolist()
+        scores = output["scores"].detach().cpu().tolist()
+        labels = output["labels"].detach().cpu().tolist()
+        for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels, strict=True):
+            results.append({"image_id": int(image_id), "category_id": int(label), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "score": float(score)})
+    return results
+
+
+def evaluate_detections(annotation_file: Path, results: list[dict], image_ids: Sequence[int] | None = None
+                        ) -> dict[str, float]:
+    """COCO box AP of `results` (COCO result dicts, e.g. from `detections_to_coco`) against `annotation_file`:
+    {"map", "map_50", "map_75", "map_small", "map_medium", "map_large"} in percent, NaN where undefined.
+    image_ids: evaluate on these images only (a subset of the split), else on all of them."""
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError:
+        raise ImportError("COCO evaluation needs pycocotools: pip install 'resnets[detection]'") from None
+    document = read_json(annotation_file, "annotation file")
+    for ann in document.get("annotations", []):  # fields COCOeval needs that box-only files may omit
+        ann.setdefault("iscrowd", 0)
+        ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
+    known = {image["id"] for image in document.get("images", [])}
+    detections = []
+    for number, result in enumerate(results, 1):
+        if result.get("image_id") not in known or len(result.get("bbox", ())) != 4 or "score" not in result:
+            raise ValueError(f"result {number} ({str(result)[:100]}) needs an image_id of {annotation_file}, a bbox "
+                             "[x, y, w, h] and a score; make results with detections_to_coco and this split's ids")
+        x, y, w, h = (float(v) for v in result["bbox"])
+        detections.append({"id": number, "image_id": result["image_id"], "category_id": int(result["category_id"]),
+                           "bbox": [x, y, w, h], "area": w * h, "score": float(result["score"]), "iscrowd": 0})
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth, predicted = COCO(), COCO()
+        truth.dataset = document
+        predicted.dataset = {"images": document["images"], "categories": document["categories"],
+                             "annotations": detections}
+        truth.createIndex()
+        predicted.createIndex()
+        evaluation = COCOeval(truth, predicted, "bbox")
+        if image_ids is not None:
+            evaluation.params.imgIds = sorted(int(i) for i in image_ids)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return {name: float(value) * 100 if value >= 0 else math.nan
+            for name, value in zip(METRICS, evaluation.stats[:6], strict=True)}
