@@ -19,14 +19,19 @@ import torch
 from resnets import create_model, list_pretrained, preprocess
 from resnets.analysis.ship import subset_error
 from resnets.data.folder import read_image
+from resnets.data.paths import datasets_root
 from resnets.deploy.export import run_exported
 from resnets.models.weights import pretrained_dir
 
+from .conftest import skip_without_data
 from .test_train import run_cli
 
 SHIPPED = list_pretrained()
-NAMES = sorted(SHIPPED) or [pytest.param(None, marks=pytest.mark.skip(
-    reason="no weights shipped yet (resnets analyze ship RUN_DIR puts them in src/resnets/assets/weights)"))]
+NAMES = sorted(n for n in SHIPPED if SHIPPED[n]["dataset"] != "imagenette") or [pytest.param(
+    None, marks=pytest.mark.skip(reason="no weights shipped yet (resnets analyze ship RUN_DIR puts them in "
+                                        "src/resnets/assets/weights)"))]
+IMAGENETTE = sorted(n for n in SHIPPED if SHIPPED[n]["dataset"] == "imagenette") or [pytest.param(
+    None, marks=pytest.mark.skip(reason="no Imagenette weights shipped yet"))]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -42,6 +47,29 @@ def test_shipped_weights_reach_their_stated_accuracy(name: str, cifar10_jpeg_dir
     p = stated["test_top1_error"] / 100
     standard_error = 100 * math.sqrt(p * (1 - p) / check["images"])
     assert abs(measured["top1_error"] - stated["test_top1_error"]) <= 1.0 + 4 * standard_error, (name, measured)
+
+
+@pytest.mark.parametrize("name", IMAGENETTE)
+def test_shipped_imagenette_weights_give_their_error_on_every_validation_photo(name: str) -> None:
+    """A loop that only uses create_model and preprocess, over all 3,925 validation photos: the error in the
+    metadata (measured on the stored fp16-rounded weights with the center protocol) within 0.2 points."""
+    stated = SHIPPED[name]
+    folder = datasets_root() / "imagenette" / "val"
+    if not folder.is_dir():
+        skip_without_data(f"{folder} not found")
+    model = create_model(stated["model"], pretrained=stated["pretrained"]).eval()
+    photos = sorted(folder.rglob("*.JPEG"))
+    wrong = 0
+    with torch.no_grad():
+        for start in range(0, len(photos), 250):
+            batch = photos[start:start + 250]
+            scores = model(preprocess(model, [read_image(photo) for photo in batch]))
+            labels = torch.tensor([stated["classes"].index(photo.parent.name) for photo in batch])
+            wrong += int((scores.argmax(1) != labels).sum())
+    error = 100 * wrong / len(photos)
+    assert len(photos) == stated["check_subset"]["images"] == 3925
+    assert abs(error - stated["check_subset"]["top1_error"]) <= 0.2, (name, error)
+    assert abs(error - stated["test_top1_error"]) <= 0.2, (name, error)
 
 
 def test_unknown_tag_names_what_ships() -> None:
