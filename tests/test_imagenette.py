@@ -111,6 +111,9 @@ def test_imagenette_experiment_and_report(tmp_path: Path, monkeypatch: pytest.Mo
     assert "## ImageNet in miniature" in text and "| ResNet-18 |" in text and "| plain-18 |" in text
     assert f"{protocols['protocols']['10crop']['top1_error']:.2f}" in text
     assert "10-crop testing is better than a single centre crop: " in text
+    per_scale = protocols["protocols"]["multiscale"]["per_scale_top1_error"]
+    assert list(per_scale) == ["112", "128", "192", "240", "320"]
+    assert "each scale alone" in text and f"{per_scale['320']:.2f}" in text
     assert (tmp_path / "figures" / "imagenette-fig4.png").is_file()
     shipped_weights_agree_with_a_create_model_and_preprocess_loop(tmp_path, data, monkeypatch)
     (records / "protocols.json").unlink()

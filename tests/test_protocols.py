@@ -190,3 +190,18 @@ def test_evaluate_accepts_plain_datasets_of_uint8_images(six_photos: Path, resne
         evaluate(resnet18, [(images[0].float(), 3)], "center", progress=False)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown test protocol"):
         evaluate(resnet18, plain, "12crop", progress=False)  # type: ignore[arg-type]
+
+
+def test_multiscale_batches_mixed_sizes_like_one_image_at_a_time(six_photos: Path, resnet18: resnets.ResNet) -> None:
+    """Batched multi-scale testing (photos of different shapes grouped by view size) gives each photo the same
+    prediction as testing it alone, in dataset order; the per-scale errors are those of single-scale runs."""
+    shapes = {read_image(p).shape[1:] for p in six_photos.iterdir()}
+    assert len(shapes) > 1, "the fixture should mix photo shapes"
+    batched = evaluate(resnet18, six_photos, "multiscale", batch_size=6, progress=False, scales=(160, 224),
+                       keep_predictions=True)
+    alone = evaluate(resnet18, six_photos, "multiscale", batch_size=1, progress=False, scales=(160, 224),
+                     keep_predictions=True)
+    assert batched["predictions"] == alone["predictions"] and batched["top1_error"] == alone["top1_error"]
+    for side in (160, 224):
+        single = evaluate(resnet18, six_photos, "multiscale", batch_size=6, progress=False, scales=(side,))
+        assert batched["per_scale_top1_error"][str(side)] == single["top1_error"]

@@ -43,11 +43,8 @@ def setup_runtime(device: str = "auto") -> Runtime:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(device))
     if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")
         if world_size > 1:
             device = f"cuda:{local_rank}"
         torch.cuda.set_device(torch.device(device))
@@ -55,6 +52,16 @@ def setup_runtime(device: str = "auto") -> Runtime:
         backend = "nccl" if device.startswith("cuda") else "gloo"
         dist.init_process_group(backend, store=attempt_store(), rank=rank, world_size=world_size)
     return Runtime(torch.device(device), rank, world_size, local_rank)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> CUDA when there is one, else the CPU; a CUDA request without CUDA is one clear error."""
+    device = str(device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(device)
 
 
 def attempt_store() -> dist.Store:

@@ -28,6 +28,8 @@ from .experiments import train_or_resume
 
 IMAGENETTE_MODELS = ("plain18", "plain34", "resnet18", "resnet34")
 PROTOCOLS_FILE = "protocols.json"
+_COMMON_KEYS = ("top1_error", "top5_error", "images", "views_per_image", "seconds")
+PROTOCOL_KEYS = {"center": _COMMON_KEYS, "10crop": _COMMON_KEYS, "multiscale": (*_COMMON_KEYS, "per_scale_top1_error")}
 
 
 def file_sha256(path: Path) -> str:
@@ -41,26 +43,28 @@ def file_sha256(path: Path) -> str:
 def evaluate_protocols(run_dir: Path, data: str | Path | None = None, device: str = "auto",
                        precision: str = "fp32", log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Top-1/top-5 validation error of the run's final weights under each protocol, written to protocols.json;
-    reused when that file already belongs to these weights (its sha256), recomputed otherwise."""
+    each protocol's entry is reused when the file belongs to these weights (its sha256) and precision and holds all
+    its keys."""
     weights = RunPaths(run_dir).weights
     if not weights.is_file():
         raise RunDirectoryError(f"{run_dir} has no {weights.name}: the run is not complete; finish it first")
     digest, path = file_sha256(weights), run_dir / PROTOCOLS_FILE
-    if path.is_file():
-        previous = read_json(path, "protocol results")
-        if previous.get("weights_sha256") == digest and set(previous.get("protocols", {})) == set(PROTOCOLS):
-            return previous
-    results = {}
+    previous = read_json(path, "protocol results") if path.is_file() else {}
+    same = (previous.get("weights_sha256"), previous.get("precision")) == (digest, precision)
+    results = previous.get("protocols", {}) if same else {}
+    record = {"weights_sha256": digest, "precision": precision, "source": previous.get("source") if same else None,
+              "protocols": results}
     for protocol in PROTOCOLS:
+        if set(PROTOCOL_KEYS[protocol]) <= set(results.get(protocol, {})):
+            continue  # measured on these weights already (each protocol is saved as soon as it is done)
         result = evaluate_checkpoint(run_dir, data=None if data is None else str(data),
                                      dataset="imagenette", precision=precision, device=device, protocol=protocol,
                                      num_workers=2, batch_size=50, progress=False)
-        results[protocol] = {key: result[key] for key in ("top1_error", "top5_error", "images", "views_per_image",
-                                                          "seconds")}
+        results[protocol] = {key: result[key] for key in PROTOCOL_KEYS[protocol]}
         log(f"{run_dir.name} {protocol}: top-1 {result['top1_error']:.2f}%, top-5 {result['top5_error']:.2f}% "
             f"({result['images']} images, {result['seconds']:.0f} s)")
-    record = {"weights_sha256": digest, "precision": precision, "source": result["source"], "protocols": results}
-    atomic_write_json(path, record)
+        record["source"] = result["source"]
+        atomic_write_json(path, record)
     return record
 
 
@@ -99,7 +103,8 @@ def protocol_results(run: RunRecord) -> dict[str, dict[str, float]]:
 
 
 def protocol_rows(series: Mapping[str, Sequence[RunRecord]]) -> list[dict[str, Any]]:
-    """Per network: seed-mean top-1 and top-5 validation error under each protocol."""
+    """Per network: seed-mean top-1 and top-5 validation error under each protocol, and multi-scale's top-1 error
+    of each scale alone (`multiscale_per_scale`, shorter side -> %, None when a record predates it)."""
     rows = []
     for model, runs in series.items():
         results = [protocol_results(run) for run in runs]
@@ -107,6 +112,9 @@ def protocol_rows(series: Mapping[str, Sequence[RunRecord]]) -> list[dict[str, A
         for protocol in PROTOCOLS:
             for key in ("top1_error", "top5_error"):
                 row[f"{protocol}_{key}"] = statistics.fmean(r[protocol][key] for r in results)
+        per_scale = [r["multiscale"].get("per_scale_top1_error") for r in results]  # absent in older records
+        row["multiscale_per_scale"] = ({side: statistics.fmean(p[side] for p in per_scale) for side in per_scale[0]}
+                                       if all(per_scale) else None)
         rows.append(row)
     return rows
 

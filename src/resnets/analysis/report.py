@@ -327,7 +327,12 @@ def _imagenette_section(writer: ReportWriter, folder: Path, series: dict[str, li
     with tempfile.TemporaryDirectory() as scratch:
         figure = writer.figure(plot_series(series, Path(scratch) / "imagenette.png"), "imagenette-fig4.png",
                                "Fig. 4 in miniature: plain (left) and ResNet (right) on Imagenette")
-    scales = ", ".join(map(str, multiscale_sides(first.config["recipe"]["crop_size"])))
+    recipe = first.config["recipe"]
+    sides = multiscale_sides(recipe["crop_size"])
+    scales = ", ".join(map(str, sides))
+    by_scale = [(net_label(row["model"]), *("-" if row["multiscale_per_scale"] is None
+                                            else f"{row['multiscale_per_scale'][str(side)]:.2f}" for side in sides),
+                 f"{row['multiscale_top1_error']:.2f}") for row in rows]
     return ["## ImageNet in miniature: Tables 2 and 3, Fig. 4 on Imagenette",
             f"Every run under `{folder}`, all on one budget: {schedule_of(first)} ({first.summary['epochs']:g} "
             f"epochs; {first.config['recipe']['notes']}); {first.summary['data']['train_images']:,} training photos "
@@ -342,6 +347,10 @@ def _imagenette_section(writer: ReportWriter, folder: Path, series: dict[str, li
             f"corners and centre and their flips; multiscale: the whole image, fully convolutional, at shorter "
             f"sides {scales} and flips.",
             table(("net", *PROTOCOLS), table3),
+            f"Multi-scale testing, each scale alone (the whole image and its flip): top-1 validation error (%). "
+            f"Training saw shorter sides {recipe['scale_min']}-{recipe['scale_max']}, cropped to "
+            f"{recipe['crop_size']}; the photos are 224 px, so larger sides upsample them.",
+            table(("net", *(f"side {side}" for side in sides), "all five"), by_scale),
             figure, "Dashed: training error; solid: validation error (centre view).",
             "Verdicts (computed from the data):\n\n" + "\n".join(f"- {line}" for line in
                                                                  imagenette_verdicts(series))]
@@ -364,7 +373,8 @@ def _detection_section(writer: ReportWriter, folder: Path, runs: dict[str, list[
             f"{recipe['image_size']}px (lr {recipe['lr']}, /10 at {recipe['milestones']} of the run, frozen BN, "
             f"top {recipe['trainable_layers']} stages trained), on a synthetic composition (CIFAR-10 objects pasted "
             "on Imagenette photos, `resnets detect make-data`; not COCO or VOC). COCO mAP by pycocotools on the "
-            f"{first['summary']['val_images']:,} validation images.",
+            f"{first['summary']['val_images']:,} validation images"
+            + (f"; {hardware_brief(first['summary']['hardware'])}." if "hardware" in first["summary"] else "."),
             table(("backbone", "pre-training", "runs", "mAP@.5 (%)", "mAP@[.5:.95] (%)", "train time"), body),
             f"Paper (COCO, Faster R-CNN): VGG-16 {paper['vgg16']['map_50']} / {paper['vgg16']['map']}, ResNet-101 "
             f"{paper['resnet101']['map_50']} / {paper['resnet101']['map']} (mAP@.5 / mAP@[.5:.95]).",

@@ -8,6 +8,8 @@ import argparse
 import importlib
 import sys
 
+from ..runtime import Preempted
+
 # Each module registers its subcommands; order is the order of `resnets --help`.
 COMMAND_MODULES = ("models", "train", "predict", "export", "bench", "detect", "analyze")
 
@@ -31,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("resnets: interrupted", file=sys.stderr)
         return 130
+    except Preempted as stopped:  # SIGTERM/SIGUSR1: a checkpoint was written; the same command continues
+        print(f"resnets {args.command}: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except BrokenPipeError:  # `resnets models | head`: the reader left; say nothing more
         sys.stdout = None  # type: ignore[assignment]  # keeps the interpreter from flushing into the closed pipe
         return 0

@@ -79,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     det.add_argument("--records", default=None, help="copy each complete run's records here (e.g. results/detection)")
     det.add_argument("--iterations", type=int, default=None)
     det.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    det.add_argument("--device", default="auto")
     det.add_argument("--no-progress", dest="progress", action="store_false")
     det.set_defaults(handler=run_detection)
 
@@ -151,7 +152,8 @@ def run_detection(args: argparse.Namespace) -> int:
 
     recipe = DetectionRecipe() if args.iterations is None else DetectionRecipe(iterations=args.iterations)
     run_detection_series(args.out, args.data, args.backbones, args.seeds,
-                         None if args.pretrained == "none" else args.pretrained, args.records, args.precision, recipe,
+                         None if args.pretrained == "none" else args.pretrained, args.records, args.precision,
+                         args.device, recipe,
                          progress=args.progress)
     for line in detection_verdict(detection_rows(load_detection_runs(args.out))):
         print(line)

@@ -19,7 +19,6 @@ from ..detection import (
     make_synthetic_detection,
     train_detector,
 )
-from ..runtime import Preempted
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="backbone stages trained, from the top (5 = all)")
     t.add_argument("--no-frozen-bn", action="store_true", help="train BN statistics instead of freezing them")
     t.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when there is one)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--deterministic", action="store_true")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -65,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--data", required=True)
     e.add_argument("--split", default="val")
     e.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    e.add_argument("--device", default="auto")
     e.set_defaults(handler=run_eval)
 
     p = actions.add_parser("predict", help="boxes on photos, drawn to PNG files")
@@ -72,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+")
     p.add_argument("--out", default="detections", help="folder for <image>.png")
     p.add_argument("--threshold", type=float, default=0.5, help="lowest score drawn")
+    p.add_argument("--device", default="auto")
     p.set_defaults(handler=run_predict)
 
 
@@ -85,27 +87,23 @@ def run_train(args: argparse.Namespace) -> int:
     recipe = DetectionRecipe(form=args.form, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
                              trainable_layers=args.trainable_layers, frozen_bn=not args.no_frozen_bn)
     options = DetectionOptions(data=args.data, out=args.out, backbone=args.backbone, pretrained=args.pretrained,
-                               precision=args.precision, seed=args.seed, deterministic=args.deterministic,
-                               resume=args.resume, eval_images=args.eval_images,
+                               precision=args.precision, device=args.device, seed=args.seed,
+                               deterministic=args.deterministic, resume=args.resume, eval_images=args.eval_images,
                                checkpoint_every=args.checkpoint_every, progress=not args.no_progress, recipe=recipe)
-    try:
-        summary = train_detector(options)
-    except Preempted as stop:
-        print(f"resnets detect train: {stop}")
-        return stop.exit_code
+    summary = train_detector(options)
     print(f"{args.backbone} {args.form}: mAP@.5 {summary['val_map_50']:.1f}%, mAP@[.5:.95] {summary['val_map']:.1f}% "
           f"on {summary['val_images']} validation images -> {args.out}")
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    detector, _ = load_detector(args.run)
+    detector, _ = load_detector(args.run, args.device)
     scores = evaluate_detector(detector, DetectionDataset(Path(args.data), args.split), precision=args.precision)
     print(json.dumps({key: round(value, 2) for key, value in scores.items()}))
 
 
 def run_predict(args: argparse.Namespace) -> None:
-    detector, config = load_detector(args.run)
+    detector, config = load_detector(args.run, args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for image in args.images:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -108,15 +107,10 @@ def resolve(args: argparse.Namespace) -> tuple[RunOptions, Recipe]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..runtime import Preempted
     from ..train.loop import train
 
     options, recipe = resolve(args)
-    try:
-        train(options, recipe)
-    except Preempted as stopped:
-        print(f"resnets train: {stopped}", file=sys.stderr)
-        return stopped.exit_code
+    train(options, recipe)
     return 0
 
 

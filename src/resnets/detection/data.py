@@ -108,10 +108,15 @@ class DetectionDataset(Dataset):
                 f"categories={len(self._categories)}, train_flip={self.train_flip})")
 
 
-def collate_detection(batch: list[tuple[torch.Tensor, dict[str, Any]]]
+def collate_detection(batch: list[tuple[torch.Tensor, dict[str, Any]]], device: torch.device | None = None
                       ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-    """Detection images differ in size and box count, so a batch stays two lists (what torchvision models take)."""
-    return [image for image, _ in batch], [target for _, target in batch]
+    """Detection images differ in size and box count, so a batch stays two lists (what torchvision models take),
+    moved to `device` if given."""
+    if device is None:
+        return [image for image, _ in batch], [target for _, target in batch]
+    return ([image.to(device, non_blocking=True) for image, _ in batch],
+            [{key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+              for key, value in target.items()} for _, target in batch])
 
 
 def _read_annotations(path: Path) -> dict[str, Any]:

@@ -14,20 +14,23 @@ from typing import Any
 
 from ..runs import RunPaths, copy_records
 from .synthetic import make_synthetic_detection
-from .train import DetectionOptions, DetectionRecipe, train_detector
+from .train import DetectionOptions, DetectionRecipe, load_backbone, train_detector
 
 DETECTION_BACKBONES = ("plain18", "resnet18")
 
 
 def run_detection_series(out: str | Path, data: str | Path, backbones: Sequence[str] = DETECTION_BACKBONES,
                          seeds: Sequence[int] = (0,), pretrained: str | None = "imagenette",
-                         records: str | Path | None = None, precision: str = "fp32",
+                         records: str | Path | None = None, precision: str = "fp32", device: str = "auto",
                          recipe: DetectionRecipe | None = None, train_images: int = 2000, val_images: int = 500,
                          progress: bool = True, log: Callable[[str], Any] = print) -> list[Path]:
     """Make the dataset if `data` does not hold it yet, then train every backbone x seed; returns the run dirs.
     pretrained: a shipped tag (e.g. "imagenette"), a folder of classification runs named <backbone>-s0 (e.g. the
     Imagenette series' run directories: each backbone starts from its own run's weights), or None (He init)."""
     data = Path(data)
+    sources = {backbone: backbone_weights(pretrained, backbone) for backbone in backbones}
+    for backbone, source in sources.items():
+        load_backbone(backbone, source)  # a missing tag or file fails now, not after the dataset is made
     if not (data / "annotations" / "val.json").is_file():
         make_synthetic_detection(data, train_images=train_images, val_images=val_images, seed=0, progress=progress)
     recipe = recipe or DetectionRecipe()
@@ -40,10 +43,10 @@ def run_detection_series(out: str | Path, data: str | Path, backbones: Sequence[
             else:
                 resume = RunPaths(run_dir).has_checkpoint()
                 log(f"{run_dir.name}: {'resuming' if resume else 'training'} in {run_dir}")
-                source = backbone_weights(pretrained, backbone)
-                train_detector(DetectionOptions(data=str(data), out=str(run_dir), backbone=backbone, pretrained=source,
-                                                precision=precision, seed=seed, resume=resume, progress=progress,
-                                                recipe=dataclasses.replace(recipe)))
+                train_detector(DetectionOptions(data=str(data), out=str(run_dir), backbone=backbone,
+                                                pretrained=sources[backbone],
+                                                precision=precision, device=device, seed=seed, resume=resume,
+                                                progress=progress, recipe=dataclasses.replace(recipe)))
             if records is not None:
                 copy_records(run_dir, Path(records))
             done.append(run_dir)

@@ -16,7 +16,7 @@ from torchvision.utils import draw_bounding_boxes
 from ..data.folder import read_image
 from ..io import atomic_torch_save, atomic_write_bytes, load_torch_file
 from ..models import ResNet, model_config, model_from_config
-from ..runtime import autocast
+from ..runtime import autocast, resolve_device
 from .backbones import build_detector
 from .data import DetectionDataset, collate_detection
 from .metrics import detections_to_coco, evaluate_detections
@@ -40,8 +40,8 @@ def save_detector(detector: torch.nn.Module, config: dict[str, Any], path: Path,
                               "metrics": metrics}, path)
 
 
-def load_detector(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(detector in eval mode, its config) from a detector file or a detection run directory."""
+def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(detector in eval mode on `device`, its config) from a detector file or a detection run directory."""
     path = Path(path)
     path = path / "model.pt" if path.is_dir() else path
     data = load_torch_file(path, "detector file", "train one with `resnets detect train`")
@@ -54,7 +54,7 @@ def load_detector(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
                               frozen_bn=config["frozen_bn"], anchor_sizes=config["anchor_sizes"],
                               image_mean=config["image_mean"], image_std=config["image_std"], **config["options"])
     detector.load_state_dict(data["state_dict"], strict=True)
-    return detector.eval(), config
+    return detector.to(resolve_device(device)).eval(), config
 
 
 @torch.no_grad()
@@ -62,14 +62,15 @@ def evaluate_detector(detector: torch.nn.Module, dataset: DetectionDataset, limi
                       precision: str = "fp32", batch_size: int = 8) -> dict[str, float]:
     """COCO mAP (percent) of `detector` on the first `limit` images of `dataset` (all by default)."""
     detector.eval()
+    device = next(detector.parameters()).device
     count = len(dataset) if limit is None else min(limit, len(dataset))
     results: list[dict] = []
     for start in range(0, count, batch_size):
         indices = range(start, min(start + batch_size, count))
-        images, _ = collate_detection([dataset[i] for i in indices])
-        with autocast(torch.device("cpu"), precision):
+        images, _ = collate_detection([dataset[i] for i in indices], device)
+        with autocast(device, precision):
             outputs = detector(images)
-        outputs = [{key: value.float() for key, value in output.items()} for output in outputs]
+        outputs = [{key: value.float().cpu() for key, value in output.items()} for output in outputs]
         results += detections_to_coco([dataset.image_ids[i] for i in indices], outputs)
     return evaluate_detections(dataset.annotation_file, results, dataset.image_ids[:count])
 
@@ -79,7 +80,8 @@ def detect_image(detector: torch.nn.Module, config: dict[str, Any], image_path: 
                  out_png: str | Path | None = None, score_threshold: float = 0.5) -> list[dict[str, Any]]:
     """Boxes on one photo: [{"label", "score", "box": [x1, y1, x2, y2]}], best first; drawn to `out_png` if given."""
     pixels = read_image(image_path)
-    output = detector.eval()([pixels.float() / 255])[0]
+    device = next(detector.parameters()).device
+    output = {key: value.cpu() for key, value in detector.eval()([pixels.to(device).float() / 255])[0].items()}
     keep = output["scores"] >= score_threshold
     names = config["categories"]
     found = [{"label": names.get(str(int(label)), str(int(label))), "score": round(float(score), 4),

@@ -42,8 +42,11 @@ def multiscale_sides(crop_size: int = 224) -> tuple[int, ...]:
     """The paper's multi-scale shorter sides scaled like the training resolution (crop_size / 224): a net trained
     on 112 crops is tested at (112, 128, 192, 240, 320)."""
     return tuple(round(side * crop_size / 224) for side in MULTISCALE_SHORTER_SIDES)
+
+
 FCN_REDUCTIONS = ("softmax_then_mean", "mean_then_softmax")
 Box = tuple[int, int, int, int]  # (top, left, height, width)
+ViewGroup = tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]  # views (n, 3, h, w) each, labels, positions
 
 
 def ten_crop_boxes(height: int, width: int, size: int = 224) -> list[Box]:
@@ -126,6 +129,14 @@ def average_view_probabilities(model: nn.Module, views: Sequence[torch.Tensor], 
     return total / len(views)
 
 
+def _per_scale_probabilities(model: nn.Module, views: Sequence[torch.Tensor], scales: int,
+                             **options: Any) -> list[torch.Tensor]:
+    """Multi-scale views come scale by scale (the image, then its flip): one averaged probability per scale."""
+    per_scale = len(views) // scales
+    return [average_view_probabilities(model, views[i:i + per_scale], fully_convolutional=True, **options)
+            for i in range(0, len(views), per_scale)]
+
+
 class _ViewDataset(Dataset):
     """Wraps a dataset of (uint8 (3, H, W) image, label) and turns each image into its test views."""
 
@@ -143,9 +154,15 @@ class _ViewDataset(Dataset):
         return self.make_views(image), label
 
 
-def _collate_one(batch: list[tuple[list[torch.Tensor], int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    (views, label), = batch
-    return [view.unsqueeze(0) for view in views], torch.tensor([label])
+def _collate_by_view_sizes(batch: list[tuple[list[torch.Tensor], int]]) -> list[ViewGroup]:
+    """Multi-scale views of differently shaped photos differ in size, so a batch is split into groups of images
+    whose views all have the same shapes (one group when the photos share one size, as Imagenette's do); each
+    group then runs as one forward pass per scale. Positions say where each image sat in the batch."""
+    groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+    for position, (views, _) in enumerate(batch):
+        groups.setdefault(tuple(tuple(view.shape) for view in views), []).append(position)
+    return [([torch.stack([batch[p][0][v] for p in positions]) for v in range(len(batch[positions[0]][0]))],
+             torch.tensor([batch[p][1] for p in positions]), torch.tensor(positions)) for positions in groups.values()]
 
 
 def _protocol_views(protocol: str, resize: int, crop_size: int,
@@ -169,10 +186,11 @@ def evaluate(model: nn.Module, data: Dataset | str | os.PathLike, protocol: str 
 
     `data` is an image folder (any layout `open_image_folder` reads; `class_to_idx` maps its classes to the
     model's outputs) or a dataset of (uint8 (3, H, W) image, label) pairs. `normalize` must match training
-    (default: torchvision's ImageNet mean/std). `multiscale` runs one image at a time (the views differ in
-    size), so `batch_size` only applies to the other protocols. Returns top1_error, top5_error, images,
-    images_per_s, seconds, protocol, views_per_image and skipped_images (unreadable files skipped); with
-    `keep_predictions` also "predictions", each image's top-1 class in dataset order.
+    (default: torchvision's ImageNet mean/std). `multiscale` batches together the images of a batch whose
+    views have the same sizes. Returns top1_error, top5_error, images, images_per_s, seconds, protocol,
+    views_per_image and skipped_images (unreadable files skipped); `multiscale` also per_scale_top1_error
+    (shorter side -> top-1 error of that scale and its flip alone); with `keep_predictions` also "predictions",
+    each image's top-1 class in dataset order.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown test protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
@@ -190,32 +208,43 @@ def evaluate(model: nn.Module, data: Dataset | str | os.PathLike, protocol: str 
         model.to(device)
     model_device = next(model.parameters()).device
     multiscale = protocol == "multiscale"
-    loader = DataLoader(views_dataset, batch_size=1 if multiscale else batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_collate_one if multiscale else None,
+    loader = DataLoader(views_dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=_collate_by_view_sizes if multiscale else None,
                         pin_memory=model_device.type == "cuda")
     was_training = model.training
     model.eval()
     correct1 = correct5 = images = 0
+    scale_correct = [0] * len(scales)
     views_per_image = 0
+    positions_seen: list[torch.Tensor] = []
     predictions: list[torch.Tensor] = []
     start = time.perf_counter()
     bar = tqdm(total=len(views_dataset), unit="img", desc=f"{protocol} test", disable=not progress)  # type: ignore[arg-type]
     try:
-        for batch_views, labels in loader:
-            views = batch_views if multiscale else list(batch_views.unbind(dim=1))
-            views_per_image = len(views)
-            probabilities = average_view_probabilities(
-                model, views, fully_convolutional=multiscale, fcn_reduction=fcn_reduction,
-                normalize=normalize, precision=precision)
-            labels = labels.to(model_device)
-            if int(labels.max()) >= probabilities.shape[1]:
-                raise ValueError(f"label {int(labels.max())} is beyond the model's {probabilities.shape[1]} classes; "
-                                 "pass class_to_idx mapping the folder's classes to the model's outputs")
-            if keep_predictions:
-                predictions.append(probabilities.argmax(1))
-            hits1, hits5 = topk_correct(probabilities, labels)
-            correct1, correct5, images = correct1 + hits1, correct5 + hits5, images + labels.numel()
-            bar.update(labels.numel())
+        for batch in loader:
+            groups = batch if multiscale else [(list(batch[0].unbind(dim=1)), batch[1], torch.arange(len(batch[1])))]
+            for views, labels, positions in groups:
+                views_per_image = len(views)
+                labels = labels.to(model_device)
+                if multiscale:
+                    by_scale = _per_scale_probabilities(model, views, len(scales), fcn_reduction=fcn_reduction,
+                                                        normalize=normalize, precision=precision)
+                    scale_correct = [n + topk_correct(p, labels, ks=(1,))[0]
+                                     for n, p in zip(scale_correct, by_scale, strict=True)]
+                    probabilities = torch.stack(by_scale).mean(dim=0)  # = the mean over all views
+                else:
+                    probabilities = average_view_probabilities(model, views, normalize=normalize, precision=precision)
+                if int(labels.max()) >= probabilities.shape[1]:
+                    raise ValueError(f"label {int(labels.max())} is beyond the model's {probabilities.shape[1]} "
+                                     "classes; pass class_to_idx mapping the folder's classes to the model's outputs")
+                if keep_predictions:
+                    positions_seen.append(positions + images)
+                    predictions.append(probabilities.argmax(1).cpu())
+                hits1, hits5 = topk_correct(probabilities, labels)
+                correct1, correct5 = correct1 + hits1, correct5 + hits5
+            count = sum(len(labels) for _, labels, _ in groups)
+            images += count
+            bar.update(count)
             bar.set_postfix(top1_error=f"{100.0 * (1 - correct1 / images):.2f}%")
     finally:
         bar.close()
@@ -223,7 +252,12 @@ def evaluate(model: nn.Module, data: Dataset | str | os.PathLike, protocol: str 
     seconds = time.perf_counter() - start
     if images == 0:
         raise ValueError("evaluation saw no images")
-    extra = {"predictions": torch.cat(predictions).tolist()} if keep_predictions else {}
+    extra: dict[str, Any] = {}
+    if keep_predictions:  # back to dataset order (multi-scale groups may reorder a batch)
+        extra["predictions"] = torch.cat(predictions)[torch.cat(positions_seen).argsort()].tolist()
+    if multiscale:  # each scale alone (with its flip), to see which scales help
+        extra["per_scale_top1_error"] = {str(side): 100.0 * (1 - n / images) for side, n in zip(scales, scale_correct,
+                                                                                                 strict=True)}
     return extra | {
         "protocol": protocol,
         "top1_error": 100.0 * (1 - correct1 / images),
