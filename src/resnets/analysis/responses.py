@@ -24,7 +24,7 @@ from torch import nn
 from ..evaluate.run import cifar_test_batches, load_for_evaluation
 from ..io import atomic_write_text
 from ..plots import plot_layer_responses
-from ..runtime import setup_runtime
+from ..runtime import resolve_device
 
 CSV_COLUMNS = ("model", "layer_index", "layer_name", "std")
 
@@ -111,7 +111,7 @@ def layer_responses(model: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]
 def checkpoint_responses(path: str | Path, data: str | Path | None = None, images: int | None = None,
                          device: str = "auto") -> tuple[nn.Module, list[LayerResponse]]:
     """Responses of a run directory, checkpoint or weight file over the test set (or `images` spread over it)."""
-    target = setup_runtime(device).device
+    target = resolve_device(device)
     model, _weights = load_for_evaluation(path)
     batches, _source = cifar_test_batches(model.to(target), data, images, target)
     return model, layer_responses(model, batches, target)

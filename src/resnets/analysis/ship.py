@@ -25,7 +25,7 @@ from ..io import atomic_torch_save, atomic_write_text
 from ..models import create_model, model_config
 from ..models.weights import model_from_weight_data, pretrained_dir, read_weight_file, shipped_name
 from ..runs import load_run
-from ..runtime import setup_runtime
+from ..runtime import resolve_device
 from .report import data_copy, training_command
 
 CHECK_IMAGES = 1000
@@ -35,7 +35,7 @@ def subset_error(model: torch.nn.Module, data: str | Path | None = None, images:
                  device: str = "auto") -> dict[str, Any]:
     """Top-1 error (fp32) on `images` test images spread evenly over the test set (the same ones every time),
     preprocessed by the record in `model.meta`."""
-    target = setup_runtime(device).device
+    target = resolve_device(device)
     batches, source = cifar_test_batches(model.to(target), data, images, target)
     result = evaluate_batches(model.to(target), batches, target, "fp32")
     return {"images": result["images"], "top1_error": result["top1_error"], "source": source,
@@ -45,7 +45,7 @@ def subset_error(model: torch.nn.Module, data: str | Path | None = None, images:
 def center_error(model: torch.nn.Module, weights: Path, data: str | Path | None = None,
                  device: str = "auto") -> dict[str, Any]:
     """Top-1 error (fp32) of the `center` protocol on every Imagenette validation photo."""
-    model = model.to(setup_runtime(device).device).eval()
+    model = model.to(resolve_device(device)).eval()
     result = evaluate_imagenet(model, weights, data or datasets_root() / "imagenette", "center", "fp32",
                                num_workers=2, progress=False)
     return {"images": result["images"], "top1_error": result["top1_error"], "source": result["source"],

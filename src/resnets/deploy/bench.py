@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..models import create_model, model_spec
+from ..runtime import resolve_device
 from .fuse import BACKENDS, compile_for_inference
 from .optimize import BACKENDS as OPTIMIZE_BACKENDS
 from .optimize import optimize_for_inference
@@ -100,14 +101,6 @@ class BenchResult:
         return {**asdict(self.config), **{k: v for k, v in asdict(self).items() if k != "config"}}
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return torch.device(name)
-
-
 def build_model(config: BenchConfig) -> nn.Module:
     if config.impl == "torchvision":
         import torchvision
@@ -123,7 +116,7 @@ def build_model(config: BenchConfig) -> nn.Module:
 def build_step(config: BenchConfig) -> tuple[Callable[[], Any], torch.device]:
     """A closure running one benchmark step on a fixed random batch, and the device it runs on."""
     config.validate()
-    device = _device(config.device)
+    device = resolve_device(config.device)
     model = build_model(config).to(device)
     size = config.image_size or model_spec(config.model).input_size
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
