@@ -18,6 +18,14 @@ if not os.environ.get(DATASETS_ENV, "").strip():
     os.environ[DATASETS_ENV] = str(REPOSITORY.parent / "shared" / "datasets")
 
 
+# README runs the tests in one pytest-xdist worker per core (`-n auto --dist loadfile`: a file's tests, and so its
+# module fixtures, stay in one worker). Each worker, and every command it starts, gets its share of the cores: two
+# OpenMP teams on the same cores stall at every barrier that waits on a descheduled thread (up to 8x slower).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, len(os.sched_getaffinity(0)) // WORKERS)
+os.environ["OMP_NUM_THREADS"] = str(THREADS)  # inherited by the `resnets` subprocesses of the CLI tests
+torch.set_num_threads(THREADS)
+
 REQUIRE_DATA_ENV = "RESNETS_REQUIRE_DATA"
 
 

@@ -91,7 +91,7 @@ def test_stop_signal_checkpoints_and_resume_auto_continues_bit_identically(
     out = tmp_path / "run"
     args = train_args(synthetic_cifar, out, "--resume", "auto")  # one command for the first start and the requeue
     process = subprocess.Popen(resnets_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "2"})
+                               env=os.environ)
     wait_for_lines(out / "metrics.jsonl", 20, process)
     process.send_signal(stop_signal)
     stdout, stderr = process.communicate(timeout=120)
