@@ -90,8 +90,7 @@ def test_stop_signal_checkpoints_and_resume_auto_continues_bit_identically(
         synthetic_cifar: Path, tmp_path: Path, reference: dict[str, torch.Tensor], stop_signal: signal.Signals) -> None:
     out = tmp_path / "run"
     args = train_args(synthetic_cifar, out, "--resume", "auto")  # one command for the first start and the requeue
-    process = subprocess.Popen(resnets_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=os.environ)
+    process = subprocess.Popen(resnets_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_lines(out / "metrics.jsonl", 20, process)
     process.send_signal(stop_signal)
     stdout, stderr = process.communicate(timeout=120)

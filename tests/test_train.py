@@ -28,8 +28,7 @@ def resnets_cmd(*args: str) -> list[str]:
 
 
 def run_cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(resnets_cmd(*args), capture_output=True, text=True, timeout=timeout,
-                            env=os.environ)
+    result = subprocess.run(resnets_cmd(*args), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"resnets {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
@@ -76,8 +75,7 @@ def test_resume_after_kill_9_is_bit_identical(cifar_data: Path, tmp_path: Path) 
 
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen(resnets_cmd(*_train_args(cifar_data, interrupted)),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=os.environ)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = interrupted / "metrics.jsonl"
     deadline = time.monotonic() + 300
     killed_at = 0
