@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from resnets import complexity, create_model, load_model, model_spec
+from resnets.analysis.describe import data_copy, jpeg_quality, training_command
 from resnets.analysis.experiments import run_degradation
-from resnets.analysis.report import data_copy, jpeg_quality, paper_error, training_command, write_report
+from resnets.analysis.report import paper_error, write_report
 from resnets.analysis.responses import analyze_responses, read_responses_csv
 from resnets.analysis.ship import ship_weights, subset_error
 from resnets.cli import build_parser, main

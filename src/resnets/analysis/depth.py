@@ -149,26 +149,37 @@ def series_members(out: Path, models: Sequence[str], seeds: Sequence[int], famil
         yield run_dir, RunOptions(model=model, out=str(run_dir), seed=seed, **options), spec
 
 
-def run_depth_series(out: str | Path, models: Sequence[str], seeds: Sequence[int], recipe: str = "fast",
-                     precision: str = "fp32", compile: bool = False, data: str | Path | None = None,
-                     device: str = "auto", records: str | Path | None = None, epochs: float | None = None,
-                     progress: bool = True, log: Callable[[str], Any] = print) -> list[str]:
-    """Train every network with every seed under `out` (<model>-s<seed>): a complete run is skipped, an
+def train_cifar_series(out: str | Path, models: Sequence[str], seeds: Sequence[int], which: str,
+                       recipe: str = "fast", precision: str = "fp32", compile: bool = False,
+                       data: str | Path | None = None, device: str = "auto", records: str | Path | None = None,
+                       epochs: float | None = None, progress: bool = True,
+                       log: Callable[[str], Any] = print) -> dict[str, list[RunRecord]]:
+    """Train every CIFAR-10 network with every seed under `out` (<model>-s<seed>): a complete run is skipped, an
     interrupted one resumed, so the command can be re-run until the series is done, one sitting at a time.
-    `records`: copy each complete run's small records (config, metrics, summary, curves) there, e.g. results/depth,
-    the folder `resnets report --depth` reads. `epochs` shortens or lengthens the recipe (its schedule keeps its
-    shape). Returns the verdict lines of what is complete so far."""
+    `records`: copy each complete run's small records (config, metrics, summary, curves) there, the folder
+    `resnets report` reads. `epochs` shortens or lengthens the recipe (its schedule keeps its shape). `which` says,
+    in the error for a non-CIFAR network, what the series takes. Returns the series loaded back (`load_series`)."""
     out = Path(out)
-    members = series_members(out, models, seeds, "cifar", "the depth series takes resnet<6n+2> and plain<6n+2>",
-                             dataset="cifar10", data=None if data is None else str(data), precision=precision,
-                             device=device, compile=compile, progress=progress)
+    members = series_members(out, models, seeds, "cifar", which, dataset="cifar10",
+                             data=None if data is None else str(data), precision=precision, device=device,
+                             compile=compile, progress=progress)
     for run_dir, options, spec in members:
         plan = get_recipe(recipe, depth=spec.depth)
         plan = plan if epochs is None else dataclasses.replace(plan, epochs=epochs)
         train_or_resume(run_dir, plan, options, log)
         if records is not None:
             copy_records(run_dir, Path(records))
-    series = load_series(out)
+    return load_series(out)
+
+
+def run_depth_series(out: str | Path, models: Sequence[str], seeds: Sequence[int], recipe: str = "fast",
+                     precision: str = "fp32", compile: bool = False, data: str | Path | None = None,
+                     device: str = "auto", records: str | Path | None = None, epochs: float | None = None,
+                     progress: bool = True, log: Callable[[str], Any] = print) -> list[str]:
+    """The depth series (`train_cifar_series`, records e.g. results/depth); returns the verdict lines of what is
+    complete so far."""
+    series = train_cifar_series(out, models, seeds, "the depth series takes resnet<6n+2> and plain<6n+2>", recipe,
+                                precision, compile, data, device, records, epochs, progress, log)
     lines = series_verdict(series_rows(series))
     for line in lines:
         log(line)

@@ -144,7 +144,7 @@ def final_train_error(records: Sequence[Mapping[str, Any]], iterations_per_epoch
 
 def label(name: str) -> str:
     spec = model_spec(name)
-    return f"{'ResNet' if spec.residual else 'plain'}-{spec.depth}"
+    return f"{'pre-act ' if spec.preact else ''}{'ResNet' if spec.residual else 'plain'}-{spec.depth}"
 
 
 def load_runs(out: str | Path, models: Sequence[str]) -> dict[str, Any]:

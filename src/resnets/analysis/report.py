@@ -8,7 +8,6 @@ metrics.jsonl is missing or unreadable, or when they disagree (model, dataset, i
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import tempfile
 from collections.abc import Sequence
@@ -18,8 +17,8 @@ from typing import Any
 import torch
 
 from ..evaluate.protocols import PROTOCOLS, multiscale_sides
-from ..io import UnreadableFileError, atomic_write_bytes, atomic_write_text, read_json
-from ..models import create_model, model_from_config
+from ..io import atomic_write_bytes, atomic_write_text
+from ..models import create_model
 from ..models.specs import (
     FOLLOWUP_CIFAR10_ERROR,
     FOLLOWUP_CIFAR100_ERROR,
@@ -30,113 +29,25 @@ from ..models.specs import (
 from ..models.weights import list_pretrained
 from ..plots import plot_detection_curves
 from ..runs import RunDirectoryError, RunRecord, load_run
-from ..train.recipes import Recipe, RunOptions, get_recipe
-from ..train.schedule import milestone_iterations
 from .complexity import complexity
 from .depth import load_series, plot_series, plus_minus, schedule_of, series_rows, series_verdict
+from .describe import (
+    DATASET_NAMES,
+    data_copy,
+    duration,
+    hardware_brief,
+    parameter_count,
+    read_run_json,
+    recipe_brief,
+    table,
+    training_command,
+)
 from .detection import PAPER_COCO, detection_rows, detection_verdict, load_detection_runs
 from .experiments import degradation_results, load_runs
 from .experiments import label as net_label
 from .imagenette import imagenette_verdicts, protocol_rows
+from .preact import plot_preact, preact_rows, preact_verdict
 from .responses import model_kind_depth, read_responses_csv
-
-DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
-# IJG (libjpeg) standard luminance quantisation table, natural order: encoders scale it by the quality setting.
-IJG_LUMINANCE = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-                 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-                 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99)
-
-
-def read_run_json(path: Path) -> Any:
-    try:
-        return read_json(path)
-    except UnreadableFileError as error:
-        raise RunDirectoryError(f"{error}; regenerate it with the command that wrote {path.parent}") from None
-
-
-def parameter_count(config: dict[str, Any]) -> int:
-    with torch.device("meta"):
-        return sum(p.numel() for p in model_from_config(config).parameters())
-
-
-def jpeg_quality(folder: Path) -> int | None:
-    """The IJG quality setting whose scaled luminance table equals that of the first JPEG in `folder`, if any."""
-    try:
-        from PIL import Image
-
-        first = next(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
-        with Image.open(first) as image:
-            table = tuple(image.quantization[0])  # type: ignore[attr-defined]
-    except (StopIteration, OSError, AttributeError, KeyError):
-        return None
-    for quality in range(1, 101):
-        scale = 5000 // quality if quality < 50 else 200 - 2 * quality
-        if tuple(min(255, max(1, (b * scale + 50) // 100)) for b in IJG_LUMINANCE) == table:
-            return quality
-    return None
-
-
-def data_copy(data: dict[str, Any]) -> str:
-    """E.g. "CIFAR-10 (JPEG q75 copy)" for an image-folder copy, "CIFAR-10 (official binaries)"."""
-    name = DATASET_NAMES.get(data.get("dataset", ""), data.get("dataset", "?"))
-    source = data.get("source", "")
-    folder = re.match(r"image folder (.+?) \((\w+)\)", source)
-    if folder:
-        quality = jpeg_quality(Path(folder[1])) if folder[2] == "JPEG" else None
-        return f"{name} ({folder[2]}{f' q{quality}' if quality else ''} copy)"
-    if source.startswith("official binary"):
-        return f"{name} (official binaries)"
-    return f"{name} ({source or 'source not recorded'})"
-
-
-def recipe_brief(recipe: dict[str, Any], iterations: int) -> str:
-    text = f"{recipe['name']}: lr {recipe['lr']:g}"
-    if recipe["schedule"] == "step":
-        steps = milestone_iterations(Recipe(milestones=tuple(recipe["milestones"])), iterations)
-        text += f" /10 at {', '.join(f'{m:,}' for m in steps)} of {iterations:,} it." if steps else " constant"
-    else:
-        text += f" {recipe['schedule']}"
-    return text + f", batch {recipe['batch_size']}, wd {recipe['weight_decay']:g}"
-
-
-def training_command(config: dict[str, Any]) -> str:
-    """A `resnets train` command line that reproduces the run of config.json (options and recipe)."""
-    options, recipe = config["options"], config["recipe"]
-    words = ["resnets", "train", "--model", options["model"], "--recipe", recipe["name"]]
-    defaults = RunOptions()
-    for key in ("dataset", "data", "precision", "seed", "shortcut", "num_classes", "subset", "eval_subset",
-                "max_iterations"):
-        if options.get(key) is not None and options.get(key) != getattr(defaults, key):
-            words += [f"--{key.replace('_', '-')}", str(options[key])]
-    for flag in ("deterministic", "compile"):
-        if options.get(flag):
-            words.append(f"--{flag}")
-    try:
-        base = get_recipe(recipe["name"], depth=config["model_config"]["depth"]).to_dict()
-    except ValueError:  # a recipe name this version does not know: state every field
-        base = {}
-    for key, value in recipe.items():
-        if key not in ("name", "notes") and base.get(key) != value:
-            shown = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else value
-            words += ["--set", f"{key}={shown}"]
-    return shlex.join([*words, "--out", options["out"]])
-
-
-def hardware_brief(hardware: dict[str, Any]) -> str:
-    device = hardware.get("gpu") or f"CPU {hardware.get('cpu', '?')}, {hardware.get('threads', '?')} threads"
-    count = hardware.get("world_size", 1)
-    return f"{f'{count} x ' if count > 1 else ''}{device}, torch {hardware.get('torch', '?')}"
-
-
-def duration(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
-    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
 
 
 def table1() -> str:
@@ -199,9 +110,11 @@ class ReportWriter:
 
 def report_command(run_dirs: Sequence[str | Path], out: str | Path, degradation: str | Path | None,
                    responses: str | Path | None, depth: str | Path | None = None,
-                   imagenette: str | Path | None = None, detection: str | Path | None = None) -> str:
+                   imagenette: str | Path | None = None, detection: str | Path | None = None,
+                   preact: str | Path | None = None) -> str:
     words = ["resnets", "report", *map(str, run_dirs)]
-    for flag, value in (("--depth", depth), ("--imagenette", imagenette), ("--detection", detection),
+    for flag, value in (("--depth", depth), ("--preact", preact), ("--imagenette", imagenette),
+                        ("--detection", detection),
                         ("--degradation", degradation),
                         ("--responses", responses)):
         if value is not None:
@@ -212,15 +125,16 @@ def report_command(run_dirs: Sequence[str | Path], out: str | Path, degradation:
 def write_report(run_dirs: Sequence[str | Path], out: str | Path = "REPRODUCTION.md",
                  degradation: str | Path | None = None, responses: str | Path | None = None,
                  command: str | None = None, depth: str | Path | None = None,
-                 imagenette: str | Path | None = None, detection: str | Path | None = None) -> Path:
+                 imagenette: str | Path | None = None, detection: str | Path | None = None,
+                 preact: str | Path | None = None) -> Path:
     """Validate every input first (nothing is written if one is refused), then write `out` and figures/."""
     out = Path(out)
     runs = [load_run(path) for path in run_dirs]
-    if not runs and all(v is None for v in (degradation, responses, depth, imagenette, detection)):
-        raise ValueError("nothing to report: give run directories, --depth DIR, --imagenette DIR, --detection DIR, "
-                         "--degradation DIR "
-                         "or --responses DIR")
+    if not runs and all(v is None for v in (degradation, responses, depth, preact, imagenette, detection)):
+        raise ValueError("nothing to report: give run directories, --depth DIR, --preact DIR, --imagenette DIR, "
+                         "--detection DIR, --degradation DIR or --responses DIR")
     series = load_series(depth) if depth is not None else None
+    followup = load_series(preact) if preact is not None else None
     nette = load_series(imagenette) if imagenette is not None else None
     nette_rows = protocol_rows(nette) if nette is not None else None  # refuses runs without protocols.json
     transfer = load_detection_runs(detection) if detection is not None else None
@@ -235,7 +149,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path = "REPRODUCTION
             raise RunDirectoryError(f"{degradation}/degradation.json disagrees with its run directories; rerun "
                                     f"`{fig6.get('command')}` (complete runs are skipped) to rewrite it")
     writer = ReportWriter(out)
-    command = command or report_command(run_dirs, out, degradation, responses, depth, imagenette, detection)
+    command = command or report_command(run_dirs, out, degradation, responses, depth, imagenette, detection, preact)
     parts = ["# Reproduction: measured results",
              "Generated by `resnets report` from the run directories named below; every number is read from "
              "their files or computed by the package. Regenerate this file with:",
@@ -247,6 +161,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path = "REPRODUCTION
              table1()]
     if series is not None:
         parts += _depth_section(writer, Path(depth), series)  # type: ignore[arg-type]
+    if followup is not None:
+        parts += _preact_section(writer, Path(preact), followup)  # type: ignore[arg-type]
     if nette is not None and nette_rows is not None:
         parts += _imagenette_section(writer, Path(imagenette), nette, nette_rows)  # type: ignore[arg-type]
     if transfer is not None:
@@ -282,15 +198,29 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path = "REPRODUCTION
     return out
 
 
+def _series_table(series: dict[str, list[RunRecord]], rows: Sequence[dict[str, Any]], paper: str) -> str:
+    """One row per network of a CIFAR series (`series_rows`): runs, test and training error as mean ± std."""
+    params = {model: f"{parameter_count(runs[0].config['model_config']):,}" for model, runs in series.items()}
+    body = [(row["label"], params[row["model"]], f"{len(row['seeds'])} ({', '.join(map(str, row['seeds']))})",
+             plus_minus(row["test_errors"]), plus_minus(row["train_errors"]),
+             "-" if row["paper_error"] is None else f"{row['paper_error']:.2f}",
+             f"{duration(row['wall_seconds'])} ({duration(row['steady_seconds'])})", row["precision"]) for row in rows]
+    return table(("net", "params", "runs (seeds)", "test error (%)", "final train error (%)", paper,
+                  "wall time per run (at its median rate)", "precision"), body)
+
+
+def _series_setting(folder: Path, first: RunRecord) -> str:
+    return (f"Every run under `{folder}` (one directory per network and seed), all on one budget: "
+            f"{schedule_of(first)} ({first.summary['epochs']:g} epochs); {data_copy(first.summary['data'])}; "
+            f"{hardware_brief(first.summary['hardware'])}. Each run: `{training_command(first.config)}` with its "
+            f"model and seed. Test error: single 32x32 view of all {first.summary['test_images']:,} test images "
+            "after the last iteration; training error: the last epoch's augmented mini-batches in train mode. "
+            "Mean ± sample std over the runs counted in the third column.")
+
+
 def _depth_section(writer: ReportWriter, folder: Path, series: dict[str, list[RunRecord]]) -> list[str]:
     rows = series_rows(series)
     first = next(iter(series.values()))[0]
-    params = {model: f"{parameter_count(runs[0].config['model_config']):,}" for model, runs in series.items()}
-    table_rows = [(row["label"], params[row["model"]], f"{len(row['seeds'])} ({', '.join(map(str, row['seeds']))})",
-                   plus_minus(row["test_errors"]), plus_minus(row["train_errors"]),
-                   "-" if row["paper_error"] is None else f"{row['paper_error']:.2f}",
-                   f"{duration(row['wall_seconds'])} ({duration(row['steady_seconds'])})", row["precision"])
-                  for row in rows]
     anchor = [f"`{name}` ({meta['recipe']['name']} recipe, {meta.get('epochs') or meta['recipe']['iterations']:g}"
               f"{' epochs' if meta.get('epochs') else ' iterations'}, 1 run): {meta['test_top1_error']:.2f}%"
               for name, meta in list_pretrained().items()
@@ -298,20 +228,27 @@ def _depth_section(writer: ReportWriter, folder: Path, series: dict[str, list[Ru
     with tempfile.TemporaryDirectory() as scratch:
         figure = writer.figure(plot_series(series, Path(scratch) / "depth.png"), "depth-series.png",
                                "Fig. 6: plain and residual nets of growing depth")
-    return ["## Table 6 and Fig. 6: the depth series",
-            f"Every run under `{folder}` (one directory per network and seed), all on one budget: "
-            f"{schedule_of(first)} ({first.summary['epochs']:g} epochs); {data_copy(first.summary['data'])}; "
-            f"{hardware_brief(first.summary['hardware'])}. Each run: `{training_command(first.config)}` with its "
-            f"model and seed. Test error: single 32x32 view of all {first.summary['test_images']:,} test images "
-            "after the last iteration; training error: the last epoch's augmented mini-batches in train mode. "
-            "Mean ± sample std over the runs counted in the third column.",
-            table(("net", "params", "runs (seeds)", "test error (%)", "final train error (%)",
-                   "paper (%, 64k it.)", "wall time per run (at its median rate)", "precision"), table_rows),
+    return ["## Table 6 and Fig. 6: the depth series", _series_setting(folder, first),
+            _series_table(series, rows, "paper (%, 64k it.)"),
             "Anchor rows, shipped ResNet-20 weights (their metadata): " + "; ".join(anchor) + "."
             if anchor else "",
             figure,
             "Seed-mean curves. Dashed: training error; solid: test error.",
             "Verdicts (computed from the seed means):\n\n" + "\n".join(f"- {line}" for line in series_verdict(rows))]
+
+
+def _preact_section(writer: ReportWriter, folder: Path, series: dict[str, list[RunRecord]]) -> list[str]:
+    rows = preact_rows(series)
+    with tempfile.TemporaryDirectory() as scratch:
+        figure = writer.figure(plot_preact(series, Path(scratch) / "preact.png"), "preact-comparison.png",
+                               "original vs pre-activation ResNet: training and test error")
+    return ["## Identity Mappings (ECCV 2016): original vs pre-activation at the same depth",
+            _series_setting(folder, next(iter(series.values()))[0]),
+            _series_table(series, rows, "follow-up (%, CIFAR-10, 64k it.)"),
+            figure, "Left: original (BN and ReLU after each convolution, ReLU after the addition); right: "
+            "pre-activation (BN and ReLU before each convolution, nothing after the addition). Dashed: training "
+            "error; solid: test error.",
+            "Verdicts (computed from the data):\n\n" + "\n".join(f"- {line}" for line in preact_verdict(rows))]
 
 
 def _imagenette_section(writer: ReportWriter, folder: Path, series: dict[str, list[RunRecord]],

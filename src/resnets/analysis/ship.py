@@ -26,7 +26,7 @@ from ..models import create_model, model_config
 from ..models.weights import model_from_weight_data, pretrained_dir, read_weight_file, shipped_name
 from ..runs import load_run
 from ..runtime import resolve_device
-from .report import data_copy, training_command
+from .describe import data_copy, training_command
 
 CHECK_IMAGES = 1000
 

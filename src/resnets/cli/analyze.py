@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                    "Fig. 6, mean ± std over seeds), e.g. results/depth")
     rep.add_argument("--imagenette", default=None, help="folder of <model>-s<seed> Imagenette runs with their "
                      "protocols.json (Tables 2 and 3, Fig. 4), e.g. results/imagenette")
+    rep.add_argument("--preact", default=None, help="folder of <model>-s<seed> runs: original vs pre-activation "
+                     "(Identity Mappings), e.g. results/preact")
     rep.add_argument("--detection", default=None, help="folder of <backbone>-s<seed> detection runs (Sec. 4.3 in "
                      "miniature), e.g. results/detection")
     rep.add_argument("--degradation", default=None, help="folder of `resnets experiment degradation`")
@@ -63,6 +65,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "results/depth", "CIFAR")
     series.add_argument("--recipe", default="fast", help="one recipe for every network (default fast)")
     series.set_defaults(handler=run_depth)
+    preact = experiments.add_parser("preact", help="original vs pre-activation ResNet at the same depth on CIFAR-10 "
+                                                   "(Identity Mappings, ECCV 2016), resumable")
+    add_series_arguments(preact, "resnet164 preact_resnet164", "results/preact", "CIFAR", default_models=True)
+    preact.add_argument("--recipe", default="fast", help="one recipe for every network (default fast)")
+    preact.set_defaults(handler=run_preact)
     nette = experiments.add_parser("imagenette", help="plain-18/34 vs ResNet-18/34 on Imagenette (Table 2, Table 3, "
                                                       "Fig. 4 in miniature), each tested with the three protocols")
     add_series_arguments(nette, "plain18 plain34 resnet18 resnet34", "results/imagenette", "Imagenette (train/, val/)")
@@ -84,9 +91,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     det.set_defaults(handler=run_detection)
 
 
-def add_series_arguments(parser: argparse.ArgumentParser, models: str, records: str, data: str) -> None:
-    """Options shared by the series experiments: networks x seeds, resumable run directories, committed records."""
-    parser.add_argument("--models", nargs="+", required=True, help=f"e.g. {models}")
+def add_series_arguments(parser: argparse.ArgumentParser, models: str, records: str, data: str,
+                         default_models: bool = False) -> None:
+    """Options shared by the series experiments: networks x seeds, resumable run directories, committed records.
+    `models`: the example, or the default when `default_models`."""
+    if default_models:
+        parser.add_argument("--models", nargs="+", default=models.split(), help=f"default: {models}")
+    else:
+        parser.add_argument("--models", nargs="+", required=True, help=f"e.g. {models}")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=float, default=None, help="the recipe's schedule stretched to N epochs")
     parser.add_argument("--out", required=True, help="run directories, <model>-s<seed> (outside the work tree)")
@@ -132,7 +144,7 @@ def run_report(args: argparse.Namespace) -> int:
     from ..analysis.report import write_report
 
     path = write_report(args.run_dirs, args.out, args.degradation, args.responses, depth=args.depth,
-                        imagenette=args.imagenette, detection=args.detection)
+                        imagenette=args.imagenette, detection=args.detection, preact=args.preact)
     print(f"wrote {path}")
     return 0
 
@@ -142,6 +154,14 @@ def run_depth(args: argparse.Namespace) -> int:
 
     run_depth_series(args.out, args.models, args.seeds, args.recipe, args.precision, args.compile, args.data,
                      args.device, args.records, args.epochs, args.progress)
+    return 0
+
+
+def run_preact(args: argparse.Namespace) -> int:
+    from ..analysis.preact import run_preact_comparison
+
+    run_preact_comparison(args.out, args.models, args.seeds, args.recipe, args.precision,
+                          args.compile, args.data, args.device, args.records, args.epochs, args.progress)
     return 0
 
 
