@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from resnets.train.recipes import apply_overrides, get_recipe, parse_assignments, read_toml
+from resnets.train.recipes import apply_overrides, get_recipe, parse_assignments, read_toml, stretch
 from resnets.train.schedule import LrSchedule
 
 
@@ -37,6 +37,18 @@ def test_resnet110_warms_up_at_0_01_until_error_below_80_then_returns_to_0_1() -
     restored.load_state_dict(schedule.state_dict())
     assert restored.lr(401) == 0.1
     assert get_recipe("paper", depth=56).error_warmup_lr is None
+
+
+def test_a_stretched_paper_recipe_keeps_its_shape() -> None:
+    # The paper's lr /10 at 32k and 48k of 64k iterations: 2 epochs of 390 iterations drop at 390 and 585.
+    recipe = stretch(get_recipe("paper", depth=164), 2)
+    schedule = LrSchedule(recipe, 780)
+    schedule.error_warmup = False
+    assert [schedule.lr(i) for i in (0, 389, 390, 584, 585, 779)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert recipe.error_warmup_lr == 0.01  # ResNet-164 keeps the warm-up of depth >= 110
+    assert stretch(get_recipe("step-90"), 9).milestones == get_recipe("step-90").milestones  # fractions already
+    assert stretch(get_recipe("paper"), None) == get_recipe("paper")
 
 
 def test_imagenet_recipes() -> None:

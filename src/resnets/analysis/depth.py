@@ -11,7 +11,6 @@ deeper plain nets have higher training error (Fig. 6 left) and deeper ResNets lo
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import re
 import statistics
@@ -23,7 +22,7 @@ from ..models import model_spec
 from ..models.specs import PAPER_CIFAR10_ERROR, ResNetSpec
 from ..plots import plot_error_curves
 from ..runs import RunDirectoryError, RunRecord, copy_records, load_run
-from ..train.recipes import RunOptions, get_recipe
+from ..train.recipes import RunOptions, get_recipe, stretch
 from .experiments import final_train_error, label, train_or_resume, verdict
 
 RUN_NAME = re.compile(r"^(?P<model>[a-z0-9_]+)-s(?P<seed>\d+)$")
@@ -164,8 +163,7 @@ def train_cifar_series(out: str | Path, models: Sequence[str], seeds: Sequence[i
                              data=None if data is None else str(data), precision=precision, device=device,
                              compile=compile, progress=progress)
     for run_dir, options, spec in members:
-        plan = get_recipe(recipe, depth=spec.depth)
-        plan = plan if epochs is None else dataclasses.replace(plan, epochs=epochs)
+        plan = stretch(get_recipe(recipe, depth=spec.depth), epochs)
         train_or_resume(run_dir, plan, options, log)
         if records is not None:
             copy_records(run_dir, Path(records))

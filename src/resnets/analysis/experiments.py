@@ -9,7 +9,6 @@ under `out`; a complete run is kept, an interrupted one resumed, so the command 
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,12 +18,11 @@ from ..io import atomic_write_json, read_json
 from ..models import model_spec
 from ..plots import plot_error_curves
 from ..runs import RunPaths, load_run
-from ..train.recipes import Recipe, RunOptions, get_recipe
+from ..train.recipes import Recipe, RunOptions, get_recipe, stretch
 
 DEGRADATION_MODELS = ("plain20", "plain56", "resnet20", "resnet56")
 PAPER_ITERATIONS = 64_000
 PAPER_EPOCHS = PAPER_ITERATIONS * 128 / 50_000  # 163.84: batch 128 over the 50k training images
-MILESTONE_FRACTIONS = (0.5, 0.75)  # 32k and 48k of 64k
 
 
 def degradation_recipe(budget: float | None, depth: int) -> Recipe:
@@ -33,7 +31,7 @@ def degradation_recipe(budget: float | None, depth: int) -> Recipe:
         return recipe
     if budget <= 0:
         raise ValueError(f"--budget is a number of epochs > 0, got {budget:g}")
-    return dataclasses.replace(recipe, epochs=budget, milestones=MILESTONE_FRACTIONS)
+    return stretch(recipe, budget)
 
 
 def budget_statement(budget: float | None, iterations: int | None, train_images: int | None = None) -> str:

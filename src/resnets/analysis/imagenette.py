@@ -10,7 +10,6 @@ validation error on ImageNet, which Imagenette's 10 classes do not reproduce in 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +21,7 @@ from ..evaluate.run import evaluate_checkpoint
 from ..io import atomic_write_json, read_json
 from ..models.specs import PAPER_IMAGENET_TOP1_10CROP
 from ..runs import RunDirectoryError, RunPaths, RunRecord, copy_records
-from ..train.recipes import get_recipe
+from ..train.recipes import get_recipe, stretch
 from .depth import load_series, series_members, series_rows, series_verdict
 from .experiments import train_or_resume
 
@@ -83,7 +82,7 @@ def run_imagenette_series(out: str | Path, models: Sequence[str] = IMAGENETTE_MO
     for run_dir, options, spec in members:
         options.shortcut = "A" if spec.residual else None  # Table 2 compares plain nets with option A ResNets
         recipe = get_recipe("imagenette")
-        recipe = recipe if epochs is None else dataclasses.replace(recipe, epochs=epochs)
+        recipe = stretch(recipe, epochs)
         train_or_resume(run_dir, recipe, options, log)
         evaluate_protocols(run_dir, data, device, precision, log)
         if records is not None:

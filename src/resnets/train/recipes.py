@@ -128,6 +128,17 @@ def get_recipe(name: str, depth: int | None = None) -> Recipe:
     return recipe
 
 
+def stretch(recipe: Recipe, epochs: float | None) -> Recipe:
+    """The recipe's schedule squeezed or stretched to `epochs`, keeping its shape: milestones given as iterations
+    (the paper's 32k and 48k of 64k) become the same fractions of the new length (50% and 75%)."""
+    if epochs is None:
+        return recipe
+    milestones = recipe.milestones
+    if milestones and not all(m < 1 for m in milestones):
+        milestones = tuple(m / recipe.iterations for m in milestones)
+    return dataclasses.replace(recipe, epochs=epochs, milestones=milestones)
+
+
 def _coerce(recipe: Recipe, key: str, value: Any) -> Any:
     kinds = {f.name: f.type for f in fields(recipe)}
     if key not in kinds:
