@@ -127,12 +127,15 @@ def mean_curve(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: r["iteration"])
 
 
-def plot_series(series: Mapping[str, Sequence[RunRecord]], path: str | Path) -> Path:
-    """Fig. 6 left (plain) and middle (ResNet): seed-mean curves, training error dashed, test error solid."""
-    panels: dict[str, dict[str, list[dict[str, Any]]]] = {"plain": {}, "ResNet": {}}
+def plot_series(series: Mapping[str, Sequence[RunRecord]], path: str | Path,
+                titles: Sequence[str] = ("plain", "ResNet"),
+                panel_of: Callable[[ResNetSpec], str] = lambda spec: "ResNet" if spec.residual else "plain") -> Path:
+    """Seed-mean curves, training error dashed, test error solid, one panel per title in order (default: Fig. 6
+    left, plain, and middle, ResNet); `panel_of` says which panel a network's spec belongs to."""
+    panels: dict[str, dict[str, list[dict[str, Any]]]] = {title: {} for title in titles}
     for model, runs in series.items():
         seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
-        panels["ResNet" if model_spec(model).residual else "plain"][label(model) + seeds] = mean_curve(runs)
+        panels[panel_of(model_spec(model))][label(model) + seeds] = mean_curve(runs)
     return plot_error_curves({title: runs for title, runs in panels.items() if runs}, path)
 
 

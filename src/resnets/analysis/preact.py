@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..models import model_spec
-from ..models.specs import FOLLOWUP_CIFAR10_ERROR
-from ..plots import plot_error_curves
+from ..models.specs import followup_error
 from ..runs import RunRecord
-from .depth import mean_curve, series_rows, train_cifar_series
+from .depth import plot_series, series_rows, train_cifar_series
 
 PREACT_MODELS = ("resnet164", "preact_resnet164")
 
@@ -27,7 +26,7 @@ def preact_rows(series: Mapping[str, Sequence[RunRecord]]) -> list[dict[str, Any
     for row in rows:
         spec = model_spec(row["model"])
         row["preact"] = spec.preact
-        row["paper_error"] = FOLLOWUP_CIFAR10_ERROR.get(("preact" if spec.preact else "resnet", spec.depth))
+        row["paper_error"] = followup_error("cifar10", spec.preact, spec.depth)
     return rows
 
 
@@ -55,12 +54,8 @@ def preact_verdict(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def plot_preact(series: Mapping[str, Sequence[RunRecord]], path: str | Path) -> Path:
     """Side by side: original networks left, pre-activation right; training error dashed, test error solid."""
-    panels: dict[str, dict[str, list[dict[str, Any]]]] = {"original (post-activation)": {}, "pre-activation": {}}
-    for model, runs in series.items():
-        seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
-        panel = "pre-activation" if model_spec(model).preact else "original (post-activation)"
-        panels[panel][f"{model}{seeds}"] = mean_curve(runs)
-    return plot_error_curves({title: runs for title, runs in panels.items() if runs}, path)
+    return plot_series(series, path, ("original (post-activation)", "pre-activation"),
+                       lambda spec: "pre-activation" if spec.preact else "original (post-activation)")
 
 
 def run_preact_comparison(out: str | Path, models: Sequence[str] = PREACT_MODELS, seeds: Sequence[int] = (0,),

@@ -20,11 +20,10 @@ from ..evaluate.protocols import PROTOCOLS, multiscale_sides
 from ..io import atomic_write_bytes, atomic_write_text
 from ..models import create_model
 from ..models.specs import (
-    FOLLOWUP_CIFAR10_ERROR,
-    FOLLOWUP_CIFAR100_ERROR,
     IMAGENET_STAGES,
     PAPER_CIFAR10_ERROR,
     PAPER_IMAGENET_GFLOPS,
+    followup_error,
 )
 from ..models.weights import list_pretrained
 from ..plots import plot_detection_curves
@@ -72,8 +71,7 @@ def paper_error(run: RunRecord) -> str:
     if config["family"] != "cifar":
         return "-"
     if config["block"] == "bottleneck":
-        followup = {"cifar10": FOLLOWUP_CIFAR10_ERROR, "cifar100": FOLLOWUP_CIFAR100_ERROR}.get(dataset, {})
-        value = followup.get(("preact" if config.get("preact") else "resnet", config["depth"]))
+        value = followup_error(dataset, bool(config.get("preact")), config["depth"])
         return f"{value:.2f} (follow-up)" if value is not None else "-"
     known = dataset == "cifar10" and config["shortcut"] == "A" and config["depth"] in PAPER_CIFAR10_ERROR
     return f"{PAPER_CIFAR10_ERROR[config['depth']]:.2f}" if known else "-"

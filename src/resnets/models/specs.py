@@ -36,6 +36,12 @@ FOLLOWUP_CIFAR10_ERROR = {("resnet", 164): 5.93, ("preact", 164): 5.46, ("resnet
 FOLLOWUP_CIFAR100_ERROR = {("resnet", 164): 25.16, ("preact", 164): 24.33, ("resnet", 1001): 27.82,
                            ("preact", 1001): 22.71}
 
+
+def followup_error(dataset: str, preact: bool, depth: int) -> float | None:
+    """The follow-up's published test error (%) for a CIFAR net of this kind and depth, None where it has none."""
+    table = {"cifar10": FOLLOWUP_CIFAR10_ERROR, "cifar100": FOLLOWUP_CIFAR100_ERROR}.get(dataset, {})
+    return table.get(("preact" if preact else "resnet", depth))
+
 # Sec. 4.2: 3 stages of n basic blocks, 16/32/64 filters on 32/16/8 maps, depth 6n+2 (bottlenecks: 9n+2, x4 wide).
 CIFAR_WIDTHS = (16, 32, 64)
 # Table 6: test error (%) of the paper, for reports; 110 is "best of 5 (mean 6.61)".
