@@ -39,6 +39,18 @@ def test_resnet110_warms_up_at_0_01_until_error_below_80_then_returns_to_0_1() -
     assert get_recipe("paper", depth=56).error_warmup_lr is None
 
 
+def test_fast_recipe_warms_resnet110_up_too_then_follows_its_one_cycle() -> None:
+    recipe = get_recipe("fast", depth=110)
+    assert recipe.error_warmup_lr == 0.01
+    schedule = LrSchedule(recipe, 11700)
+    assert schedule.lr(0) == 0.01 and schedule.lr(200) == 0.01
+    assert schedule.observe_train_error(250, 75.0)
+    # one-cycle from lr/10 = 0.02 to 0.2 over 15% (1755 iterations): at 250 it is 0.02 + 0.18 * 250/1755
+    assert schedule.lr(250) == pytest.approx(0.2 * (0.1 + 0.9 * 250 / 1755))
+    assert get_recipe("fast", depth=56).error_warmup_lr is None
+    assert get_recipe("paper-imagenet", depth=152).error_warmup_lr is None
+
+
 def test_a_stretched_paper_recipe_keeps_its_shape() -> None:
     # The paper's lr /10 at 32k and 48k of 64k iterations: 2 epochs of 390 iterations drop at 390 and 585.
     recipe = stretch(get_recipe("paper", depth=164), 2)
