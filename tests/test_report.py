@@ -168,6 +168,8 @@ def test_ship_weights_round_trip(made: dict[str, Path]) -> None:
     model = load_model(path)
     meta = read_weight_file(path)["meta"]
     assert subset_error(model, made["data"], device="cpu")["top1_error"] == shipped["check_subset"]["top1_error"]
+    everything = subset_error(model, made["data"], images=None, device="cpu")
+    assert shipped["check_all"] == everything and everything["images"] == s["test_images"]
     # `resnets predict --model resnet8 --pretrained` takes its preprocessing from the JSON.
     from_json = Preprocessing.from_meta(shipped["preprocess"], "cifar", 10).mean_image
     assert torch.allclose(from_json, meta["preprocess"]["mean_image"], atol=1e-6)

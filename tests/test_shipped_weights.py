@@ -30,6 +30,8 @@ SHIPPED = list_pretrained()
 NAMES = sorted(n for n in SHIPPED if SHIPPED[n]["dataset"] != "imagenette") or [pytest.param(
     None, marks=pytest.mark.skip(reason="no weights shipped yet (resnets analyze ship RUN_DIR puts them in "
                                         "src/resnets/assets/weights)"))]
+FULLY_CHECKED = sorted(n for n in SHIPPED if "check_all" in SHIPPED[n]) or [pytest.param(
+    None, marks=pytest.mark.skip(reason="no CIFAR weights shipped with a check on every test image yet"))]
 IMAGENETTE = sorted(n for n in SHIPPED if SHIPPED[n]["dataset"] == "imagenette") or [pytest.param(
     None, marks=pytest.mark.skip(reason="no Imagenette weights shipped yet"))]
 
@@ -47,6 +49,18 @@ def test_shipped_weights_reach_their_stated_accuracy(name: str, cifar10_jpeg_dir
     p = stated["test_top1_error"] / 100
     standard_error = 100 * math.sqrt(p * (1 - p) / check["images"])
     assert abs(measured["top1_error"] - stated["test_top1_error"]) <= 1.0 + 4 * standard_error, (name, measured)
+
+
+@pytest.mark.parametrize("name", FULLY_CHECKED)
+def test_shipped_weights_give_their_error_on_every_test_image(name: str, cifar10_jpeg_dir: Path) -> None:
+    """The depth series' nets (ResNet-56, ResNet-110): fp32 error on all 10,000 test images is the run's own test
+    error within 0.1 points (that one was taken in the training precision) and exactly the stored fp32 check."""
+    stated = SHIPPED[name]
+    model = create_model(stated["model"], pretrained=stated["pretrained"])
+    measured = subset_error(model, cifar10_jpeg_dir, images=None, device="cpu")
+    assert measured["images"] == stated["test_images"] == 10000
+    assert measured["top1_error"] == pytest.approx(stated["check_all"]["top1_error"], abs=1e-9), (name, measured)
+    assert abs(measured["top1_error"] - stated["test_top1_error"]) <= 0.1, (name, measured, stated["test_top1_error"])
 
 
 @pytest.mark.parametrize("name", IMAGENETTE)

@@ -5,7 +5,9 @@ run ships as `<model>` and loads with `create_model(model, pretrained=True)`; a 
 
 The JSON also holds the error on a fixed 1,000-image test subset (100 per class, see `spread_indices`) measured at
 shipping time: a check on 1,000 images cannot be held to the 10,000-image number within 1 point (its standard
-error alone is ~0.9 points at 10% error), but it must reproduce the subset's own number.
+error alone is ~0.9 points at 10% error), but it must reproduce the subset's own number. A CIFAR net also gets
+`check_all`, its fp32 error on every test image measured on the stored weights: the run's own test error was taken
+in its training precision (bf16 for most runs here), so the two may differ by a few images.
 """
 
 from __future__ import annotations
@@ -31,15 +33,17 @@ from .describe import data_copy, training_command
 CHECK_IMAGES = 1000
 
 
-def subset_error(model: torch.nn.Module, data: str | Path | None = None, images: int = CHECK_IMAGES,
+def subset_error(model: torch.nn.Module, data: str | Path | None = None, images: int | None = CHECK_IMAGES,
                  device: str = "auto") -> dict[str, Any]:
-    """Top-1 error (fp32) on `images` test images spread evenly over the test set (the same ones every time),
-    preprocessed by the record in `model.meta`."""
+    """Top-1 error (fp32) on `images` test images spread evenly over the test set (the same ones every time; None:
+    all of them), preprocessed by the record in `model.meta`."""
     target = resolve_device(device)
     batches, source = cifar_test_batches(model.to(target), data, images, target)
     result = evaluate_batches(model.to(target), batches, target, "fp32")
+    selection = ("every test image" if images is None
+                 else f"resnets.data.cifar.spread_indices(test images, {images}): evenly spread")
     return {"images": result["images"], "top1_error": result["top1_error"], "source": source,
-            "selection": f"resnets.data.cifar.spread_indices(test images, {images}): evenly spread"}
+            "selection": selection}
 
 
 def center_error(model: torch.nn.Module, weights: Path, data: str | Path | None = None,
@@ -88,10 +92,12 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
     storage = torch.float16 if run.summary["dataset"] == "imagenette" else torch.float32
     model = model.to(storage).float()
     meta = model.meta
+    checks: dict[str, dict[str, Any]] = {}
     if run.summary["dataset"] == "imagenette":
-        check = center_error(model, run.paths.weights, data, device)
+        checks["check_subset"] = center_error(model, run.paths.weights, data, device)
     else:
-        check = subset_error(model, data, device=device)
+        checks["check_subset"] = subset_error(model, data, device=device)
+        checks["check_all"] = subset_error(model, data, images=None, device=device)
     target_dir = Path(weights_dir) if weights_dir is not None else pretrained_dir()
     weights_path = target_dir / f"{stem}.pt"
     state = {k: v.detach().cpu().to(storage) if v.is_floating_point() else v.detach().cpu()
@@ -100,7 +106,7 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
     summary = run.summary
     description = {
         "model": name, "pretrained": tag or True, "dataset": summary["dataset"],
-        "test_top1_error": summary["test_top1_error"], "test_images": summary["test_images"], "check_subset": check,
+        "test_top1_error": summary["test_top1_error"], "test_images": summary["test_images"], **checks,
         "recipe": run.config["recipe"],
         "epochs": summary["epochs"], "iterations": summary["iterations"], "data": data_copy(summary["data"]),
         "train_images": summary["data"].get("train_images"), "data_source": summary["data"].get("source"),

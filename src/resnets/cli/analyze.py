@@ -136,7 +136,9 @@ def run_ship(args: argparse.Namespace) -> int:
     print(f"shipped {path} (+ {path.with_suffix('.json').name}), create_model({shipped['model']!r}, "
           f"pretrained={how}): test error {shipped['test_top1_error']:.2f}% on "
           f"{shipped['test_images']:,} images, {shipped['check_subset']['top1_error']:.2f}% on the "
-          f"{shipped['check_subset']['images']:,}-image check subset")
+          f"{shipped['check_subset']['images']:,}-image check subset"
+          + (f", {shipped['check_all']['top1_error']:.2f}% on every test image in fp32" if "check_all" in shipped
+             else ""))
     return 0
 
 
