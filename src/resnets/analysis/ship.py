@@ -41,7 +41,7 @@ def subset_error(model: torch.nn.Module, data: str | Path | None = None, images:
     batches, source = cifar_test_batches(model.to(target), data, images, target)
     result = evaluate_batches(model.to(target), batches, target, "fp32")
     selection = ("every test image" if images is None
-                 else f"resnets.data.cifar.spread_indices(test images, {images}): evenly spread")
+                 else f"resnets.data.decoded.spread_indices(test images, {images}): evenly spread")
     return {"images": result["images"], "top1_error": result["top1_error"], "source": source,
             "selection": selection}
 
