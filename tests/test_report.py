@@ -24,6 +24,7 @@ from resnets.cli.train import resolve
 from resnets.data.preprocess import Preprocessing
 from resnets.models.weights import extract_state_dict, read_weight_file
 from resnets.runs import RunDirectoryError, RunRecord, load_run
+from resnets.runtime import usable_cores
 
 from .test_experiments import write_tiny_cifar
 
@@ -218,6 +219,28 @@ def depth_series(made: dict[str, Path]) -> Path:
     stamp = weights_file.stat().st_mtime_ns
     assert main(args) == 0 and weights_file.stat().st_mtime_ns == stamp  # complete runs are not trained again
     return records
+
+
+@pytest.mark.skipif(len(usable_cores()) < 2, reason="two jobs need two CPU cores to pin")
+def test_depth_series_trains_networks_at_once_on_cores_of_their_own(made: dict[str, Path],
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """--jobs 2: the same series in two worker processes, each pinned to one core with one torch thread (which the
+    runs' configs record); a --jobs the machine cannot give is one clear error."""
+    records = made["root"] / "depth-jobs"
+    args = ["experiment", "depth", "--models", "plain8", "resnet8", "--seeds", "0", "1", "--epochs", "1",
+            "--data", str(made["data"]), "--device", "cpu", "--out", str(made["root"] / "depth-jobs-runs"),
+            "--records", str(records), "--no-progress"]
+    assert main([*args, "--jobs", "2"]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in records.iterdir()) == ["plain8-s0", "plain8-s1", "resnet8-s0", "resnet8-s1"]
+    for run in records.iterdir():
+        assert summary(run)["complete"]
+        hardware = json.loads((run / "config.json").read_text())["hardware"]
+        assert hardware["threads"] == 1 and len(hardware["cpu_cores"]) == 1, hardware
+    cores = len(usable_cores())
+    capsys.readouterr()
+    assert main([*args, "--jobs", str(cores + 1)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"--jobs {cores + 1}" in error and f"{cores} CPU cores" in error
 
 
 def test_depth_series_is_mean_and_std_over_seeds(depth_series: Path, capsys: pytest.CaptureFixture) -> None:

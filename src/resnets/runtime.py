@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
+import multiprocessing
 import os
 import platform
 import random
 import signal
 import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -143,7 +147,7 @@ def cpu_has_vnni() -> bool:
 def hardware_description(runtime: Runtime) -> dict[str, Any]:
     info: dict[str, Any] = {
         "device": str(runtime.device), "world_size": runtime.world_size, "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "cpu_cores": usable_cores(),
         "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "python": platform.python_version(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_native_bf16": cpu_has_native_bf16(),
@@ -151,6 +155,59 @@ def hardware_description(runtime: Runtime) -> dict[str, Any]:
     if runtime.device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(runtime.device)
     return info
+
+
+def usable_cores() -> list[int]:
+    """The CPU cores this process may run on (its affinity, e.g. under taskset or a batch scheduler)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def core_groups(jobs: int) -> list[list[int]]:
+    """This process's cores in `jobs` contiguous groups of near-equal size, one per worker of `map_pinned`."""
+    cores = usable_cores()
+    if not 1 <= jobs <= len(cores):
+        raise ValueError(f"--jobs {jobs}: this process may use {len(cores)} CPU cores, so between 1 and "
+                         f"{len(cores)} jobs, each on cores of its own; use a smaller --jobs")
+    size, extra = divmod(len(cores), jobs)
+    starts = [i * size + min(i, extra) for i in range(jobs + 1)]
+    return [cores[start:end] for start, end in itertools.pairwise(starts)]
+
+
+def pin_to_cores(groups: Any) -> None:
+    """Worker initializer of `map_pinned`: take one core group from the queue, run on it with as many threads."""
+    cores = groups.get()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+    torch.set_num_threads(len(cores))
+
+
+Item, Result = TypeVar("Item"), TypeVar("Result")
+
+
+def map_pinned(function: Callable[[Item], Result], items: Iterable[Item], jobs: int = 1) -> list[Result]:
+    """`function(item)` for every item, `jobs` at a time, results in the items' order.
+
+    jobs=1 runs them here, one after another. More jobs run them in that many spawned worker processes, each pinned
+    to its own share of this process's cores (`core_groups`) with one torch thread per core: a CPU's cores train
+    several small networks at once faster than they train one with all threads, because small convolutions scale
+    poorly over threads (here two 1-thread ResNet-20 trainings made 946-956 images/s together, one 2-thread training
+    504-845). `function` must be defined at module level and the items picklable; an item's error is raised here
+    once the others have finished. Workers are not daemons, so they may start DataLoader workers of their own."""
+    items = list(items)
+    core_groups(jobs)  # a --jobs the machine cannot give is refused even when fewer items would run
+    jobs = min(jobs, len(items))  # a spare worker's cores would sit idle: fewer workers, more cores each
+    if jobs <= 1:
+        return [function(item) for item in items]
+    groups = core_groups(jobs)
+    context = multiprocessing.get_context("spawn")  # fork would copy this process's torch threads and locks
+    queue = context.Queue()
+    for group in groups:
+        queue.put(group)
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=pin_to_cores, initargs=(queue,)) as pool:
+        futures = [pool.submit(function, item) for item in items]
+    return [future.result() for future in futures]
 
 
 def all_reduce_sum(tensor: torch.Tensor, runtime: Runtime) -> torch.Tensor:

@@ -11,6 +11,7 @@ deeper plain nets have higher training error (Fig. 6 left) and deeper ResNets lo
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import statistics
@@ -22,7 +23,8 @@ from ..models import model_spec
 from ..models.specs import PAPER_CIFAR10_ERROR, ResNetSpec
 from ..plots import plot_error_curves
 from ..runs import RunDirectoryError, RunRecord, copy_records, load_run
-from ..train.recipes import RunOptions, get_recipe, stretch
+from ..runtime import map_pinned, resolve_device
+from ..train.recipes import Recipe, RunOptions, get_recipe, stretch
 from .experiments import final_train_error, label, train_or_resume, verdict
 
 RUN_NAME = re.compile(r"^(?P<model>[a-z0-9_]+)-s(?P<seed>\d+)$")
@@ -151,36 +153,54 @@ def series_members(out: Path, models: Sequence[str], seeds: Sequence[int], famil
         yield run_dir, RunOptions(model=model, out=str(run_dir), seed=seed, **options), spec
 
 
+def map_series(function: Callable[[Any], Any], members: Sequence[Any], jobs: int, device: str) -> None:
+    """`function(member)` for every member of a series, `jobs` networks at a time on their own CPU cores
+    (`runtime.map_pinned`). Splitting cores is a CPU matter: on a GPU, one series per GPU does it."""
+    if jobs > 1 and resolve_device(device).type != "cpu":
+        raise ValueError(f"--jobs {jobs} splits the CPU's cores between networks; on {resolve_device(device)} "
+                         "run one series per GPU instead (CUDA_VISIBLE_DEVICES=i resnets experiment ...)")
+    map_pinned(function, members, jobs)
+
+
+def train_cifar_member(member: tuple[Path, Recipe, RunOptions, Path | None],
+                       log: Callable[[str], Any] = print) -> None:
+    """One network of a CIFAR series: train, resume or skip it, then copy its records (module level: `--jobs`
+    sends it to a worker process)."""
+    run_dir, plan, options, records = member
+    train_or_resume(run_dir, plan, options, log)
+    if records is not None:
+        copy_records(run_dir, records)
+
+
 def train_cifar_series(out: str | Path, models: Sequence[str], seeds: Sequence[int], which: str,
                        recipe: str = "fast", precision: str = "fp32", compile: bool = False,
                        data: str | Path | None = None, device: str = "auto", records: str | Path | None = None,
                        epochs: float | None = None, progress: bool = True,
-                       log: Callable[[str], Any] = print) -> dict[str, list[RunRecord]]:
+                       log: Callable[[str], Any] = print, jobs: int = 1) -> dict[str, list[RunRecord]]:
     """Train every CIFAR-10 network with every seed under `out` (<model>-s<seed>): a complete run is skipped, an
     interrupted one resumed, so the command can be re-run until the series is done, one sitting at a time.
     `records`: copy each complete run's small records (config, metrics, summary, curves) there, the folder
     `resnets report` reads. `epochs` shortens or lengthens the recipe (its schedule keeps its shape). `which` says,
-    in the error for a non-CIFAR network, what the series takes. Returns the series loaded back (`load_series`)."""
+    in the error for a non-CIFAR network, what the series takes. `jobs`: networks trained at once, each on its own
+    CPU cores (`map_series`). Returns the series loaded back (`load_series`)."""
     out = Path(out)
-    members = series_members(out, models, seeds, "cifar", which, dataset="cifar10",
-                             data=None if data is None else str(data), precision=precision, device=device,
-                             compile=compile, progress=progress)
-    for run_dir, options, spec in members:
-        plan = stretch(get_recipe(recipe, depth=spec.depth), epochs)
-        train_or_resume(run_dir, plan, options, log)
-        if records is not None:
-            copy_records(run_dir, Path(records))
+    members = [(run_dir, stretch(get_recipe(recipe, depth=spec.depth), epochs), options,
+                None if records is None else Path(records))
+               for run_dir, options, spec in series_members(
+                   out, models, seeds, "cifar", which, dataset="cifar10", data=None if data is None else str(data),
+                   precision=precision, device=device, compile=compile, progress=progress)]
+    map_series(functools.partial(train_cifar_member, log=log), members, jobs, device)
     return load_series(out)
 
 
 def run_depth_series(out: str | Path, models: Sequence[str], seeds: Sequence[int], recipe: str = "fast",
                      precision: str = "fp32", compile: bool = False, data: str | Path | None = None,
                      device: str = "auto", records: str | Path | None = None, epochs: float | None = None,
-                     progress: bool = True, log: Callable[[str], Any] = print) -> list[str]:
+                     progress: bool = True, log: Callable[[str], Any] = print, jobs: int = 1) -> list[str]:
     """The depth series (`train_cifar_series`, records e.g. results/depth); returns the verdict lines of what is
     complete so far."""
     series = train_cifar_series(out, models, seeds, "the depth series takes resnet<6n+2> and plain<6n+2>", recipe,
-                                precision, compile, data, device, records, epochs, progress, log)
+                                precision, compile, data, device, records, epochs, progress, log, jobs)
     lines = series_verdict(series_rows(series))
     for line in lines:
         log(line)

@@ -10,6 +10,7 @@ validation error on ImageNet, which Imagenette's 10 classes do not reproduce in 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -21,8 +22,8 @@ from ..evaluate.run import evaluate_checkpoint
 from ..io import atomic_write_json, read_json
 from ..models.specs import PAPER_IMAGENET_TOP1_10CROP
 from ..runs import RunDirectoryError, RunPaths, RunRecord, copy_records
-from ..train.recipes import get_recipe, stretch
-from .depth import load_series, series_members, series_rows, series_verdict
+from ..train.recipes import RunOptions, get_recipe, stretch
+from .depth import load_series, map_series, series_members, series_rows, series_verdict
 from .experiments import train_or_resume
 
 IMAGENETTE_MODELS = ("plain18", "plain34", "resnet18", "resnet34")
@@ -67,26 +68,36 @@ def evaluate_protocols(run_dir: Path, data: str | Path | None = None, device: st
     return record
 
 
+def train_and_test_member(member: tuple[Path, RunOptions, Path | None], data: str | Path | None, device: str,
+                          precision: str, epochs: float | None, log: Callable[[str], Any] = print) -> None:
+    """One network of the series: train (or resume, or skip) it, test it with the three protocols, copy its records
+    (module level: `--jobs` sends it to a worker process)."""
+    run_dir, options, records = member
+    train_or_resume(run_dir, stretch(get_recipe("imagenette"), epochs), options, log)
+    evaluate_protocols(run_dir, data, device, precision, log)
+    if records is not None:
+        copy_records(run_dir, records, extra=(PROTOCOLS_FILE,))
+
+
 def run_imagenette_series(out: str | Path, models: Sequence[str] = IMAGENETTE_MODELS, seeds: Sequence[int] = (0,),
                           precision: str = "fp32", compile: bool = False, data: str | Path | None = None,
                           device: str = "auto", records: str | Path | None = None, epochs: float | None = None,
-                          progress: bool = True, log: Callable[[str], Any] = print,
+                          progress: bool = True, log: Callable[[str], Any] = print, jobs: int = 1,
                           **overrides: Any) -> list[str]:
-    """Train (or resume, or skip when complete) every network and seed under `out`/<model>-s<seed>, test each with
-    the three protocols, and copy the records (with protocols.json) to `records` (e.g. results/imagenette).
-    `overrides` are RunOptions fields (subset, eval_subset, ... for smoke runs). Returns the verdict lines."""
+    """Train (or resume, or skip when complete) every network and seed under `out`/<model>-s<seed>, `jobs` at a
+    time (`depth.map_series`), test each with the three protocols, and copy the records (with protocols.json) to
+    `records` (e.g. results/imagenette). `overrides` are RunOptions fields (subset, eval_subset, ... for smoke
+    runs). Returns the verdict lines."""
     out = Path(out)
-    members = series_members(out, models, seeds, "imagenet", "this series takes plain18/34, resnet18/34, ...",
-                             dataset="imagenette", data=None if data is None else str(data), precision=precision,
-                             device=device, compile=compile, progress=progress, **overrides)
-    for run_dir, options, spec in members:
+    members = []
+    for run_dir, options, spec in series_members(
+            out, models, seeds, "imagenet", "this series takes plain18/34, resnet18/34, ...", dataset="imagenette",
+            data=None if data is None else str(data), precision=precision, device=device, compile=compile,
+            progress=progress, **overrides):
         options.shortcut = "A" if spec.residual else None  # Table 2 compares plain nets with option A ResNets
-        recipe = get_recipe("imagenette")
-        recipe = stretch(recipe, epochs)
-        train_or_resume(run_dir, recipe, options, log)
-        evaluate_protocols(run_dir, data, device, precision, log)
-        if records is not None:
-            copy_records(run_dir, Path(records), extra=(PROTOCOLS_FILE,))
+        members.append((run_dir, options, None if records is None else Path(records)))
+    map_series(functools.partial(train_and_test_member, data=data, device=device, precision=precision,
+                                 epochs=epochs, log=log), members, jobs, device)
     lines = imagenette_verdicts(load_series(out))
     for line in lines:
         log(line)

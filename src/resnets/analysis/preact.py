@@ -62,11 +62,12 @@ def run_preact_comparison(out: str | Path, models: Sequence[str] = PREACT_MODELS
                           recipe: str = "fast", precision: str = "fp32", compile: bool = False,
                           data: str | Path | None = None, device: str = "auto", records: str | Path | None = None,
                           epochs: float | None = None, progress: bool = True,
-                          log: Callable[[str], Any] = print) -> list[str]:
-    """Train (or resume, or skip) every network and seed under `out`; returns the verdict lines so far."""
+                          log: Callable[[str], Any] = print, jobs: int = 1) -> list[str]:
+    """Train (or resume, or skip) every network and seed under `out`, `jobs` at a time; returns the verdict lines
+    so far."""
     series = train_cifar_series(out, models, seeds, "the comparison takes CIFAR nets, e.g. resnet164 "
                                 "preact_resnet164", recipe, precision, compile, data, device, records, epochs,
-                                progress, log)
+                                progress, log, jobs)
     lines = preact_verdict(preact_rows(series))
     for line in lines:
         log(line)

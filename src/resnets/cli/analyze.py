@@ -108,6 +108,8 @@ def add_series_arguments(parser: argparse.ArgumentParser, models: str, records: 
     parser.add_argument("--data", default=None, help=f"{data} directory (default: the datasets root)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="CPU: train N networks at once, each pinned to its share of the cores (default 1)")
 
 
 def run_responses(args: argparse.Namespace) -> int:
@@ -155,7 +157,7 @@ def run_depth(args: argparse.Namespace) -> int:
     from ..analysis.depth import run_depth_series
 
     run_depth_series(args.out, args.models, args.seeds, args.recipe, args.precision, args.compile, args.data,
-                     args.device, args.records, args.epochs, args.progress)
+                     args.device, args.records, args.epochs, args.progress, jobs=args.jobs)
     return 0
 
 
@@ -163,7 +165,8 @@ def run_preact(args: argparse.Namespace) -> int:
     from ..analysis.preact import run_preact_comparison
 
     run_preact_comparison(args.out, args.models, args.seeds, args.recipe, args.precision,
-                          args.compile, args.data, args.device, args.records, args.epochs, args.progress)
+                          args.compile, args.data, args.device, args.records, args.epochs, args.progress,
+                          jobs=args.jobs)
     return 0
 
 
@@ -186,7 +189,8 @@ def run_imagenette(args: argparse.Namespace) -> int:
     from ..analysis.imagenette import run_imagenette_series
 
     run_imagenette_series(args.out, args.models, args.seeds, args.precision, args.compile, args.data, args.device,
-                          args.records, args.epochs, args.progress, subset=args.subset, eval_subset=args.eval_subset)
+                          args.records, args.epochs, args.progress, jobs=args.jobs, subset=args.subset,
+                          eval_subset=args.eval_subset)
     return 0
 
 

@@ -147,7 +147,7 @@ class Run:
         self.lr = self.schedule.lr(self.at.iteration)
         self.started = time.perf_counter()
         self.progress = tqdm(total=self.total, initial=self.at.iteration, unit="it", dynamic_ncols=True,
-                             smoothing=0.05, disable=not (options.progress and runtime.is_main))
+                             desc=options.model, smoothing=0.05, disable=not (options.progress and runtime.is_main))
 
     def _start_records(self) -> MetricsLog:
         self.paths.root.mkdir(parents=True, exist_ok=True)
