@@ -168,8 +168,8 @@ def core_groups(jobs: int) -> list[list[int]]:
     """This process's cores in `jobs` contiguous groups of near-equal size, one per worker of `map_pinned`."""
     cores = usable_cores()
     if not 1 <= jobs <= len(cores):
-        raise ValueError(f"--jobs {jobs}: this process may use {len(cores)} CPU cores, so between 1 and "
-                         f"{len(cores)} jobs, each on cores of its own; use a smaller --jobs")
+        raise ValueError(f"--jobs {jobs}: this process may use {len(cores)} CPU cores, and each job needs cores of "
+                         f"its own; use --jobs between 1 and {len(cores)}")
     size, extra = divmod(len(cores), jobs)
     starts = [i * size + min(i, extra) for i in range(jobs + 1)]
     return [cores[start:end] for start, end in itertools.pairwise(starts)]
