@@ -265,6 +265,42 @@ def test_depth_series_is_mean_and_std_over_seeds(depth_series: Path, capsys: pyt
     assert f"```\nresnets report --depth {depth_series} --out {out}\n```" in text
 
 
+def test_depth_series_states_each_runs_threads(depth_series: Path, capsys: pytest.CaptureFixture) -> None:
+    """Runs of one series may use different thread counts (--jobs pins 1 thread each): the setting line gives the
+    range and each row its own, since wall times depend on it."""
+    folder = depth_series.parent / "depth-threads"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(depth_series, folder)
+    recorded = summary(folder / "resnet8-s1")["hardware"]["threads"]
+    summary_path = folder / "resnet8-s1" / "summary.json"
+    record = summary(folder / "resnet8-s1")
+    summary_path.write_text(json.dumps({**record, "hardware": {**record["hardware"], "threads": 9}}))
+    out = folder.parent / "depth-threads-site" / "REPRODUCTION.md"
+    assert main(["report", "--depth", str(folder), "--out", str(out)]) == 0, capsys.readouterr().err
+    text = out.read_text()
+    assert f", {recorded}-9 threads, torch" in text
+    cells = {line.split("|")[1].strip(): line.split("|")[8].strip() for line in text.splitlines()
+             if line.startswith(("| ResNet-8 |", "| plain-8 |"))}
+    assert cells == {"ResNet-8": f"{recorded}/9", "plain-8": str(recorded)}
+
+
+def test_series_ignores_another_series_unfinished_run(made: dict[str, Path], depth_series: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """Two series sharing one --out: the one that finishes first loads its own runs and every complete one, and
+    leaves out a run the other is still training; the report, which reads everything, still refuses it."""
+    out = made["root"] / "depth-shared-runs"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(made["root"] / "depth-runs", out)
+    record = summary(out / "resnet8-s1")  # as if the other series were still training it
+    (out / "resnet8-s1" / "summary.json").write_text(json.dumps({**record, "complete": False}))
+    assert main(["experiment", "depth", "--models", "plain8", "--seeds", "0", "1", "--epochs", "1",
+                 "--data", str(made["data"]), "--device", "cpu", "--out", str(out), "--no-progress"]) == 0, \
+        capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["report", "--depth", str(out), "--out", str(out.parent / "shared-site" / "R.md")]) == 2
+    assert "resnet8-s1 stopped at" in capsys.readouterr().err
+
+
 def test_depth_series_refuses_a_mislabelled_or_unfinished_run(depth_series: Path,
                                                               capsys: pytest.CaptureFixture) -> None:
     folder = depth_series.parent / "depth-bad"

@@ -15,14 +15,14 @@ import functools
 import itertools
 import re
 import statistics
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..models import model_spec
 from ..models.specs import PAPER_CIFAR10_ERROR, ResNetSpec
 from ..plots import plot_error_curves
-from ..runs import RunDirectoryError, RunRecord, copy_records, load_run
+from ..runs import RunDirectoryError, RunPaths, RunRecord, copy_records, load_run
 from ..runtime import map_pinned, resolve_device
 from ..train.recipes import Recipe, RunOptions, get_recipe, stretch
 from .experiments import final_train_error, label, train_or_resume, verdict
@@ -30,8 +30,10 @@ from .experiments import final_train_error, label, train_or_resume, verdict
 RUN_NAME = re.compile(r"^(?P<model>[a-z0-9_]+)-s(?P<seed>\d+)$")
 
 
-def load_series(folder: str | Path) -> dict[str, list[RunRecord]]:
-    """model -> its finished runs, by seed; every run must be complete and all must share one schedule."""
+def load_series(folder: str | Path, required: Collection[str] | None = None) -> dict[str, list[RunRecord]]:
+    """model -> its finished runs, by seed; every run must be complete and all must share one schedule.
+    `required`: only these run directories (by name) must be complete; an unfinished other is left out, since
+    another series may be training it in the same folder."""
     folder = Path(folder)
     if not folder.is_dir():
         raise RunDirectoryError(f"{folder} is not a directory; give the folder holding <model>-s<seed> run "
@@ -41,6 +43,8 @@ def load_series(folder: str | Path) -> dict[str, list[RunRecord]]:
     for path in sorted(p for p in folder.iterdir() if p.is_dir()):
         match = RUN_NAME.match(path.name)
         if not match:
+            continue
+        if required is not None and path.name not in required and not RunPaths(path).is_complete():
             continue
         run = load_run(path)
         model, seed = match["model"], int(match["seed"])
@@ -91,6 +95,7 @@ def series_rows(series: Mapping[str, Sequence[RunRecord]]) -> list[dict[str, Any
                      "paper_error": PAPER_CIFAR10_ERROR.get(spec.depth) if spec.residual else None,
                      "wall_seconds": statistics.fmean(run.summary["wall_seconds"] for run in runs),
                      "steady_seconds": statistics.fmean(steady_seconds(run) for run in runs),
+                     "threads": "/".join(sorted({str(run.summary["hardware"].get("threads", "?")) for run in runs})),
                      "precision": "/".join(sorted({run.summary["precision"] for run in runs}))})
     return rows
 
@@ -190,7 +195,7 @@ def train_cifar_series(out: str | Path, models: Sequence[str], seeds: Sequence[i
                    out, models, seeds, "cifar", which, dataset="cifar10", data=None if data is None else str(data),
                    precision=precision, device=device, compile=compile, progress=progress)]
     map_series(functools.partial(train_cifar_member, log=log), members, jobs, device)
-    return load_series(out)
+    return load_series(out, required={run_dir.name for run_dir, *_ in members})
 
 
 def run_depth_series(out: str | Path, models: Sequence[str], seeds: Sequence[int], recipe: str = "fast",

@@ -98,7 +98,7 @@ def run_imagenette_series(out: str | Path, models: Sequence[str] = IMAGENETTE_MO
         members.append((run_dir, options, None if records is None else Path(records)))
     map_series(functools.partial(train_and_test_member, data=data, device=device, precision=precision,
                                  epochs=epochs, log=log), members, jobs, device)
-    lines = imagenette_verdicts(load_series(out))
+    lines = imagenette_verdicts(load_series(out, required={run_dir.name for run_dir, *_ in members}))
     for line in lines:
         log(line)
     return lines

@@ -202,15 +202,21 @@ def _series_table(series: dict[str, list[RunRecord]], rows: Sequence[dict[str, A
     body = [(row["label"], params[row["model"]], f"{len(row['seeds'])} ({', '.join(map(str, row['seeds']))})",
              plus_minus(row["test_errors"]), plus_minus(row["train_errors"]),
              "-" if row["paper_error"] is None else f"{row['paper_error']:.2f}",
-             f"{duration(row['wall_seconds'])} ({duration(row['steady_seconds'])})", row["precision"]) for row in rows]
+             f"{duration(row['wall_seconds'])} ({duration(row['steady_seconds'])})", row["threads"],
+             row["precision"]) for row in rows]
     return table(("net", "params", "runs (seeds)", "test error (%)", "final train error (%)", paper,
-                  "wall time per run (at its median rate)", "precision"), body)
+                  "wall time per run (at its median rate)", "threads", "precision"), body)
 
 
-def _series_setting(folder: Path, first: RunRecord) -> str:
+def _series_hardware(series: dict[str, list[RunRecord]]) -> str:
+    return hardware_brief(*(run.summary["hardware"] for runs in series.values() for run in runs))
+
+
+def _series_setting(folder: Path, series: dict[str, list[RunRecord]]) -> str:
+    first = next(iter(series.values()))[0]
     return (f"Every run under `{folder}` (one directory per network and seed), all on one budget: "
             f"{schedule_of(first)} ({first.summary['epochs']:g} epochs); {data_copy(first.summary['data'])}; "
-            f"{hardware_brief(first.summary['hardware'])}. Each run: `{training_command(first.config)}` with its "
+            f"{_series_hardware(series)}. Each run: `{training_command(first.config)}` with its "
             f"model and seed. Test error: single 32x32 view of all {first.summary['test_images']:,} test images "
             "after the last iteration; training error: the last epoch's augmented mini-batches in train mode. "
             "Mean ± sample std over the runs counted in the third column.")
@@ -218,7 +224,6 @@ def _series_setting(folder: Path, first: RunRecord) -> str:
 
 def _depth_section(writer: ReportWriter, folder: Path, series: dict[str, list[RunRecord]]) -> list[str]:
     rows = series_rows(series)
-    first = next(iter(series.values()))[0]
     anchor = [f"`{name}` ({meta['recipe']['name']} recipe, {meta.get('epochs') or meta['recipe']['iterations']:g}"
               f"{' epochs' if meta.get('epochs') else ' iterations'}, 1 run): {meta['test_top1_error']:.2f}%"
               for name, meta in list_pretrained().items()
@@ -226,7 +231,7 @@ def _depth_section(writer: ReportWriter, folder: Path, series: dict[str, list[Ru
     with tempfile.TemporaryDirectory() as scratch:
         figure = writer.figure(plot_series(series, Path(scratch) / "depth.png"), "depth-series.png",
                                "Fig. 6: plain and residual nets of growing depth")
-    return ["## Table 6 and Fig. 6: the depth series", _series_setting(folder, first),
+    return ["## Table 6 and Fig. 6: the depth series", _series_setting(folder, series),
             _series_table(series, rows, "paper (%, 64k it.)"),
             "Anchor rows, shipped ResNet-20 weights (their metadata): " + "; ".join(anchor) + "."
             if anchor else "",
@@ -241,7 +246,7 @@ def _preact_section(writer: ReportWriter, folder: Path, series: dict[str, list[R
         figure = writer.figure(plot_preact(series, Path(scratch) / "preact.png"), "preact-comparison.png",
                                "original vs pre-activation ResNet: training and test error")
     return ["## Identity Mappings (ECCV 2016): original vs pre-activation at the same depth",
-            _series_setting(folder, next(iter(series.values()))[0]),
+            _series_setting(folder, series),
             _series_table(series, rows, "follow-up (%, CIFAR-10, 64k it.)"),
             figure, "Left: original (BN and ReLU after each convolution, ReLU after the addition); right: "
             "pre-activation (BN and ReLU before each convolution, nothing after the addition). Dashed: training "
@@ -271,7 +276,7 @@ def _imagenette_section(writer: ReportWriter, folder: Path, series: dict[str, li
     return ["## ImageNet in miniature: Tables 2 and 3, Fig. 4 on Imagenette",
             f"Every run under `{folder}`, all on one budget: {schedule_of(first)} ({first.summary['epochs']:g} "
             f"epochs; {first.config['recipe']['notes']}); {first.summary['data']['train_images']:,} training photos "
-            f"of Imagenette (10 ImageNet classes, a 224x224 copy); {hardware_brief(first.summary['hardware'])}. "
+            f"of Imagenette (10 ImageNet classes, a 224x224 copy); {_series_hardware(series)}. "
             f"Each run: `{training_command(first.config)}` with its model (residual nets: option A shortcuts, as "
             "in Table 2). These are not ImageNet numbers: the paper's column is there for direction only.",
             "Table 2 in miniature: top-1 validation error (%) of each net, mean over its runs.",
