@@ -271,10 +271,10 @@ def test_depth_series_states_each_runs_threads(depth_series: Path, capsys: pytes
     folder = depth_series.parent / "depth-threads"
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(depth_series, folder)
-    recorded = summary(folder / "resnet8-s1")["hardware"]["threads"]
-    summary_path = folder / "resnet8-s1" / "summary.json"
     record = summary(folder / "resnet8-s1")
-    summary_path.write_text(json.dumps({**record, "hardware": {**record["hardware"], "threads": 9}}))
+    recorded = record["hardware"]["threads"]
+    (folder / "resnet8-s1" / "summary.json").write_text(
+        json.dumps({**record, "hardware": {**record["hardware"], "threads": 9}}))
     out = folder.parent / "depth-threads-site" / "REPRODUCTION.md"
     assert main(["report", "--depth", str(folder), "--out", str(out)]) == 0, capsys.readouterr().err
     text = out.read_text()

@@ -25,6 +25,7 @@ from ..plots import plot_error_curves
 from ..runs import RunDirectoryError, RunPaths, RunRecord, copy_records, load_run
 from ..runtime import map_pinned, resolve_device
 from ..train.recipes import Recipe, RunOptions, get_recipe, stretch
+from .describe import thread_counts
 from .experiments import final_train_error, label, train_or_resume, verdict
 
 RUN_NAME = re.compile(r"^(?P<model>[a-z0-9_]+)-s(?P<seed>\d+)$")
@@ -95,7 +96,7 @@ def series_rows(series: Mapping[str, Sequence[RunRecord]]) -> list[dict[str, Any
                      "paper_error": PAPER_CIFAR10_ERROR.get(spec.depth) if spec.residual else None,
                      "wall_seconds": statistics.fmean(run.summary["wall_seconds"] for run in runs),
                      "steady_seconds": statistics.fmean(steady_seconds(run) for run in runs),
-                     "threads": "/".join(sorted({str(run.summary["hardware"].get("threads", "?")) for run in runs})),
+                     "threads": "/".join(map(str, thread_counts(*(run.summary["hardware"] for run in runs)))) or "?",
                      "precision": "/".join(sorted({run.summary["precision"] for run in runs}))})
     return rows
 

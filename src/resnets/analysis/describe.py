@@ -99,9 +99,14 @@ def training_command(config: dict[str, Any]) -> str:
     return shlex.join([*words, "--out", options["out"]])
 
 
+def thread_counts(*hardware: dict[str, Any]) -> list[int]:
+    """The distinct torch thread counts of runs' hardware records, ascending (unrecorded ones left out)."""
+    return sorted({record["threads"] for record in hardware if record.get("threads")})
+
+
 def hardware_brief(hardware: dict[str, Any], *others: dict[str, Any]) -> str:
     """The machine a run used; given several runs' records, thread counts that differ read as a range (1-2)."""
-    counts = sorted({record["threads"] for record in (hardware, *others) if record.get("threads")})
+    counts = thread_counts(hardware, *others)
     threads = "?" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     device = hardware.get("gpu") or f"CPU {hardware.get('cpu', '?')}, {threads} threads"
     count = hardware.get("world_size", 1)
