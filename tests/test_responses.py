@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from resnets import create_model, save_weights
-from resnets.analysis.responses import conv_bn_pairs, layer_responses
+from resnets.analysis.responses import conv_bn_pairs, layer_responses, response_verdicts
 from resnets.cli import main
 from resnets.data.cifar import load_cifar
 from resnets.data.decoded import per_pixel_mean, spread_indices
@@ -103,6 +103,18 @@ def test_pairs_in_plain_residual_and_bottleneck_nets() -> None:
         resnet50 = create_model("resnet50", shortcut="C")
     pairs = conv_bn_pairs(resnet50)  # the 7x7 stem, 1x1 convs and projections are not 3x3 layers
     assert len(pairs) == 16 and all(c.endswith("conv2") and b.endswith("bn2") for c, b in pairs)
+
+
+def test_fig7_verdicts_check_every_resnet_depth() -> None:
+    stds = {"resnet20": 1.0, "resnet56": 0.9, "resnet110 (runs/x)": 0.95, "plain20": 1.2, "plain56": 0.8}
+    assert response_verdicts(stds) == [
+        "resnet20 responds less than plain20: yes (mean std 1.000 vs 1.200)",
+        "resnet56 responds less than plain56: no (mean std 0.900 vs 0.800)",
+        "deeper ResNet has smaller responses, at every depth: no "
+        "(resnet20 1.000 -> resnet56 0.900 -> resnet110 (runs/x) 0.950)"]  # 110 above 56 breaks the order
+    stds["resnet110 (runs/x)"] = 0.85
+    assert response_verdicts(stds)[-1].startswith("deeper ResNet has smaller responses, at every depth: yes")
+    assert response_verdicts({"resnet20": 1.0, "vgg": 2.0}) == []  # one ResNet, no plain twin: nothing to claim
 
 
 def test_spread_indices_take_every_class_of_a_sorted_folder() -> None:

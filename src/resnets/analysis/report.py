@@ -46,7 +46,7 @@ from .experiments import degradation_results, load_runs
 from .experiments import label as net_label
 from .imagenette import imagenette_verdicts, protocol_rows
 from .preact import plot_preact, preact_rows, preact_verdict
-from .responses import model_kind_depth, read_responses_csv
+from .responses import read_responses_csv, response_verdicts
 
 
 def table1() -> str:
@@ -351,18 +351,7 @@ def _responses_section(writer: ReportWriter, folder: Path) -> list[str]:
     provenance = read_run_json(provenance_path) if provenance_path.is_file() else {}
     mean = {label: sum(stds) / len(stds) for label, stds in series.items()}
     rows = [(label, len(stds), f"{mean[label]:.3f}", f"{max(stds):.3f}") for label, stds in series.items()]
-    kinds = {model_kind_depth(label): label for label in series if model_kind_depth(label)}
-    claims = []
-    for (kind, depth), label in sorted(kinds.items()):
-        plain = kinds.get(("plain", depth))
-        if kind == "resnet" and plain:
-            claims.append(f"{label} responds less than {plain}: {'yes' if mean[label] < mean[plain] else 'no'} "
-                          f"(mean std {mean[label]:.3f} vs {mean[plain]:.3f})")
-    resnets = sorted((depth, label) for (kind, depth), label in kinds.items() if kind == "resnet")
-    if len(resnets) >= 2:
-        (_d0, shallow), (_d1, deep) = resnets[0], resnets[-1]
-        claims.append(f"deeper ResNet has smaller responses: {'yes' if mean[deep] < mean[shallow] else 'no'} "
-                      f"({deep} {mean[deep]:.3f} vs {shallow} {mean[shallow]:.3f})")
+    claims = response_verdicts(mean)
     made_by = f"Made by `{provenance['command']}`. " if provenance.get("command") else ""
     return ["## Fig. 7: layer responses",
             f"{made_by}Std of each 3x3 layer's output after BN and before the addition/ReLU, over "

@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,21 @@ def model_kind_depth(label: str) -> tuple[str, int] | None:
     """("plain" | "resnet", depth) of a label such as "resnet20" or "plain56 (runs/x)"; None for other labels."""
     match = re.match(r"^(plain|resnet)(\d+)\b", label)
     return (match[1], int(match[2])) if match else None
+
+
+def response_verdicts(mean_std: dict[str, float]) -> list[str]:
+    """Fig. 7's two claims from each net's mean response std: a ResNet responds less than the plain net of its
+    depth, and the responses shrink at every added ResNet depth (20 > 56 > 110 in the paper)."""
+    nets = {model_kind_depth(label): label for label in mean_std if model_kind_depth(label)}
+    claims = []
+    for (kind, depth), label in sorted(nets.items()):
+        plain = nets.get(("plain", depth))
+        if kind == "resnet" and plain:
+            claims.append(f"{label} responds less than {plain}: {'yes' if mean_std[label] < mean_std[plain] else 'no'} "
+                          f"(mean std {mean_std[label]:.3f} vs {mean_std[plain]:.3f})")
+    resnets = [label for (kind, _depth), label in sorted(nets.items()) if kind == "resnet"]
+    if len(resnets) >= 2:
+        shrinks = all(mean_std[deep] < mean_std[shallow] for shallow, deep in pairwise(resnets))
+        chain = " -> ".join(f"{label} {mean_std[label]:.3f}" for label in resnets)
+        claims.append(f"deeper ResNet has smaller responses, at every depth: {'yes' if shrinks else 'no'} ({chain})")
+    return claims
