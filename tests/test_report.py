@@ -263,6 +263,8 @@ def test_depth_series_is_mean_and_std_over_seeds(depth_series: Path, capsys: pyt
     assert "](figures/depth-series.png)" in text and (out.parent / "figures" / "depth-series.png").is_file()
     assert "- plain: not measured (needs two depths)" in text and "fast recipe, 1 iterations" in text
     assert f"```\nresnets report --depth {depth_series} --out {out}\n```" in text
+    assert (f"Not run yet (no complete run under `{depth_series}`): plain-20, plain-32, plain-44, plain-56, ResNet-20, "
+            "ResNet-32, ResNet-44, ResNet-56, ResNet-110.") in text  # the paper's nets; 8-layer ones stand in here
 
 
 def test_depth_series_states_each_runs_threads(depth_series: Path, capsys: pytest.CaptureFixture) -> None:

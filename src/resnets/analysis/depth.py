@@ -28,6 +28,9 @@ from ..train.recipes import Recipe, RunOptions, get_recipe, stretch
 from .describe import thread_counts
 from .experiments import final_train_error, label, train_or_resume, verdict
 
+# The nets of Fig. 6 left and middle and Table 6 (ResNet-1202, Fig. 6 right, is beyond this machine).
+PAPER_DEPTH_SERIES = ("plain20", "plain32", "plain44", "plain56", "resnet20", "resnet32", "resnet44", "resnet56",
+                      "resnet110")
 RUN_NAME = re.compile(r"^(?P<model>[a-z0-9_]+)-s(?P<seed>\d+)$")
 
 

@@ -29,7 +29,7 @@ from ..models.weights import list_pretrained
 from ..plots import plot_detection_curves
 from ..runs import RunDirectoryError, RunRecord, load_run
 from .complexity import complexity
-from .depth import load_series, plot_series, plus_minus, schedule_of, series_rows, series_verdict
+from .depth import PAPER_DEPTH_SERIES, load_series, plot_series, plus_minus, schedule_of, series_rows, series_verdict
 from .describe import (
     DATASET_NAMES,
     data_copy,
@@ -224,6 +224,7 @@ def _series_setting(folder: Path, series: dict[str, list[RunRecord]]) -> str:
 
 def _depth_section(writer: ReportWriter, folder: Path, series: dict[str, list[RunRecord]]) -> list[str]:
     rows = series_rows(series)
+    missing = [model for model in PAPER_DEPTH_SERIES if model not in series]
     anchor = [f"`{name}` ({meta['recipe']['name']} recipe, {meta.get('epochs') or meta['recipe']['iterations']:g}"
               f"{' epochs' if meta.get('epochs') else ' iterations'}, 1 run): {meta['test_top1_error']:.2f}%"
               for name, meta in list_pretrained().items()
@@ -233,6 +234,7 @@ def _depth_section(writer: ReportWriter, folder: Path, series: dict[str, list[Ru
                                "Fig. 6: plain and residual nets of growing depth")
     return ["## Table 6 and Fig. 6: the depth series", _series_setting(folder, series),
             _series_table(series, rows, "paper (%, 64k it.)"),
+            f"Not run yet (no complete run under `{folder}`): {', '.join(map(net_label, missing))}." if missing else "",
             "Anchor rows, shipped ResNet-20 weights (their metadata): " + "; ".join(anchor) + "."
             if anchor else "",
             figure,
