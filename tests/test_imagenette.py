@@ -143,3 +143,32 @@ def shipped_weights_agree_with_a_create_model_and_preprocess_loop(tmp_path: Path
     error = 100 * (scores.argmax(1) != labels).float().mean().item()
     assert error == pytest.approx(meta["check_subset"]["top1_error"], abs=1e-6)
     assert error == pytest.approx(meta["test_top1_error"], abs=1e-6)
+
+
+def test_table2_verdicts_compare_equal_depths_and_read_the_curves() -> None:
+    """Residual vs plain at each depth on 10-crop top-1 (Table 2's column), and how often the deeper net's training
+    curve lies above the shallower one's; hand-made records, expected lines written out by hand."""
+    from types import SimpleNamespace
+
+    from resnets.analysis.imagenette import curve_comparisons, same_depth_verdicts
+
+    def train_row(model: str, label: str, depth: int, residual: bool, train: float) -> dict:
+        return {"model": model, "label": label, "depth": depth, "residual": residual, "final_train_error": train}
+
+    train_rows = [train_row("plain18", "plain-18", 18, False, 21.0), train_row("resnet18", "ResNet-18", 18, True, 21.5),
+                  train_row("resnet34", "ResNet-34", 34, True, 26.0)]
+    test_rows = [{"model": "plain18", "10crop_top1_error": 19.7}, {"model": "resnet18", "10crop_top1_error": 20.1},
+                 {"model": "resnet34", "10crop_top1_error": 23.0}]
+    assert same_depth_verdicts(train_rows, test_rows) == [
+        "at 18 layers the residual net beats the plain one (ImageNet: 27.88% vs 27.94%): no (ResNet-18 20.10% vs "
+        "plain-18 19.70% 10-crop top-1; final training error 21.50% vs 21.00%)"]  # no plain-34: no line for 34
+
+    def run(*train_errors: float) -> SimpleNamespace:
+        return SimpleNamespace(metrics=[{"iteration": 10 * (i + 1), "train_error": e}
+                                        for i, e in enumerate(train_errors)])
+
+    series = {"plain18": [run(50, 40, 30, 20)], "resnet18": [run(60, 40, 30, 20)],
+              "resnet34": [run(70, 50, 25, 30)]}
+    assert curve_comparisons(series, train_rows) == [
+        "along the run (Fig. 4), ResNet-34's training error is above ResNet-18's at 3 of 4 logged points "
+        "(last quarter: 30.00% vs 20.00%)"]  # one plain depth only: no plain line

@@ -23,7 +23,7 @@ from ..io import atomic_write_json, read_json
 from ..models.specs import PAPER_IMAGENET_TOP1_10CROP
 from ..runs import RunDirectoryError, RunPaths, RunRecord, copy_records
 from ..train.recipes import RunOptions, get_recipe, stretch
-from .depth import load_series, map_series, series_members, series_rows, series_verdict
+from .depth import load_series, map_series, mean_curve, series_members, series_rows, series_verdict
 from .experiments import train_or_resume
 
 IMAGENETTE_MODELS = ("plain18", "plain34", "resnet18", "resnet34")
@@ -142,6 +142,54 @@ def protocol_verdicts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def same_depth_verdicts(train_rows: Sequence[Mapping[str, Any]], test_rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Table 2's own comparison: at each depth trained in both families, the residual net against the plain one on
+    10-crop top-1 validation error (the paper's column), with both final training errors beside it."""
+    by_depth: dict[int, dict[bool, Mapping[str, Any]]] = {}
+    for row in train_rows:
+        by_depth.setdefault(row["depth"], {})[row["residual"]] = row
+    tested = {row["model"]: row for row in test_rows}
+    lines = []
+    for depth, pair in sorted(by_depth.items()):
+        if len(pair) < 2:
+            continue
+        plain, residual = pair[False], pair[True]
+        ours, theirs = (tested[r["model"]]["10crop_top1_error"] for r in (residual, plain))
+        paper = [PAPER_IMAGENET_TOP1_10CROP.get(r["model"]) for r in (residual, plain)]
+        cited = f" (ImageNet: {paper[0]:.2f}% vs {paper[1]:.2f}%)" if None not in paper else ""
+        holds = "yes" if ours < theirs else "no"
+        lines.append(f"at {depth} layers the residual net beats the plain one{cited}: {holds} "
+                     f"({residual['label']} {ours:.2f}% vs {plain['label']} {theirs:.2f}% 10-crop top-1; final "
+                     f"training error {residual['final_train_error']:.2f}% vs {plain['final_train_error']:.2f}%)")
+    return lines
+
+
+def curve_comparisons(series: Mapping[str, Sequence[RunRecord]], train_rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Why a depth verdict came out as it did, read off Fig. 4: in each family, how often along the run the deeper
+    net's training error was above the shallower one's (a deeper net behind all the way is still converging at
+    this budget, not over-fitting), and their means over the last quarter of the logged points."""
+    lines = []
+    for residual in (False, True):
+        members = sorted((r for r in train_rows if r["residual"] == residual), key=lambda r: r["depth"])
+        if len(members) < 2 or members[0]["depth"] == members[-1]["depth"]:
+            continue
+        shallow, deep = members[0], members[-1]
+        curves = [{r["iteration"]: r["train_error"] for r in mean_curve(series[row["model"]]) if "train_error" in r}
+                  for row in (deep, shallow)]
+        common = sorted(set(curves[0]) & set(curves[1]))
+        if not common:
+            continue
+        above = sum(curves[0][i] > curves[1][i] for i in common)
+        tail = common[-max(1, len(common) // 4):]
+        means = [statistics.fmean(curve[i] for i in tail) for curve in curves]
+        lines.append(f"along the run (Fig. 4), {deep['label']}'s training error is above {shallow['label']}'s at "
+                     f"{above} of {len(common)} logged points (last quarter: {means[0]:.2f}% vs {means[1]:.2f}%)")
+    return lines
+
+
 def imagenette_verdicts(series: Mapping[str, Sequence[RunRecord]]) -> list[str]:
-    """Table 2 / Fig. 4 (deeper plain trains worse, deeper ResNet better) and the protocol ordering of Table 3."""
-    return series_verdict(series_rows(series)) + protocol_verdicts(protocol_rows(series))
+    """Table 2 / Fig. 4 (deeper plain trains worse, deeper ResNet better, residual beats plain at equal depth, with
+    the curves' account of each family) and the protocol ordering of Table 3."""
+    train_rows, test_rows = series_rows(series), protocol_rows(series)
+    return (series_verdict(train_rows) + same_depth_verdicts(train_rows, test_rows)
+            + curve_comparisons(series, train_rows) + protocol_verdicts(test_rows))
