@@ -10,7 +10,7 @@ under `out`; a complete run is kept, an interrupted one resumed, so the command 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,16 +167,25 @@ def degradation_results(runs: Mapping[str, Any]) -> dict[str, Any]:
     return {"runs": results, "verdict": verdict(results)}
 
 
+def shallowest_and_deepest(rows: Iterable[Mapping[str, Any]], residual: bool
+                           ) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
+    """The shallowest and the deepest row of one family (plain or residual), or None without two depths."""
+    members = sorted((r for r in rows if r["residual"] == residual), key=lambda r: r["depth"])
+    if len(members) < 2 or members[0]["depth"] == members[-1]["depth"]:
+        return None
+    return members[0], members[-1]
+
+
 def verdict(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Deepest vs shallowest of each family: the paper's claims are plain-56 > plain-20 in training error and
     ResNet-56 < ResNet-20 in training and test error."""
     result: dict[str, Any] = {"lines": []}
     for family, residual in (("plain", False), ("resnet", True)):
-        members = sorted((r for r in runs.values() if r["residual"] == residual), key=lambda r: r["depth"])
-        if len(members) < 2 or members[0]["depth"] == members[-1]["depth"]:
+        pair = shallowest_and_deepest(runs.values(), residual)
+        if pair is None:
             result["lines"].append(f"{family}: not measured (needs two depths)")
             continue
-        shallow, deep = members[0], members[-1]
+        shallow, deep = pair
 
         def compare(key: str, deep: Mapping[str, Any] = deep, shallow: Mapping[str, Any] = shallow) -> str:
             return f"{deep['label']} {deep[key]:.2f}% vs {shallow['label']} {shallow[key]:.2f}%"

@@ -24,7 +24,7 @@ from ..models.specs import PAPER_IMAGENET_TOP1_10CROP
 from ..runs import RunDirectoryError, RunPaths, RunRecord, copy_records
 from ..train.recipes import RunOptions, get_recipe, stretch
 from .depth import load_series, map_series, mean_curve, series_members, series_rows, series_verdict
-from .experiments import train_or_resume
+from .experiments import shallowest_and_deepest, train_or_resume
 
 IMAGENETTE_MODELS = ("plain18", "plain34", "resnet18", "resnet34")
 PROTOCOLS_FILE = "protocols.json"
@@ -170,10 +170,10 @@ def curve_comparisons(series: Mapping[str, Sequence[RunRecord]], train_rows: Seq
     this budget, not over-fitting), and their means over the last quarter of the logged points."""
     lines = []
     for residual in (False, True):
-        members = sorted((r for r in train_rows if r["residual"] == residual), key=lambda r: r["depth"])
-        if len(members) < 2 or members[0]["depth"] == members[-1]["depth"]:
+        pair = shallowest_and_deepest(train_rows, residual)
+        if pair is None:
             continue
-        shallow, deep = members[0], members[-1]
+        shallow, deep = pair
         curves = [{r["iteration"]: r["train_error"] for r in mean_curve(series[row["model"]]) if "train_error" in r}
                   for row in (deep, shallow)]
         common = sorted(set(curves[0]) & set(curves[1]))
