@@ -30,14 +30,20 @@ def main() -> None:
     parser.add_argument("--pads", type=int, nargs="+", default=[0, 8, 40], help="border widths in pixels")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    photos = sorted((datasets_root() / "imagenette" / "val").rglob("*.JPEG"))
+    folder = datasets_root() / "imagenette" / "val"
+    photos = sorted(folder.rglob("*.JPEG"))
+    if not photos:
+        parser.error(f"no *.JPEG photos under {folder}; set RESNETS_DATASETS to the folder that holds imagenette/")
     random.Random(args.seed).shuffle(photos)
     photos = photos[:args.photos]
     images = [read_image(photo) for photo in photos]
     rows, side = [], None
     for name in args.models:
         started = time.perf_counter()
-        model = resnets.create_model(name, pretrained="imagenette").eval()
+        try:
+            model = resnets.create_model(name, pretrained="imagenette").eval()
+        except ValueError as error:
+            parser.error(str(error))
         labels = torch.tensor([model.meta["classes"].index(photo.parent.name) for photo in photos])
         batch = resnets.preprocess(model, images)
         side = batch.shape[-1]
