@@ -1,6 +1,6 @@
 """Training throughput on CIFAR-10: the resnets trainer vs a conventional PyTorch trainer, same model and precision.
 
-ours:          `resnets.train.loop.train` itself (decoded uint8 tensors in memory, batched pad-crop-flip on the
+ours:          `resnets.train.classify.train` itself (decoded uint8 tensors in memory, batched pad-crop-flip on the
                training device, channels_last), images/s read from its own metrics log.
 conventional:  torchvision ImageFolder over the JPEG files + per-sample RandomCrop(32, 4) / RandomHorizontalFlip /
                ToTensor / Normalize in DataLoader workers, the same model in the default memory format.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import itertools
 import json
@@ -34,7 +35,8 @@ from torchvision import transforms
 import resnets
 from resnets.data.paths import datasets_root
 from resnets.runtime import autocast
-from resnets.train.loop import train
+from resnets.train.classify import train
+from resnets.train.plan import RunPlan
 from resnets.train.recipes import RunOptions, get_recipe
 
 BATCH = 128
@@ -53,12 +55,12 @@ def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -
 
 def ours(model: str, precision: str, data: Path, iterations: int, log_every: int, compile: bool = False) -> list[float]:
     with tempfile.TemporaryDirectory() as out:
-        recipe = get_recipe("paper", depth=resnets.model_spec(model).depth)
-        recipe.error_warmup_lr = None  # a throughput run: the lr does not matter
+        # a throughput run: the lr does not matter
+        recipe = dataclasses.replace(get_recipe("paper", depth=resnets.model_spec(model).depth), error_warmup_lr=None)
         options = RunOptions(model=model, data=str(data), out=out, precision=precision, progress=False,
                              max_iterations=iterations, log_every=log_every, eval_subset=500, compile=compile)
         with contextlib.redirect_stdout(io.StringIO()):  # the run's own report; we print a table
-            train(options, recipe)
+            train(RunPlan(options, recipe))
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     # the first window includes warm-up (allocations, oneDNN primitive creation)
     return [r["images_per_s"] for r in records[1:] if "images_per_s" in r and r["iterations"] == log_every]

@@ -1,6 +1,6 @@
 """Images/s of the Sec. 3.4 training pipeline against a classic torchvision pipeline with the same geometry.
 
-Ours: torchvision.io decode (libjpeg-turbo) of the file bytes -> uint8 tensor -> shorter side random in
+Ours: the package decoder (Pillow, libjpeg-turbo) of the file bytes -> uint8 tensor -> shorter side random in
 [256, 480] -> random 224 crop -> random flip -> float -> PCA lighting -> per-pixel mean image subtraction.
 torchvision: ImageFolder's Pillow loader -> transforms.v2 RandomShortestSize([256..480]) -> RandomCrop(224)
 -> RandomHorizontalFlip -> ToImage + ToDtype(float, scale) (ToTensor) -> Normalize. No lighting there, so

@@ -121,7 +121,7 @@ def smooth_photos(count: int, size: int = 224, seed: int = 0) -> torch.Tensor:
 def write_synthetic_imagenette(folder: Path, train_per_class: int = 12, val_per_class: int = 4, seed: int = 0) -> Path:
     """An Imagenette-shaped folder (train/ and val/ of two wnid class folders, 224x224 JPEGs) that a network can
     learn: each class its own colour cast over smooth waves, under per-image noise."""
-    from torchvision.io import write_jpeg
+    from PIL import Image
 
     generator = torch.Generator().manual_seed(seed)
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
@@ -131,5 +131,6 @@ def write_synthetic_imagenette(folder: Path, train_per_class: int = 12, val_per_
             cast = torch.tensor([60.0, -40.0, -20.0] if label == 0 else [-40.0, 10.0, 60.0])[:, None, None]
             photos = (photos + cast + 8 * torch.randn(photos.shape, generator=generator)).clamp(0, 255)
             for index, photo in enumerate(photos.round().to(torch.uint8)):
-                write_jpeg(photo, str(folder / split / wnid / f"{wnid}_{index}.JPEG"), quality=90)
+                Image.fromarray(photo.permute(1, 2, 0).numpy()).save(folder / split / wnid / f"{wnid}_{index}.JPEG",
+                                                                     quality=90)
     return folder

@@ -3,6 +3,7 @@ frozen BN and trainable stages, and a tiny end-to-end run that resumes bit-exact
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -154,17 +155,24 @@ def test_training_resumes_bit_exactly_and_the_cli_predicts_boxes(tiny_detection_
     records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [1, 2, 3, 4] and "val_map" in records[-1]
 
-    # Restart from the checkpoint at iteration 2 (kept as previous.pt when iteration 4's replaced it).
+    # As if killed after the checkpoint at iteration 2 (kept as previous.pt when iteration 4's replaced it).
     resumed = tmp_path / "resumed"
     shutil.copytree(whole, resumed)
     shutil.copy(resumed / "checkpoints" / "previous.pt", resumed / "checkpoints" / "last.pt")
     (resumed / "model.pt").unlink()
-    train_detector(DetectionOptions(**{**options.__dict__, "out": str(resumed), "resume": True}))
+    assert torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 2
+    capsys.readouterr()
+    train_detector(dataclasses.replace(options, out=str(resumed), resume="auto"))
+    # A resume, not a restart from zero (which would end with the same weights in deterministic mode): it announces
+    # the checkpoint's iteration, trains the last two iterations only, and ends where the uninterrupted run did.
+    announced = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resumed ")]
+    assert announced == [f"resumed {resumed / 'checkpoints' / 'last.pt'} at iteration 2 of 4"]
     a, _ = load_detector(whole)
     b, _ = load_detector(resumed)
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
-    assert (resumed / "metrics.jsonl").read_text().count("\n") == 4
+    assert [json.loads(line)["iteration"] for line in (resumed / "metrics.jsonl").read_text().splitlines()] == [
+        1, 2, 3, 4]
 
     photo = next((tiny_detection_data / "val").iterdir())
     assert main(["detect", "predict", str(whole), str(photo), "--out", str(tmp_path / "drawn"),

@@ -70,7 +70,7 @@ def test_degradation_trains_resumes_skips_and_states_the_verdict(tiny_cifar: Pat
     assert set(second["status"].values()) == {"resumed"}
     # Each network announces the checkpoint's iteration: a resume, not a restart that rewrote metrics.jsonl.
     announced = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resumed ")]
-    assert len(announced) == len(MODELS) and all(" at iteration 1 (epoch " in line for line in announced), announced
+    assert len(announced) == len(MODELS) and all(line.endswith(" at iteration 1 of 2") for line in announced), announced
     for name in MODELS:
         iterations = [json.loads(line)["iteration"] for line in (out / name / "metrics.jsonl").read_text().splitlines()]
         assert iterations == [1, 2], name  # continued from the checkpoint, not restarted

@@ -56,7 +56,7 @@ def check_against_pytorch(predictor: Predictor, got: torch.Tensor, inputs: torch
 
 def test_onnx_round_trip_on_photos_with_dynamic_batch(tmp_path: Path, resnet18_file: Path,
                                                       photos: list[Path]) -> None:
-    predictor = load_predictor(weights=resnet18_file)
+    predictor = load_predictor(resnet18_file)
     out, check = export_model(predictor, tmp_path / "r18.onnx", "onnx", images=photos)
     assert check is not None and check.runtime == "onnxruntime" and check.top1_agree == 3
     inputs = photo_batch(predictor, photos)
@@ -71,7 +71,7 @@ def test_onnx_round_trip_on_photos_with_dynamic_batch(tmp_path: Path, resnet18_f
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_round_trip_with_dynamic_batch(tmp_path: Path, resnet18_file: Path, photos: list[Path]) -> None:
-    predictor = load_predictor(weights=resnet18_file)
+    predictor = load_predictor(resnet18_file)
     out, check = export_model(predictor, tmp_path / "r18.pt", "torchscript", images=photos)
     assert check is not None and check.runtime == "torch.jit"
     module = torch.jit.load(str(out))
@@ -83,7 +83,7 @@ def test_torchscript_round_trip_with_dynamic_batch(tmp_path: Path, resnet18_file
 
 
 def test_failed_verification_writes_nothing(tmp_path: Path, resnet18_file: Path, photos: list[Path]) -> None:
-    predictor = load_predictor(weights=resnet18_file)
+    predictor = load_predictor(resnet18_file)
     with pytest.raises(ExportError, match="verification failed"):
         export_model(predictor, tmp_path / "r18.onnx", "onnx", images=photos, atol=0.0)
     assert list(tmp_path.iterdir()) == []
@@ -93,7 +93,7 @@ def test_export_cli_cifar_onnx(tmp_path: Path, photos: list[Path], capsys: pytes
     weights = resnets.save_weights(resnets.create_model("resnet20").eval(), tmp_path / "r20.pt",
                                    {"preprocess": {"kind": "cifar", "size": 32, "mean": [0.5, 0.5, 0.5], "std": None}})
     out = tmp_path / "exported" / "r20.onnx"
-    code = main(["export", "--weights", str(weights), "--format", "onnx", "--out", str(out), "--opset", "17",
+    code = main(["export", "--pretrained", str(weights), "--format", "onnx", "--out", str(out), "--opset", "17",
                  "--verify-images", *map(str, photos)])
     printed = capsys.readouterr().out
     assert code == 0 and out.is_file()
@@ -103,7 +103,7 @@ def test_export_cli_cifar_onnx(tmp_path: Path, photos: list[Path], capsys: pytes
 
 
 def test_export_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["export", "--weights", str(tmp_path / "missing.pt"), "--format", "onnx",
+    assert main(["export", "--pretrained", str(tmp_path / "missing.pt"), "--format", "onnx",
                  "--out", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "missing.pt does not exist" in err

@@ -55,7 +55,7 @@ def test_flipped_checkpoint_is_refused_and_resume_falls_back_to_the_previous(
     last, previous = out / "checkpoints" / "last.pt", out / "checkpoints" / "previous.pt"
     assert torch.load(previous, weights_only=True)["iteration"] == 16
     flip_bytes(last)
-    result = run_cli("eval", "--checkpoint", str(last), check=False)
+    result = run_cli("eval", "--pretrained", str(last), check=False)
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(errors) == 1, result.stderr
     assert str(last) in errors[0] and "damaged" in errors[0] and "Traceback" not in result.stderr

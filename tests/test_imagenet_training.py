@@ -55,7 +55,7 @@ def test_eval_protocols_on_a_torchvision_file(imagenet_sample_dir: Path, tmp_pat
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     for protocol, views in (("center", 1), ("10crop", 10), ("multiscale", 10)):
         per_image = tmp_path / f"{protocol}.jsonl"
-        result = run_cli("eval", "--checkpoint", str(weights), "--dataset", "imagenet", "--data",
+        result = run_cli("eval", "--pretrained", str(weights), "--dataset", "imagenet", "--data",
                          str(tmp_path / "photos"), "--protocol", protocol, "--workers", "0", "--json",
                          "--predictions", str(per_image))
         report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -80,10 +80,10 @@ def test_predict_eval_and_preprocess_agree_image_by_image_after_training(imagene
             "--set", "crop_size=64", "--set", "scale_min=72", "--set", "scale_max=80", "--set", "eval_resize=72",
             "--set", "mean_images=20", "--workers", "0", "--no-progress", "--out", str(out))
     predictions = tmp_path / "eval.jsonl"
-    evaluated = run_cli("eval", "--checkpoint", str(out), "--dataset", "imagenet", "--data", str(tmp_path / "data"),
+    evaluated = run_cli("eval", "--pretrained", str(out), "--dataset", "imagenet", "--data", str(tmp_path / "data"),
                         "--protocol", "center", "--workers", "0", "--predictions", str(predictions), "--json")
     by_eval = {Path(row["image"]).name: row["top1"] for row in map(json.loads, predictions.read_text().splitlines())}
-    predicted = run_cli("predict", *map(str, photos), "--checkpoint", str(out), "--topk", "1", "--json")
+    predicted = run_cli("predict", *map(str, photos), "--pretrained", str(out), "--topk", "1", "--json")
     by_predict = {Path(row["image"]).name: row["top"][0]["index"]
                   for row in map(json.loads, predicted.stdout.splitlines())}
     assert len(by_eval) == 20 and by_predict == by_eval

@@ -103,3 +103,37 @@ def test_no_import_cycle_between_files() -> None:
 ])
 def test_the_cycle_finder_finds_cycles(graph: dict[str, set[str]], expected: list[str] | None) -> None:
     assert find_cycle(graph) == expected
+
+
+# One engine: only the training loop steps a model and writes training checkpoints. Benchmarks of a training step
+# (deploy/bench.py) call .backward( too; files written with torch.save are the few kinds listed here.
+BACKWARD_CALLERS = {"resnets.train.loop", "resnets.deploy.bench"}
+TORCH_FILE_WRITERS = {"resnets.io", "resnets.train.checkpoint", "resnets.models.weights", "resnets.data.decoded",
+                      "resnets.analysis.ship", "resnets.detection.inference"}
+
+
+def called_names(path: Path) -> set[str]:
+    """Names of the functions and methods `path` calls: `f` for `f(...)` and `x.f(...)`, also `x.f` for the latter."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            function = node.func
+            if isinstance(function, ast.Attribute):
+                names.add(function.attr)
+                if isinstance(function.value, ast.Name):
+                    names.add(f"{function.value.id}.{function.attr}")
+            elif isinstance(function, ast.Name):
+                names.add(function.id)
+    return names
+
+
+def callers(name: str) -> set[str]:
+    return {module_name(path) for path in PACKAGE.rglob("*.py") if name in called_names(path)}
+
+
+def test_only_the_training_loop_steps_and_checkpoints() -> None:
+    assert callers("backward") <= BACKWARD_CALLERS, callers("backward") - BACKWARD_CALLERS
+    assert callers("save_training_checkpoint") == {"resnets.train.loop"}
+    writers = callers("atomic_torch_save") | callers("torch.save")
+    assert writers <= TORCH_FILE_WRITERS, f"{writers - TORCH_FILE_WRITERS} write torch files; checkpoints belong to " \
+                                          "train/loop.py (train/checkpoint.py), weights to models/weights.py"

@@ -1,12 +1,16 @@
-"""`resnets predict` on real photos: JSON output, class names, preprocessing from meta, unreadable files."""
+"""`resnets predict` on real photos: JSON output, class names, preprocessing from meta, unreadable files, photos
+stored sideways with an EXIF orientation tag, folders into a CSV file."""
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import resnets
 from resnets.cli import main
@@ -36,7 +40,7 @@ def run_json(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, list[
 
 
 def test_predict_json_on_photos(resnet18_file: Path, photos: list[Path], capsys: pytest.CaptureFixture) -> None:
-    code, rows, err = run_json([*map(str, photos), "--weights", str(resnet18_file), "--topk", "7"], capsys)
+    code, rows, err = run_json([*map(str, photos), "--pretrained", str(resnet18_file), "--topk", "7"], capsys)
     assert code == 0
     # No meta["preprocess"] in this file: one note saying which defaults were used, no error.
     assert err.strip().splitlines() == [err.strip()] and "note: preprocessing shorter side 256, centre crop 224" in err
@@ -57,7 +61,7 @@ def test_unreadable_image_is_reported_and_others_still_predicted(tmp_path: Path,
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
     missing = tmp_path / "missing.png"
     code, rows, err = run_json([str(photos[0]), str(corrupt), str(missing), str(photos[1]),
-                                "--weights", str(resnet18_file), "--topk", "3"], capsys)
+                                "--pretrained", str(resnet18_file), "--topk", "3"], capsys)
     assert code != 0
     assert [row["image"] for row in rows] == [str(photos[0]), str(photos[1])]
     lines = [line for line in err.strip().splitlines() if ": error: " in line]
@@ -73,10 +77,10 @@ def test_meta_classes_and_cifar_mean_image_from_a_run_directory(tmp_path: Path, 
     meta = {"classes": names, "preprocess": {"kind": "cifar", "size": 32, "mean_image": torch.full((3, 32, 32), 0.45),
                                              "mean": [0.45] * 3, "std": None}}
     resnets.save_weights(resnets.create_model("resnet20").eval(), tmp_path / "run" / "model.pt", meta)
-    code, rows, _ = run_json([str(photos[0]), "--checkpoint", str(tmp_path / "run"), "--topk", "10"], capsys)
+    code, rows, _ = run_json([str(photos[0]), "--pretrained", str(tmp_path / "run"), "--topk", "10"], capsys)
     assert code == 0 and sorted(t["class"] for t in rows[0]["top"]) == sorted(names)
     assert abs(sum(t["probability"] for t in rows[0]["top"]) - 1) < 1e-5  # all 10 classes: sums to 1
-    predictor = load_predictor(checkpoint=tmp_path / "run")
+    predictor = load_predictor(tmp_path / "run")
     assert predictor.preprocess.mean_image is not None and predictor.preprocess.crop == 32
     assert "per-pixel mean image" in predictor.preprocess.describe()
 
@@ -106,8 +110,113 @@ def test_sample_photo_names_match_shipped_class_names(imagenet_sample_dir: Path)
 
 def test_predict_cli_argument_errors(resnet18_file: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["predict", "x.jpg", "--model", "resnet18"]) == 2
-    assert "--pretrained" in capsys.readouterr().err
-    assert main(["predict", "x.jpg", "--weights", str(resnet18_file), "--tag", "fast"]) == 2
-    assert "--pretrained and --tag go with --model NAME" in capsys.readouterr().err
-    assert main(["predict", "x.jpg", "--weights", str(resnet18_file), "--topk", "0"]) == 2
+    assert "--model resnet18 without --pretrained" in capsys.readouterr().err
+    assert main(["predict", "x.jpg", "--pretrained", str(resnet18_file), "--tag", "fast"]) == 2
+    assert capsys.readouterr().err.strip() == ("resnets predict: error: --tag goes with --model NAME; write "
+                                               "--pretrained MODEL.fast")
+    assert main(["predict", "x.jpg", "--pretrained", str(resnet18_file), "--topk", "0"]) == 2
     assert "--topk must be >= 1" in capsys.readouterr().err
+
+
+# Imagenette validation photos that resnet18.imagenette names correctly, with their true classes (the folder's wnid).
+VAL = Path("imagenette") / "val"
+CHURCH = VAL / "n03028079" / "ILSVRC2012_val_00003682.JPEG"  # seen sideways, it is a "gas pump" to this model
+LABELLED = {CHURCH: "church", VAL / "n03888257" / "ILSVRC2012_val_00001440.JPEG": "parachute",
+            VAL / "n02102040" / "ILSVRC2012_val_00004650.JPEG": "English springer",
+            VAL / "n03394916" / "ILSVRC2012_val_00001492.JPEG": "French horn"}
+
+
+@pytest.fixture(scope="module")
+def imagenette_root() -> Path:
+    from resnets.data.paths import datasets_root
+
+    from .conftest import skip_without_data
+
+    root = datasets_root()
+    if not (root / CHURCH).is_file():
+        skip_without_data(f"Imagenette validation photos not found under {root / VAL}")
+    return root
+
+
+def stored_sideways(upright: Image.Image, path: Path, orientation: int, **save: object) -> Path:
+    """What a phone writes: the sensor's pixels (the scene turned a quarter) and the EXIF tag that tells viewers how
+    to turn it back: 6 = turn 90 degrees clockwise to view, 8 = counter-clockwise."""
+    stored = upright.transpose(Image.Transpose.ROTATE_90 if orientation == 6 else Image.Transpose.ROTATE_270)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(path, exif=exif, **save)
+    return path
+
+
+def test_a_photo_stored_sideways_with_its_exif_tag_gets_the_class_of_the_upright_one(
+        imagenette_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    original = imagenette_root / CHURCH
+    upright = Image.open(original).convert("RGB")
+    upright.save(tmp_path / "upright.png")
+    lossless = stored_sideways(upright, tmp_path / "tagged-8.png", 8)
+    phone = stored_sideways(upright, tmp_path / "tagged-6.jpg", 6, quality=95)
+    untagged = tmp_path / "untagged.png"
+    upright.transpose(Image.Transpose.ROTATE_90).save(untagged)  # the same pixels as tagged-6, no tag
+    code, rows, _ = run_json([str(original), str(tmp_path / "upright.png"), str(lossless), str(phone), str(untagged),
+                              "--pretrained", "resnet18.imagenette", "--topk", "10"], capsys)
+    assert code == 0
+    probs = [{t["class"]: t["probability"] for t in row["top"]} for row in rows]
+    assert [row["top"][0]["class"] for row in rows[:4]] == ["church"] * 4
+    assert probs[2] == pytest.approx(probs[1], abs=1e-6)  # lossless: the very pixels of the upright photo
+    assert probs[3] == pytest.approx(probs[0], abs=0.02)  # re-encoded as JPEG once more: near-identical
+    assert probs[0]["church"] > 0.9
+    assert rows[4]["top"][0]["class"] != "church"  # the check can fail: seen sideways, the photo is something else
+
+
+@pytest.fixture(scope="module")
+def predictions_folder(imagenette_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Photos at three depths and in two formats, beside files that are not photos or are hidden."""
+    folder = tmp_path_factory.mktemp("photos")
+    church, parachute, springer, horn = LABELLED
+    (folder / "b" / "deeper").mkdir(parents=True)
+    (folder / ".hidden").mkdir()
+    shutil.copy(imagenette_root / church, folder / "church.JPEG")
+    shutil.copy(imagenette_root / parachute, folder / "b" / "parachute.jpg")
+    Image.open(imagenette_root / springer).save(folder / "b" / "deeper" / "springer.png")
+    shutil.copy(imagenette_root / horn, folder / ".hidden" / "horn.jpg")
+    shutil.copy(imagenette_root / horn, folder / ".horn.jpg")
+    (folder / "b" / "notes.txt").write_text("not a photo")
+    return folder
+
+
+def test_predict_a_folder_into_a_csv_file(predictions_folder: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "predictions.csv"
+    out.write_text("an older file: replaced whole")
+    assert main(["predict", str(predictions_folder), "--pretrained", "resnet18.imagenette", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "wrote 3 rows to" in captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv"]  # no temporary file left
+    with out.open(newline="") as file:
+        table = list(csv.reader(file))
+    assert table[0] == ["path", "top1_class", "top1_probability", "top2_class", "top2_probability", "top3_class",
+                        "top3_probability", "top4_class", "top4_probability", "top5_class", "top5_probability"]
+    rows = table[1:]
+    assert [row[0] for row in rows] == [str(predictions_folder / "b" / "deeper" / "springer.png"),
+                                        str(predictions_folder / "b" / "parachute.jpg"),
+                                        str(predictions_folder / "church.JPEG")]
+    assert [row[1] for row in rows] == ["English springer", "parachute", "church"]
+    for row in rows:
+        probabilities = [float(p) for p in row[2::2]]
+        assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-5
+        assert len(set(row[1::2])) == 5 and all(len(p.split(".")[1]) == 6 for p in row[2::2])
+    # The same numbers as the JSON lines of the same photos.
+    _, lines, _ = run_json([rows[2][0], "--pretrained", "resnet18.imagenette"], capsys)
+    assert float(rows[2][2]) == pytest.approx(lines[0]["top"][0]["probability"], abs=1e-6)
+
+
+def test_predict_folder_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "notes.txt").write_text("no photos here")
+    assert main(["predict", str(tmp_path / "empty"), "--pretrained", "resnet20.fast", "--out", "x.csv"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"resnets predict: error: folder {tmp_path / 'empty'} holds no image files (.jpg, .jpeg, .png, "
+                   ".webp, .gif, .bmp, .tif, .tiff), also in its subfolders")
+    assert main(["predict", "x.jpg", "--pretrained", "resnet20.fast", "--out", "x.csv", "--json"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert not Path("x.csv").exists()

@@ -88,12 +88,12 @@ def test_jpeg_copy_is_named_with_its_measured_quality(cifar10_jpeg_dir: Path, tm
 
 def test_training_command_reproduces_the_run(made: dict[str, Path]) -> None:
     config = json.loads((made["degradation"] / "plain8" / "config.json").read_text())
-    options, recipe = resolve(build_parser().parse_args(shlex.split(training_command(config))[1:]))
-    assert recipe.to_dict() == config["recipe"]
+    plan = resolve(build_parser().parse_args(shlex.split(training_command(config))[1:]))
+    assert plan.recorded_recipe() == config["recipe"]
     for key in ("model", "dataset", "data", "precision", "out", "subset"):
-        assert getattr(options, key) == config["options"][key], key
+        assert getattr(plan.options, key) == config["options"][key], key
     config["options"].update(compile=True, deterministic=True)
-    options, _ = resolve(build_parser().parse_args(shlex.split(training_command(config))[1:]))
+    options = resolve(build_parser().parse_args(shlex.split(training_command(config))[1:])).options
     assert options.compile and options.deterministic
 
 
@@ -158,7 +158,7 @@ def test_ship_weights_round_trip(made: dict[str, Path]) -> None:
     target = made["root"] / "weights"
     path = ship_weights(run, weights_dir=target, data=made["data"], device="cpu")
     shipped = json.loads((target / "resnet8.json").read_text())
-    assert shipped["model"] == "resnet8" and shipped["pretrained"] is True  # a paper-recipe run: pretrained=True
+    assert shipped["model"] == "resnet8" and shipped["pretrained"] == "paper"  # a paper-recipe run: resnet8.paper
     s = summary(run)
     assert shipped["test_top1_error"] == s["test_top1_error"] and shipped["epochs"] == s["epochs"]
     assert shipped["recipe"] == json.loads((run / "config.json").read_text())["recipe"]
@@ -171,7 +171,7 @@ def test_ship_weights_round_trip(made: dict[str, Path]) -> None:
     assert subset_error(model, made["data"], device="cpu")["top1_error"] == shipped["check_subset"]["top1_error"]
     everything = subset_error(model, made["data"], images=None, device="cpu")
     assert shipped["check_all"] == everything and everything["images"] == s["test_images"]
-    # `resnets predict --model resnet8 --pretrained` takes its preprocessing from the JSON.
+    # `resnets predict --pretrained resnet8.paper` takes its preprocessing from the JSON.
     from_json = Preprocessing.from_meta(shipped["preprocess"], "cifar", 10).mean_image
     assert torch.allclose(from_json, meta["preprocess"]["mean_image"], atol=1e-6)
 

@@ -132,7 +132,7 @@ def test_cli_writes_csv_and_both_figures(cifar10_jpeg_dir: Path, tmp_path: Path,
         torch.manual_seed(0)
         files.append(save_weights(create_model(name), tmp_path / f"{name}.pt", meta))
     out = tmp_path / "responses"
-    assert main(["analyze", "responses", "--checkpoint", str(files[0]), "--checkpoint", str(files[1]), "--data",
+    assert main(["analyze", "responses", "--pretrained", str(files[0]), "--pretrained", str(files[1]), "--data",
                  str(cifar10_jpeg_dir), "--subset", "200", "--device", "cpu", "--out", str(out)]) == 0
     rows = list(csv.DictReader((out / "responses.csv").read_text().splitlines()))
     assert [r["model"] for r in rows] == ["plain8"] * 7 + ["resnet8"] * 7
@@ -142,9 +142,9 @@ def test_cli_writes_csv_and_both_figures(cifar10_jpeg_dir: Path, tmp_path: Path,
     for png in ("responses_by_layer.png", "responses_sorted.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     provenance = json.loads((out / "responses.json").read_text())
-    assert provenance["command"].startswith("resnets analyze responses --checkpoint")
+    assert provenance["command"].startswith("resnets analyze responses --pretrained")
     assert provenance["test_images"] == 200
     capsys.readouterr()
-    assert main(["analyze", "responses", "--checkpoint", str(tmp_path / "nowhere.pt"), "--out", str(out)]) == 2
+    assert main(["analyze", "responses", "--pretrained", str(tmp_path / "nowhere.pt"), "--out", str(out)]) == 2
     error = capsys.readouterr().err
     assert "nowhere.pt" in error and len(error.strip().splitlines()) == 1

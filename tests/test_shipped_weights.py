@@ -1,4 +1,4 @@
-"""Every weight file shipped in the package loads with `create_model(name, pretrained=True)` and reproduces its stated
+"""Every weight file shipped in the package loads with `create_model("MODEL.TAG")` and reproduces its stated
 accuracy on a 1,000-image test subset of the CIFAR-10 JPEG copy.
 
 The stated 10,000-image error cannot be held to 1 point on 1,000 images (its standard error alone is ~0.9 points
@@ -21,7 +21,6 @@ from resnets.analysis.ship import subset_error
 from resnets.data.folder import read_image
 from resnets.data.paths import datasets_root
 from resnets.deploy.export import run_exported
-from resnets.models.weights import pretrained_dir
 
 from .conftest import skip_without_data
 from .test_train import run_cli
@@ -42,7 +41,7 @@ def test_shipped_weights_reach_their_stated_accuracy(name: str, cifar10_jpeg_dir
     check = stated["check_subset"]
     if "JPEG" not in check.get("source", ""):
         pytest.skip(reason=f"{name}'s check subset was measured on {check.get('source')}, not the JPEG copy here")
-    model = create_model(stated["model"], pretrained=stated.get("pretrained", True))
+    model = create_model(name)
     measured = subset_error(model, cifar10_jpeg_dir, images=check["images"], device="cpu")
     assert measured["images"] == check["images"] == 1000
     assert abs(measured["top1_error"] - check["top1_error"]) <= 1.0, (name, measured, check)
@@ -56,7 +55,7 @@ def test_shipped_weights_give_their_error_on_every_test_image(name: str, cifar10
     """The depth series' nets (ResNet-56, ResNet-110): fp32 error on all 10,000 test images is the run's own test
     error within 0.1 points (that one was taken in the training precision) and exactly the stored fp32 check."""
     stated = SHIPPED[name]
-    model = create_model(stated["model"], pretrained=stated["pretrained"])
+    model = create_model(name)
     measured = subset_error(model, cifar10_jpeg_dir, images=None, device="cpu")
     assert measured["images"] == stated["test_images"] == 10000
     assert measured["top1_error"] == pytest.approx(stated["check_all"]["top1_error"], abs=1e-9), (name, measured)
@@ -71,7 +70,7 @@ def test_shipped_imagenette_weights_give_their_error_on_every_validation_photo(n
     folder = datasets_root() / "imagenette" / "val"
     if not folder.is_dir():
         skip_without_data(f"{folder} not found")
-    model = create_model(stated["model"], pretrained=stated["pretrained"]).eval()
+    model = create_model(name).eval()
     photos = sorted(folder.rglob("*.JPEG"))
     wrong = 0
     with torch.no_grad():
@@ -90,7 +89,7 @@ def test_unknown_tag_names_what_ships() -> None:
     model_name = next((meta["model"] for meta in SHIPPED.values()), None)
     if model_name is None:
         pytest.skip(reason="no weights shipped yet")
-    with pytest.raises(ValueError, match=f"no shipped weights '{model_name}-nosuch'; {model_name} ships pretrained="):
+    with pytest.raises(ValueError, match=f"no shipped weights {model_name}.nosuch; {model_name} ships {model_name}."):
         create_model(model_name, pretrained="nosuch")
 
 
@@ -98,7 +97,7 @@ def test_shipped_resnet20_gives_one_answer_through_eval_predict_and_onnx(cifar10
                                                                          tmp_path: Path) -> None:
     """500 real test images (50 per class) through `resnets eval`, `resnets predict` and the ONNX export in
     onnxruntime: the same top-1 class for every image, so the same error, near the error the weights state."""
-    if "resnet20" not in SHIPPED:
+    if "resnet20.paper" not in SHIPPED:
         pytest.skip(reason="resnet20 is not shipped")
     folder = tmp_path / "cifar-500"
     files = []
@@ -107,22 +106,21 @@ def test_shipped_resnet20_gives_one_answer_through_eval_predict_and_onnx(cifar10
         for image in sorted(class_dir.iterdir())[:50]:
             (folder / "test" / class_dir.name / image.name).symlink_to(image.resolve())
             files.append(folder / "test" / class_dir.name / image.name)
-    weights = pretrained_dir() / "resnet20.pt"
     per_image = tmp_path / "eval.jsonl"
-    evaluated = run_cli("eval", "--checkpoint", str(weights), "--data", str(folder), "--predictions", str(per_image),
-                        "--json")
+    evaluated = run_cli("eval", "--pretrained", "resnet20.paper", "--data", str(folder), "--predictions",
+                        str(per_image), "--json")
     report = json.loads(evaluated.stdout.strip().splitlines()[-1])
     rows = [json.loads(line) for line in per_image.read_text().splitlines()]
     by_eval = [row["top1"] for row in rows]
-    predicted = run_cli("predict", *map(str, files), "--model", "resnet20", "--pretrained", "--topk", "1", "--json")
+    predicted = run_cli("predict", *map(str, files), "--pretrained", "resnet20", "--topk", "1", "--json")
     by_predict = [json.loads(line)["top"][0]["index"] for line in predicted.stdout.splitlines()]
     assert len(by_eval) == 500 and by_predict == by_eval
     onnx_file = tmp_path / "resnet20.onnx"
     run_cli("export", "--model", "resnet20", "--pretrained", "--format", "onnx", "--out", str(onnx_file))
-    model = create_model("resnet20", pretrained=True)
+    model = create_model("resnet20", pretrained=True)  # the default tag, paper, like the two commands above
     inputs = preprocess(model, torch.stack([read_image(path) for path in files]))
     by_onnx = run_exported(onnx_file, "onnx", inputs).argmax(1).tolist()
     assert by_onnx == by_eval
     wrong = sum(row["top1"] != row["label"] for row in rows)
     assert report["top1_error"] == pytest.approx(100 * wrong / 500)
-    assert abs(report["top1_error"] - SHIPPED["resnet20"]["test_top1_error"]) <= 3.0, report
+    assert abs(report["top1_error"] - SHIPPED["resnet20.paper"]["test_top1_error"]) <= 3.0, report

@@ -56,8 +56,10 @@ def test_short_real_run_learns_and_eval_agrees(cifar_data: Path, tmp_path: Path)
     assert [r["test_error"] for r in records if "test_error" in r][-1] < records[0]["train_error"]
     for name in ("config.json", "curves.png", "model.pt", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (out / name).is_file(), name
+    recorded = json.loads((out / "config.json").read_text())["recipe"]  # only what a CIFAR run reads
+    assert recorded["pad"] == 4 and "crop_size" not in recorded and "lighting_pca" not in recorded
     # `resnets eval` on the finished run sees the same test images with the same preprocessing: the same error.
-    evaluated = run_cli("eval", "--checkpoint", str(out), "--data", str(cifar_data), "--json")
+    evaluated = run_cli("eval", "--pretrained", str(out), "--data", str(cifar_data), "--json")
     report = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert report["images"] == summary["test_images"]
     assert abs(report["top1_error"] - summary["test_top1_error"]) <= 0.01, (report, summary)
@@ -155,7 +157,7 @@ def test_bad_inputs_give_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and "unknown model 'resnet21'" in result.stderr
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    result = run_cli("eval", "--checkpoint", str(corrupt), check=False)
+    result = run_cli("eval", "--pretrained", str(corrupt), check=False)
     assert result.returncode == 2 and "corrupt.pt" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -5,6 +5,7 @@ from .data.preprocess import Preprocessing, preprocess, preprocessing_of
 from .deploy.fuse import fuse_for_inference
 from .deploy.optimize import optimize_for_inference
 from .models import (
+    Pretrained,
     ResNet,
     ResNetSpec,
     create_model,
@@ -16,6 +17,7 @@ from .models import (
     model_config,
     model_from_config,
     model_spec,
+    resolve_pretrained,
     save_weights,
 )
 from .version import __version__
@@ -23,6 +25,7 @@ from .version import __version__
 __all__ = [
     "Complexity",
     "Preprocessing",
+    "Pretrained",
     "ResNet",
     "ResNetSpec",
     "__version__",
@@ -40,5 +43,6 @@ __all__ = [
     "optimize_for_inference",
     "preprocess",
     "preprocessing_of",
+    "resolve_pretrained",
     "save_weights",
 ]

@@ -83,6 +83,25 @@ class RunPaths:
         return cls(root) if (root / CONFIG).is_file() else None
 
 
+def decide_resume(resume: bool | str, run_dir: str | Path) -> bool:
+    """Whether a run in `run_dir` continues from its checkpoint: `resume` True (it must have one), False (it must
+    not: a new run never overwrites an old one), or "auto" (continue if it has one, else start). Every trainer and
+    experiment decides it here, with these errors."""
+    if resume not in (True, False, "auto"):
+        raise ValueError(f"--resume takes no value or 'auto', got {resume!r}")
+    paths = RunPaths(Path(run_dir))
+    started = paths.has_checkpoint()
+    if resume == "auto":
+        return started
+    if started and not resume:
+        raise ValueError(f"{paths.root} already holds a run; pass --resume (or --resume auto) to continue it or "
+                         "choose another --out")
+    if resume and not started:
+        raise FileNotFoundError(f"--resume: no checkpoint in {paths.root / CHECKPOINTS}; start without --resume, or "
+                                "use --resume auto")
+    return bool(resume)
+
+
 class MetricsLog:
     """metrics.jsonl: one JSON object per line; on resume, lines past the checkpoint are dropped."""
 

@@ -21,7 +21,6 @@ from typing import Any
 
 from ..models import model_spec
 from ..models.specs import PAPER_CIFAR10_ERROR, ResNetSpec
-from ..plots import plot_error_curves
 from ..runs import RunDirectoryError, RunPaths, RunRecord, copy_records, load_run
 from ..runtime import map_pinned, resolve_device
 from ..train.recipes import Recipe, RunOptions, get_recipe, stretch
@@ -138,16 +137,17 @@ def mean_curve(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: r["iteration"])
 
 
-def plot_series(series: Mapping[str, Sequence[RunRecord]], path: str | Path,
-                titles: Sequence[str] = ("plain", "ResNet"),
-                panel_of: Callable[[ResNetSpec], str] = lambda spec: "ResNet" if spec.residual else "plain") -> Path:
-    """Seed-mean curves, training error dashed, test error solid, one panel per title in order (default: Fig. 6
+def series_panels(series: Mapping[str, Sequence[RunRecord]], titles: Sequence[str] = ("plain", "ResNet"),
+                  panel_of: Callable[[ResNetSpec], str] = lambda spec: "ResNet" if spec.residual else "plain"
+                  ) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """What a series' figure shows (`plots.plot_error_curves` draws it: training error dashed, test error solid):
+    panel title -> network (with its seed count) -> seed-mean curve, one panel per title in order (default: Fig. 6
     left, plain, and middle, ResNet); `panel_of` says which panel a network's spec belongs to."""
     panels: dict[str, dict[str, list[dict[str, Any]]]] = {title: {} for title in titles}
     for model, runs in series.items():
         seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
         panels[panel_of(model_spec(model))][label(model) + seeds] = mean_curve(runs)
-    return plot_error_curves({title: runs for title, runs in panels.items() if runs}, path)
+    return {title: runs for title, runs in panels.items() if runs}
 
 
 def series_members(out: Path, models: Sequence[str], seeds: Sequence[int], family: str, which: str,

@@ -93,7 +93,7 @@ def training_command(config: dict[str, Any]) -> str:
     except ValueError:  # a recipe name this version does not know: state every field
         base = {}
     for key, value in recipe.items():
-        if key not in ("name", "notes") and base.get(key) != value:
+        if key not in ("name", "notes", "dataset") and base.get(key) != value:  # dataset: older runs' recipes
             shown = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else value
             words += ["--set", f"{key}={shown}"]
     return shlex.join([*words, "--out", options["out"]])

@@ -9,6 +9,7 @@ under `out`; a complete run is kept, an interrupted one resumed, so the command 
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any
 from ..io import atomic_write_json, read_json
 from ..models import model_spec
 from ..plots import plot_error_curves
-from ..runs import RunPaths, load_run
+from ..runs import RunPaths, decide_resume, load_run
+from ..train.plan import RunPlan
 from ..train.recipes import Recipe, RunOptions, get_recipe, stretch
 
 DEGRADATION_MODELS = ("plain20", "plain56", "resnet20", "resnet56")
@@ -83,16 +85,16 @@ def check_same_plan(run_dir: Path, recipe: Recipe, options: RunOptions) -> None:
 def train_or_resume(run_dir: Path, recipe: Recipe, options: RunOptions, log: Callable[[str], Any]) -> str:
     """One network of an experiment: skipped when complete, resumed when it has a checkpoint, trained otherwise;
     refused when the directory holds another plan. Returns what was done."""
-    from ..train.loop import train  # the training stack is heavy; importing it only here keeps the CLI fast
+    from ..train.classify import train  # the training stack is heavy; importing it only here keeps the CLI fast
 
     check_same_plan(run_dir, recipe, options)
     if RunPaths(run_dir).is_complete():
         log(f"{run_dir.name}: complete in {run_dir}, skipped")
         return "skipped (complete)"
-    options.resume = RunPaths(run_dir).has_checkpoint()
-    log(f"{run_dir.name}: {'resuming' if options.resume else 'training'} in {run_dir}")
-    train(options, recipe)
-    return "resumed" if options.resume else "trained"
+    resume = decide_resume("auto", run_dir)
+    log(f"{run_dir.name}: {'resuming' if resume else 'training'} in {run_dir}")
+    train(RunPlan(dataclasses.replace(options, out=str(run_dir), resume=resume), recipe))
+    return "resumed" if resume else "trained"
 
 
 def run_degradation(out: str | Path = "runs/degradation", models: Sequence[str] = DEGRADATION_MODELS,

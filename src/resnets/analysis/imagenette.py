@@ -10,6 +10,7 @@ validation error on ImageNet, which Imagenette's 10 classes do not reproduce in 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import statistics
@@ -94,7 +95,8 @@ def run_imagenette_series(out: str | Path, models: Sequence[str] = IMAGENETTE_MO
             out, models, seeds, "imagenet", "this series takes plain18/34, resnet18/34, ...", dataset="imagenette",
             data=None if data is None else str(data), precision=precision, device=device, compile=compile,
             progress=progress, **overrides):
-        options.shortcut = "A" if spec.residual else None  # Table 2 compares plain nets with option A ResNets
+        # Table 2 compares plain nets with option A ResNets
+        options = dataclasses.replace(options, shortcut="A" if spec.residual else None)
         members.append((run_dir, options, None if records is None else Path(records)))
     map_series(functools.partial(train_and_test_member, data=data, device=device, precision=precision,
                                  epochs=epochs, log=log), members, jobs, device)

@@ -15,7 +15,7 @@ from typing import Any
 from ..models import model_spec
 from ..models.specs import followup_error
 from ..runs import RunRecord
-from .depth import plot_series, series_rows, train_cifar_series
+from .depth import series_panels, series_rows, train_cifar_series
 
 PREACT_MODELS = ("resnet164", "preact_resnet164")
 
@@ -52,10 +52,10 @@ def preact_verdict(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def plot_preact(series: Mapping[str, Sequence[RunRecord]], path: str | Path) -> Path:
-    """Side by side: original networks left, pre-activation right; training error dashed, test error solid."""
-    return plot_series(series, path, ("original (post-activation)", "pre-activation"),
-                       lambda spec: "pre-activation" if spec.preact else "original (post-activation)")
+def preact_panels(series: Mapping[str, Sequence[RunRecord]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The comparison's figure (`depth.series_panels`): original networks left, pre-activation right."""
+    return series_panels(series, ("original (post-activation)", "pre-activation"),
+                         lambda spec: "pre-activation" if spec.preact else "original (post-activation)")
 
 
 def run_preact_comparison(out: str | Path, models: Sequence[str] = PREACT_MODELS, seeds: Sequence[int] = (0,),

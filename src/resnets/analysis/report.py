@@ -7,10 +7,11 @@ metrics.jsonl is missing or unreadable, or when they disagree (model, dataset, i
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +19,17 @@ import torch
 
 from ..evaluate.protocols import PROTOCOLS, multiscale_sides
 from ..io import atomic_write_bytes, atomic_write_text
-from ..models import create_model
+from ..models import create_model, list_pretrained
 from ..models.specs import (
     IMAGENET_STAGES,
     PAPER_CIFAR10_ERROR,
     PAPER_IMAGENET_GFLOPS,
     followup_error,
 )
-from ..models.weights import list_pretrained
-from ..plots import plot_detection_curves
+from ..plots import plot_detection_curves, plot_error_curves
 from ..runs import RunDirectoryError, RunRecord, load_run
 from .complexity import complexity
-from .depth import PAPER_DEPTH_SERIES, load_series, plot_series, plus_minus, schedule_of, series_rows, series_verdict
+from .depth import PAPER_DEPTH_SERIES, load_series, plus_minus, schedule_of, series_panels, series_rows, series_verdict
 from .describe import (
     DATASET_NAMES,
     data_copy,
@@ -45,7 +45,7 @@ from .detection import PAPER_COCO, detection_rows, detection_verdict, load_detec
 from .experiments import degradation_results, load_runs
 from .experiments import label as net_label
 from .imagenette import imagenette_verdicts, protocol_rows
-from .preact import plot_preact, preact_rows, preact_verdict
+from .preact import preact_panels, preact_rows, preact_verdict
 from .responses import read_responses_csv, response_verdicts
 
 
@@ -89,7 +89,9 @@ def run_row(run: RunRecord) -> tuple[Any, ...]:
 
 
 class ReportWriter:
-    """Collects figures to copy into figures/ beside the output; they are written only once all inputs passed."""
+    """Collects figures to copy into figures/ beside the output; they are written only once all inputs passed.
+    A figure drawn here (`plot`) gets its data beside it, figures/<name>.json: what it shows, for a check (CI) to
+    compare by value where PNG bytes depend on the matplotlib version."""
 
     def __init__(self, out: Path) -> None:
         self.figures = out.parent / "figures"
@@ -101,9 +103,29 @@ class ReportWriter:
         self.pending[self.figures / name] = source.read_bytes()
         return f"![{caption}](figures/{name})"
 
+    def plot(self, draw: Callable[[Any, Path], Path], data: Any, name: str, caption: str) -> str:
+        """`draw(data, path)` into figures/`name`, with `data` (JSON-able: what it is drawn from) as its .json."""
+        with tempfile.TemporaryDirectory() as scratch:
+            link = self.figure(draw(data, Path(scratch) / name), name, caption)
+        self.pending[self.figures / Path(name).with_suffix(".json").name] = (record_lines(data) + "\n").encode()
+        return link
+
     def flush(self) -> None:
         for target, data in self.pending.items():
             atomic_write_bytes(target, lambda f, data=data: f.write(data))
+
+
+def record_lines(value: Any, depth: int = 0) -> str:
+    """JSON with each flat record (an object or array of scalars) on one line: a figure's data diffs record by
+    record, at a third of the size of one key per line."""
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    if not any(isinstance(child, dict | list) for child in children):
+        return json.dumps(value)
+    inner, outer = " " * (depth + 1), " " * depth
+    if isinstance(value, dict):
+        items = [f"{inner}{json.dumps(key)}: {record_lines(child, depth + 1)}" for key, child in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{outer}}}"
+    return "[\n" + ",\n".join(inner + record_lines(child, depth + 1) for child in value) + f"\n{outer}]"
 
 
 def report_command(run_dirs: Sequence[str | Path], out: str | Path, degradation: str | Path | None,
@@ -229,9 +251,8 @@ def _depth_section(writer: ReportWriter, folder: Path, series: dict[str, list[Ru
               f"{' epochs' if meta.get('epochs') else ' iterations'}, 1 run): {meta['test_top1_error']:.2f}%"
               for name, meta in list_pretrained().items()
               if meta.get("model") == "resnet20" and meta.get("dataset") == "cifar10"]
-    with tempfile.TemporaryDirectory() as scratch:
-        figure = writer.figure(plot_series(series, Path(scratch) / "depth.png"), "depth-series.png",
-                               "Fig. 6: plain and residual nets of growing depth")
+    figure = writer.plot(plot_error_curves, series_panels(series), "depth-series.png",
+                         "Fig. 6: plain and residual nets of growing depth")
     return ["## Table 6 and Fig. 6: the depth series", _series_setting(folder, series),
             _series_table(series, rows, "paper (%, 64k it.)"),
             f"Not run yet (no complete run under `{folder}`): {', '.join(map(net_label, missing))}." if missing else "",
@@ -244,9 +265,8 @@ def _depth_section(writer: ReportWriter, folder: Path, series: dict[str, list[Ru
 
 def _preact_section(writer: ReportWriter, folder: Path, series: dict[str, list[RunRecord]]) -> list[str]:
     rows = preact_rows(series)
-    with tempfile.TemporaryDirectory() as scratch:
-        figure = writer.figure(plot_preact(series, Path(scratch) / "preact.png"), "preact-comparison.png",
-                               "original vs pre-activation ResNet: training and test error")
+    figure = writer.plot(plot_error_curves, preact_panels(series), "preact-comparison.png",
+                         "original vs pre-activation ResNet: training and test error")
     return ["## Identity Mappings (ECCV 2016): original vs pre-activation at the same depth",
             _series_setting(folder, series),
             _series_table(series, rows, "follow-up (%, CIFAR-10, 64k it.)"),
@@ -266,9 +286,8 @@ def _imagenette_section(writer: ReportWriter, folder: Path, series: dict[str, li
                "-" if row["paper_10crop"] is None else f"{row['paper_10crop']:.2f}") for row in rows]
     table3 = [(net_label(row["model"]), *(f"{row[f'{p}_top1_error']:.2f} / {row[f'{p}_top5_error']:.2f}"
                                       for p in PROTOCOLS)) for row in rows]
-    with tempfile.TemporaryDirectory() as scratch:
-        figure = writer.figure(plot_series(series, Path(scratch) / "imagenette.png"), "imagenette-fig4.png",
-                               "Fig. 4 in miniature: plain (left) and ResNet (right) on Imagenette")
+    figure = writer.plot(plot_error_curves, series_panels(series), "imagenette-fig4.png",
+                         "Fig. 4 in miniature: plain (left) and ResNet (right) on Imagenette")
     recipe = first.config["recipe"]
     sides = multiscale_sides(recipe["crop_size"])
     scales = ", ".join(map(str, sides))
@@ -302,10 +321,9 @@ def _detection_section(writer: ReportWriter, folder: Path, runs: dict[str, list[
     rows = detection_rows(runs)
     first = next(iter(runs.values()))[0]
     recipe = first["config"]["options"]["recipe"]
-    with tempfile.TemporaryDirectory() as scratch:
-        curves = {m["name"]: m["metrics"] for members in runs.values() for m in members}
-        figure = writer.figure(plot_detection_curves(curves, Path(scratch) / "detection.png"), "detection-curves.png",
-                               "detection: training loss and validation mAP per backbone")
+    curves = {m["name"]: m["metrics"] for members in runs.values() for m in members}
+    figure = writer.plot(plot_detection_curves, curves, "detection-curves.png",
+                         "detection: training loss and validation mAP per backbone")
     body = [(row["backbone"], row["pretrained"], row["runs"], plus_minus(row["map_50"]), plus_minus(row["map"]),
              f"{row['minutes']:.0f} min") for row in rows]
     paper = PAPER_COCO

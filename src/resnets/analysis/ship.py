@@ -1,7 +1,7 @@
 """Ship a finished run's weights inside the package: a weights-only file (fp32; fp16 for the ImageNet-family nets)
-and a JSON of what it measured and how it was made, so that the numbers travel with the weights. A paper-recipe
-run ships as `<model>` and loads with `create_model(model, pretrained=True)`; a run of another recipe ships as
-`<model>-<recipe>` and loads with `pretrained="<recipe>"` (e.g. `create_model("resnet20", pretrained="fast")`).
+and a JSON of what it measured and how it was made, so that the numbers travel with the weights. A run ships as
+`MODEL.TAG`, the tag being its recipe's name unless given (`create_model("resnet20.paper")`,
+`create_model("resnet20.fast")`), in the files `models.pretrained.weight_file` names.
 
 The JSON also holds the error on a fixed 1,000-image test subset (100 per class, see `spread_indices`) measured at
 shipping time: a check on 1,000 images cannot be held to the 10,000-image number within 1 point (its standard
@@ -25,7 +25,8 @@ from ..evaluate.metrics import evaluate_batches
 from ..evaluate.run import cifar_test_batches, evaluate_imagenet
 from ..io import atomic_torch_save, atomic_write_text
 from ..models import create_model, model_config
-from ..models.weights import model_from_weight_data, pretrained_dir, read_weight_file, shipped_name
+from ..models.pretrained import weight_file, write_manifest
+from ..models.weights import model_from_weight_data, read_weight_file
 from ..runs import load_run
 from ..runtime import resolve_device
 from .describe import data_copy, training_command
@@ -58,9 +59,8 @@ def center_error(model: torch.nn.Module, weights: Path, data: str | Path | None 
 
 def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str | Path | None = None,
                  data: str | Path | None = None, device: str = "auto", tag: str | None = None) -> Path:
-    """Copy RUN_DIR/model.pt to WEIGHTS_DIR/<shipped name>.pt (weights-only; fp32, fp16 for Imagenette nets) with
-    its .json; returns the .pt
-    path. tag: the `pretrained=` value that loads it (default: none for the paper recipe, else the recipe's name).
+    """Copy RUN_DIR/model.pt to WEIGHTS_DIR (default: the package's) as `name.tag` (weights-only; fp32, fp16 for
+    Imagenette nets) with its .json; returns the .pt path. tag: default the recipe's name (paper, fast, ...).
 
     Only a complete CIFAR or Imagenette run is shipped: a shipped file claims the accuracy of a finished recipe.
     Imagenette weights are checked on every validation photo with the `center` protocol (what `preprocess` does).
@@ -74,17 +74,16 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
                          "networks")
     name = name or run.summary["model"]
     recipe_name = run.config["recipe"]["name"]
-    tag = tag if tag is not None else (None if recipe_name == "paper" else recipe_name)
-    if tag is not None and not tag.replace("_", "").replace("-", "").isalnum():
+    tag = tag if tag is not None else recipe_name
+    if not tag.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"tag {tag!r} names a file: use letters, digits, '-' and '_'")
-    stem = shipped_name(name, tag or True)
     stored = read_weight_file(run.paths.weights)
     with torch.device("meta"):  # only the architecture is compared
         named = model_config(create_model(name, num_classes=stored["model_config"]["num_classes"],
                                           shortcut=stored["model_config"]["shortcut"]))
     if named != stored["model_config"]:
         raise ValueError(f"--name {name!r} does not build the architecture of {run.path} ({run.summary['model']}); "
-                         "a shipped file is loaded by create_model(name, pretrained=...): use the run's model name")
+                         "shipped weights load with create_model('MODEL.TAG'): use the run's model name")
     model = model_from_weight_data(stored, source=f"weights in {run.paths.weights}")
     model = model.float()  # fp32 whatever the training precision: eval/predict/export expect it
     # ImageNet-family nets are stored in fp16 (ResNet-18: 22 MB instead of 45 MB in the package) and loaded back
@@ -98,14 +97,13 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
     else:
         checks["check_subset"] = subset_error(model, data, device=device)
         checks["check_all"] = subset_error(model, data, images=None, device=device)
-    target_dir = Path(weights_dir) if weights_dir is not None else pretrained_dir()
-    weights_path = target_dir / f"{stem}.pt"
+    weights_path = weight_file(name, tag, weights_dir)
     state = {k: v.detach().cpu().to(storage) if v.is_floating_point() else v.detach().cpu()
              for k, v in model.state_dict().items()}
     atomic_torch_save({"model_config": stored["model_config"], "model": state, "meta": meta}, weights_path)
     summary = run.summary
     description = {
-        "model": name, "pretrained": tag or True, "dataset": summary["dataset"],
+        "model": name, "pretrained": tag, "dataset": summary["dataset"],
         "test_top1_error": summary["test_top1_error"], "test_images": summary["test_images"], **checks,
         "recipe": run.config["recipe"],
         "epochs": summary["epochs"], "iterations": summary["iterations"], "data": data_copy(summary["data"]),
@@ -114,8 +112,10 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
         "hardware": summary["hardware"], "wall_seconds": summary["wall_seconds"],
         "command": training_command(run.config), "shipped_from": str(run.path),
         "sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
-        # `resnets predict --model NAME --pretrained` reads its preprocessing and class names from this JSON.
+        # `resnets predict --pretrained MODEL.TAG` reads its preprocessing and class names from this JSON.
         "classes": meta.get("classes"), "preprocess": preprocessing_of(model).to_json(),
     }
-    atomic_write_text(target_dir / f"{stem}.json", json.dumps(description, indent=2))
+    atomic_write_text(weights_path.with_suffix(".json"), json.dumps(description, indent=2))
+    if weights_dir is None:  # the package's weights: models/manifest.json lists them for installs without the files
+        write_manifest()
     return weights_path

@@ -11,19 +11,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     analyze = subparsers.add_parser("analyze", help="layer responses (Fig. 7); ship a run's weights in the package")
     analyses = analyze.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
     r = analyses.add_parser("responses", help="std of each 3x3 layer's response after BN, over the test set (Fig. 7)")
-    r.add_argument("--checkpoint", action="append", required=True,
-                   help="run directory, checkpoint or weight file; repeat for each model")
+    r.add_argument("--pretrained", action="append", default=[], metavar="MODEL.TAG|FILE|RUN",
+                   help="shipped weights (e.g. resnet20.fast), a weight file or a run directory; repeat for each model")
+    r.add_argument("--checkpoint", action="append", default=[], help=argparse.SUPPRESS)  # old --pretrained
     r.add_argument("--data", default=None, help="CIFAR directory (default: the datasets root)")
     r.add_argument("--out", default="runs/responses", help="folder for responses.csv and the two figures")
     r.add_argument("--subset", type=int, default=None, help="N test images spread over the set (default: all)")
     r.add_argument("--device", default="auto")
     r.set_defaults(handler=run_responses)
 
-    s = analyses.add_parser("ship", help="copy a finished run's weights into the package (pretrained=True)")
+    s = analyses.add_parser("ship", help="copy a finished run's weights into the package as MODEL.TAG")
     s.add_argument("run_dir", help="a complete CIFAR run directory")
     s.add_argument("--name", default=None, help="model name it loads under (default: the run's model, e.g. resnet20)")
-    s.add_argument("--tag", default=None, help="the pretrained= value that loads it (default: none for the paper "
-                   "recipe, i.e. pretrained=True; else the recipe's name, e.g. pretrained='fast')")
+    s.add_argument("--tag", default=None, help="the tag it loads under, as MODEL.TAG (default: the recipe's name, "
+                   "e.g. resnet20.paper, resnet20.fast)")
     s.add_argument("--data", default=None, help="CIFAR directory for the 1,000-image check (default: datasets root)")
     s.add_argument("--weights-dir", default=None, help="target folder (default: the package's assets/weights)")
     s.add_argument("--device", default="auto")
@@ -80,7 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                    "(Sec. 4.3 in miniature), resumable")
     det.add_argument("--backbones", nargs="+", default=["plain18", "resnet18"])
     det.add_argument("--seeds", nargs="+", type=int, default=[0])
-    det.add_argument("--pretrained", default="imagenette", help="shipped tag, or 'none' for He initialisation")
+    det.add_argument("--pretrained", default="imagenette", metavar="TAG|RUNS|none",
+                     help="each backbone's shipped TAG (default imagenette: resnet18.imagenette, ...), a folder of "
+                          "<backbone>-s0 classification runs, or 'none' for He initialisation")
     det.add_argument("--data", required=True, help="synthetic dataset folder (made there if missing)")
     det.add_argument("--out", required=True, help="run directories, <backbone>-s<seed> (outside the work tree)")
     det.add_argument("--records", default=None, help="copy each complete run's records here (e.g. results/detection)")
@@ -114,14 +117,20 @@ def add_series_arguments(parser: argparse.ArgumentParser, models: str, records: 
 
 def run_responses(args: argparse.Namespace) -> int:
     from ..analysis.responses import analyze_responses
+    from .predict import warn_deprecated
 
+    for old in args.checkpoint:
+        warn_deprecated("analyze", f"--checkpoint {old}", f"--pretrained {old}")
+    sources = args.pretrained + args.checkpoint
+    if not sources:
+        raise ValueError("give at least one --pretrained MODEL.TAG|FILE|RUN")
     words = ["resnets", "analyze", "responses"]
-    for checkpoint in args.checkpoint:
-        words += ["--checkpoint", checkpoint]
+    for source in sources:
+        words += ["--pretrained", source]
     for flag, value in (("--data", args.data), ("--subset", args.subset)):
         if value is not None:
             words += [flag, str(value)]
-    written = analyze_responses(args.checkpoint, args.out, args.data, args.subset, args.device,
+    written = analyze_responses(sources, args.out, args.data, args.subset, args.device,
                                 command=shlex.join([*words, "--out", args.out]))
     print("\n".join(f"wrote {path}" for path in written.values()))
     return 0
@@ -134,9 +143,9 @@ def run_ship(args: argparse.Namespace) -> int:
 
     path = ship_weights(args.run_dir, args.name, args.weights_dir, args.data, args.device, args.tag)
     shipped = json.loads(path.with_suffix(".json").read_text())
-    how = "True" if shipped["pretrained"] is True else repr(shipped["pretrained"])
-    print(f"shipped {path} (+ {path.with_suffix('.json').name}), create_model({shipped['model']!r}, "
-          f"pretrained={how}): test error {shipped['test_top1_error']:.2f}% on "
+    name = f"{shipped['model']}.{shipped['pretrained']}"
+    print(f"shipped {path} (+ {path.with_suffix('.json').name}), create_model({name!r}): test error "
+          f"{shipped['test_top1_error']:.2f}% on "
           f"{shipped['test_images']:,} images, {shipped['check_subset']['top1_error']:.2f}% on the "
           f"{shipped['check_subset']['images']:,}-image check subset"
           + (f", {shipped['check_all']['top1_error']:.2f}% on every test image in fp32" if "check_all" in shipped

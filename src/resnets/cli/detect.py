@@ -39,8 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--data", required=True, help="COCO-format folder (annotations/{train,val}.json)")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--backbone", default="resnet18", help="an ImageNet-family model name (resnet18, plain18, ...)")
-    t.add_argument("--pretrained", default=None, help="shipped tag (e.g. imagenette), a weights file or a run "
-                                                      "directory; default: He initialisation")
+    t.add_argument("--pretrained", default=None, metavar="TAG|MODEL.TAG|FILE|RUN",
+                   help="backbone weights: a shipped tag of --backbone (e.g. imagenette) or MODEL.TAG (e.g. "
+                        "resnet18.imagenette), a weight file or a run directory; default: He initialisation")
     defaults = DetectionRecipe()
     t.add_argument("--form", choices=("c4", "fpn"), default=defaults.form)
     t.add_argument("--iterations", type=int, default=defaults.iterations)
@@ -53,7 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when there is one)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--deterministic", action="store_true")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--resume", nargs="?", const=True, default=False, metavar="auto",
+                   help="continue the run in --out; `--resume auto` continues it if it has a checkpoint and starts it "
+                        "otherwise")
     t.add_argument("--eval-images", type=int, default=None, help="validation images for the evaluations during "
                                                                  "training (all at the end)")
     t.add_argument("--checkpoint-every", type=int, default=200)

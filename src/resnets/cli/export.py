@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..deploy.export import DEFAULT_ATOL, DEFAULT_OPSET, FORMATS, export_model
-from .predict import add_weights_arguments, predictor_from_args
+from .predict import add_pretrained_arguments, predictor_from_args
 
 EPILOG = f"""The exported graph takes input "input": float32 [batch, 3, H, W] RGB, already preprocessed, and returns
 "logits" [batch, classes]. Preprocessing (stored in the ONNX metadata_props / the TorchScript extra file
@@ -20,7 +20,7 @@ torch.jit.load, against the unfused model in float64: same top-1 and max |logit 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="ONNX / TorchScript file with BN folded, verified",
                                    epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_weights_arguments(parser)
+    add_pretrained_arguments(parser)
     parser.add_argument("--format", choices=FORMATS, required=True, help="onnx or torchscript")
     parser.add_argument("--out", required=True, metavar="PATH", help="output file (written atomically)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")

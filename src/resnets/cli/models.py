@@ -1,4 +1,5 @@
-"""`resnets models`: the model zoo with parameters and multiply-adds at each model's native input size."""
+"""`resnets models`: the model zoo with parameters and multiply-adds at each model's native input size;
+`resnets models --pretrained`: every shipped `model.tag` with the error it measured."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import torch
 
 from ..analysis.complexity import complexity
 from ..models import create_model, list_models, list_pretrained, model_spec
+from ..models.pretrained import shipped_tags
 from ..models.specs import PAPER_IMAGENET_GFLOPS
-from ..models.weights import pretrained_values
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shortcut", choices=["A", "B", "C", "none"], help="override the shortcut option")
     parser.add_argument("--v1.5", dest="v15", action="store_true", help="stride on the 3x3 (torchvision)")
     parser.add_argument("--layers", action="store_true", help="per-layer table for each model")
-    parser.add_argument("--json", action="store_true", help="one JSON object per model")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="the shipped weights instead: each MODEL.TAG with its measured error and data")
+    parser.add_argument("--json", action="store_true", help="one JSON object per model (or shipped weights)")
     parser.set_defaults(handler=run)
 
 
@@ -43,13 +46,50 @@ def model_rows(names: list[str], shortcut: str | None = None, v15: bool = False)
             if bottleneck else "-",
             "input": spec.input_size, "params": cost.params, "gmacs": round(cost.gmacs, 4),
             "paper_gflops": PAPER_IMAGENET_GFLOPS[spec.depth] if quoted else None,
-            "pretrained": pretrained_values(name, shipped),
+            "pretrained": [f"{name}.{tag}" for tag in shipped_tags(name, shipped)],  # the default first
             "_cost": cost,
         })
     return rows
 
 
+def pretrained_rows(names: list[str]) -> list[dict]:
+    """One row per shipped `model.tag` (of `names`, or all): the error its metadata states and what it was measured
+    on."""
+    rows = []
+    for name, meta in list_pretrained().items():
+        if names and meta["model"] not in names and name not in names:
+            continue
+        rows.append({"name": name, "default": shipped_tags(meta["model"])[0] == meta["tag"],
+                     "dataset": meta["dataset"], "top1_error": meta["test_top1_error"],
+                     "images": meta["test_images"], "data": meta.get("data") or meta["dataset"],
+                     "recipe": meta["recipe"]["name"], "epochs": meta.get("epochs")})
+    return rows
+
+
+def run_pretrained(args: argparse.Namespace) -> int:
+    rows = pretrained_rows(args.names)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    header = f"{'weights':<28} {'top-1 error':>11}  {'measured on':<52} {'recipe':<10} {'epochs':>6}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        split = "validation" if r["dataset"] == "imagenette" else "test"  # Imagenette's val/ is its test set
+        epochs = f"{r['epochs']:g}" if r["epochs"] is not None else "-"
+        measured = f"{r['images']:,} {split} images, {r['data']}"
+        print(f"{r['name'] + (' *' if r['default'] else ''):<28} {r['top1_error']:>10.2f}%  "
+              f"{measured:<52} {r['recipe']:<10} {epochs:>6}")
+    print("\n* the model's default tag: what `--pretrained MODEL` and create_model(MODEL, pretrained=True) load.\n"
+          "Load any with resnets.create_model(\"MODEL.TAG\") or --pretrained MODEL.TAG. Error: the run's top-1 "
+          "error, from the weights' .json.")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.pretrained:
+        return run_pretrained(args)
     rows = model_rows(args.names or list_models(), args.shortcut, args.v15)
     if args.json:
         for row in rows:
@@ -63,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         paper = f"{r['paper_gflops']:.1f}" if r["paper_gflops"] else "-"
         print(f"{r['name']:<17} {r['family']:<8} {r['depth']:>5} {r['block']:<10} {r['shortcut']:<8} "
               f"{r['bottleneck_stride']:<10} {r['input']:>5} {r['params']:>12,} {r['gmacs']:>8.3f} {paper:>6} "
-              f"{'pretrained=' + '|'.join(map(str, r['pretrained'])) if r['pretrained'] else '-'}")
+              f"{' '.join(r['pretrained']) or '-'}")
         if args.layers:
             print(r["_cost"].table() + "\n")
     print("\nGMACs: multiply-adds of conv and FC layers for one image at the native input size "

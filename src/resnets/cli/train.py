@@ -1,34 +1,33 @@
 """`resnets train` and `resnets eval`.
 
-Precedence of settings: the named recipe < a TOML --config < --set key=value < explicit flags.
+Precedence of settings: the named recipe < a TOML --config < --set key=value < explicit flags (resolved by
+`resnets.train.plan.resolve_run`). The dataset defaults to cifar10, the recipe and model to the dataset's.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 from ..io import atomic_write_text
-from ..train.data import DATASETS
-from ..train.recipes import RECIPES, Recipe, RunOptions, apply_overrides, get_recipe, parse_assignments, read_toml
-from .predict import add_inference_arguments, inference_preparation
-
-# Flags that map onto recipe fields (dest -> field).
-RECIPE_FLAGS = {"epochs": "epochs", "iterations": "iterations", "batch_size": "batch_size", "lr": "lr",
-                "val_split": "val_split", "weight_decay": "weight_decay"}
-OPTION_FIELDS = {f.name for f in dataclasses.fields(RunOptions)}
+from ..train.plan import RECIPE_FLAGS, RunPlan, resolve_run
+from ..train.recipes import DATASETS, RECIPES, RUN_OPTION_FIELDS, parse_assignments
+from .predict import add_inference_arguments, add_pretrained_arguments, inference_preparation, pretrained_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a network with a named recipe (paper, fast, ...)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="model name (see `resnets models`); default resnet20")
-    p.add_argument("--dataset", default=None, choices=DATASETS)
+    p.add_argument("--model", default=None, help="model name (see `resnets models`); default: the dataset's "
+                                                 f"({', '.join(f'{d} {k.model}' for d, k in DATASETS.items())})")
+    p.add_argument("--pretrained", nargs="?", const=True, default=None, metavar="TAG|MODEL.TAG|FILE|RUN",
+                   help="start from these weights (recorded in the run options; fine-tuning: a later issue)")
+    p.add_argument("--dataset", default=None, choices=list(DATASETS), help="default cifar10")
     p.add_argument("--data", default=None, help="dataset directory (official binaries, archive or image folders)")
-    p.add_argument("--recipe", default=None, choices=sorted(RECIPES), help="named recipe; default paper")
+    defaults = ", ".join(f"{dataset} {kind.recipe}" for dataset, kind in DATASETS.items())
+    p.add_argument("--recipe", default=None, choices=sorted(RECIPES), help=f"named recipe; default: the dataset's "
+                                                                          f"({defaults})")
     p.add_argument("--config", default=None, help="TOML file of run options and recipe fields")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any recipe field")
     p.add_argument("--epochs", type=float, default=None)
@@ -62,9 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_train)
 
     e = subparsers.add_parser("eval", help="test error of a checkpoint, run directory or weight file")
-    e.add_argument("--checkpoint", required=True, help="run directory, checkpoint or weight file")
+    add_pretrained_arguments(e)  # --pretrained MODEL.TAG|FILE|RUN (old: --checkpoint)
     e.add_argument("--data", default=None, help="dataset directory")
-    e.add_argument("--dataset", default=None, choices=DATASETS)
+    e.add_argument("--dataset", default=None, choices=list(DATASETS))
     add_inference_arguments(e)
     e.add_argument("--device", default="auto")
     e.add_argument("--protocol", choices=["center", "10crop", "multiscale"], default="center",
@@ -78,39 +77,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.set_defaults(handler=run_eval)
 
 
-def resolve(args: argparse.Namespace) -> tuple[RunOptions, Recipe]:
-    """Merge recipe, config file, --set and flags into the run's options and recipe."""
-    config: dict[str, Any] = read_toml(args.config) if args.config else {}
-    model = args.model or config.get("model", "resnet20")
-    recipe_name = args.recipe or config.get("recipe", "paper")
-    from ..models import model_spec
-
-    recipe = get_recipe(recipe_name, depth=model_spec(model).depth)
-    recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
-    unknown = set(config) - recipe_fields - OPTION_FIELDS - {"recipe"}
-    if unknown:
-        raise ValueError(f"{args.config}: unknown keys {', '.join(sorted(unknown))}")
-    recipe = apply_overrides(recipe, {k: v for k, v in config.items() if k in recipe_fields and k != "name"})
-    recipe = apply_overrides(recipe, parse_assignments(args.set))
-    flags = {field: getattr(args, dest) for dest, field in RECIPE_FLAGS.items() if getattr(args, dest) is not None}
-    if args.iterations is not None:
-        flags["epochs"] = None  # an explicit iteration count wins over a recipe's epochs
-    recipe = apply_overrides(recipe, flags)
-    values = {k: v for k, v in config.items() if k in OPTION_FIELDS}
-    values.update({k: getattr(args, k) for k in OPTION_FIELDS if getattr(args, k, None) is not None})
-    values["model"] = model
-    values.setdefault("dataset", recipe.dataset)
-    values.setdefault("out", f"runs/{model}-{recipe.name}")
-    if values.get("resume") not in (None, True, False, "auto"):
-        raise ValueError(f"--resume takes no value or 'auto', got {values['resume']!r}")
-    return RunOptions(**values), recipe.validate()
+def resolve(args: argparse.Namespace) -> RunPlan:
+    """The run that the command line describes (`resolve_run`, which checks it)."""
+    flags = {name: getattr(args, name, None) for name in (*RUN_OPTION_FIELDS, *RECIPE_FLAGS)}
+    return resolve_run(args.recipe, config=args.config, overrides=parse_assignments(args.set), **flags)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..train.loop import train
+    from ..train.classify import train
 
-    options, recipe = resolve(args)
-    train(options, recipe)
+    train(resolve(args))
     return 0
 
 
@@ -121,7 +97,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if (args.dataset or "") in ("imagenet", "imagenette") or args.protocol != "center":
         imagenet = {"batch_size": args.batch_size, "num_workers": args.workers, "on_bad_image": args.on_bad_image}
     prepare, precision = inference_preparation(args, batch_size=args.batch_size)
-    result = evaluate_checkpoint(Path(args.checkpoint), data=args.data, dataset=args.dataset,
+    source, model_name = pretrained_from_args(args)
+    result = evaluate_checkpoint(source, model_name=model_name, data=args.data, dataset=args.dataset,
                                  precision=precision, device=args.device, protocol=args.protocol,
                                  predictions=args.predictions is not None, prepare=prepare, **imagenet)
     if args.predictions is not None:

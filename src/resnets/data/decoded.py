@@ -22,7 +22,9 @@ from ..io import atomic_torch_save, verify_torch_file
 from .folder import IMAGE_FORMATS, BadImageError, read_image
 from .paths import cache_dir
 
-CACHE_VERSION = 1  # bump when the cached layout changes so that old files are ignored, not misread
+# Bump when the cached layout or the decoded pixels change, so that old files are ignored, not misread.
+# 2: decoded by Pillow with EXIF orientation applied (1: torchvision.io, EXIF-rotated photos left sideways).
+CACHE_VERSION = 2
 SPLIT_NAMES = ("train", "val", "test")
 
 

@@ -5,9 +5,10 @@ folder plus a labels file (lines `filename label`, separated by spaces, a tab or
 name such as a WordNet id, or an integer index); a flat folder of `<wnid>_<name>.JPEG` files (the
 imagenet-sample layout) where the label is the position of the wnid in a given list.
 
-Decoding: torchvision.io.decode_image (libjpeg-turbo, libpng, libwebp, giflib) on the file bytes, which
-measured faster than Pillow for decode + resize on the full-size photos; formats it does not read (BMP,
-TIFF, ...) fall back to Pillow. Grayscale, CMYK, RGBA and palette images all come out as RGB.
+Decoding: Pillow (libjpeg-turbo, libpng, libwebp, ...) in `decode_image_bytes`, the one decoder every caller uses.
+torchvision 0.29 deprecates its own decoders, and Pillow measured as fast on JPEGs of every size we use, with the
+same pixels (docs/decoding.md, benchmarks/decode.py). EXIF orientation is applied (a phone photo stored sideways
+comes out upright); grayscale, CMYK, RGBA, palette and 16-bit images all come out as 8-bit RGB.
 
 Unreadable images (corrupt, truncated, empty, unknown format) follow `on_bad_image`:
 - "fail": raise `BadImageError` naming the file and the fix.
@@ -22,28 +23,26 @@ import io
 import logging
 import os
 import re
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
-from torchvision.transforms.v2 import functional as TF
 
 logger = logging.getLogger(__name__)
 
-# Suffix -> format name: what an image folder may hold (torchvision decodes most, Pillow the rest).
+# Suffix -> format name: what an image folder may hold (all decoded by Pillow).
 IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".gif": "GIF", ".bmp": "BMP",
                  ".tif": "TIFF", ".tiff": "TIFF"}
 IMAGE_EXTENSIONS = tuple(IMAGE_FORMATS)
 BAD_IMAGE_POLICIES = ("fail", "skip")
 BadImagePolicy = Literal["fail", "skip"]
 _WNID = re.compile(r"^n\d{8}$")
-_TORCHVISION_PREFIX = re.compile(r"^\S+, \S+:\d+, ")
+# Pillow's modes of 16-bit (and 32-bit integer) grey: scaled to 8 bits by their high byte, where convert() would clip.
+_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 # "filename label": the label has no spaces or commas, the file name may have spaces.
 _LABEL_LINE = re.compile(r"^(.+?)(?:\s*,\s*|\s+)([^\s,]+)$")
 
@@ -58,35 +57,42 @@ class BadImageError(RuntimeError):
 
 
 def _first_line(exc: BaseException) -> str:
-    # torchvision prefixes its messages with "decode_jpeg, /path/to/decode_jpeg.cpp:171, ": drop that.
-    text = _TORCHVISION_PREFIX.sub("", str(exc).strip().split("\n", 1)[0]).strip()
+    text = str(exc).strip().split("\n", 1)[0].strip()
     return text or type(exc).__name__
 
 
+def _rgb_pixels(image: Image.Image) -> np.ndarray:
+    """A loaded Pillow image, upright, as an (H, W, 3) uint8 array."""
+    ImageOps.exif_transpose(image, in_place=True)  # EXIF orientation 2-8: stored sideways or mirrored
+    if image.mode in _WIDE_GREY_MODES:
+        # 16-bit grey: keep the high byte (what libpng's strip-16 and torchvision's to_dtype(scale=True) do).
+        grey = (np.asarray(image).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode != "RGB":
+        # Alpha is dropped, not blended; without this pop, Pillow warns for palettes with per-entry transparency.
+        image.info.pop("transparency", None)
+        image = image.convert("RGB")  # L, LA, P, PA, RGBA, CMYK, YCbCr, 1; 16-bit RGB(A) PNGs open as 8-bit already
+    return np.asarray(image)
+
+
 def decode_image_bytes(data: bytes, source: str = "<bytes>") -> torch.Tensor:
-    """Encoded image bytes -> uint8 RGB tensor (3, H, W); raises BadImageError (naming `source`) when unreadable."""
+    """Encoded image bytes -> uint8 RGB tensor (3, H, W), upright; BadImageError (naming `source`) when unreadable.
+
+    The one image decoder of the package: folders, caches, predict, calibration and detection all come through here.
+    """
     if not data:
         raise BadImageError(source, "the file is empty")
     try:
-        with warnings.catch_warnings():
-            # torchvision 0.29 deprecates its decoders in favour of torchcodec; they still work and are fast.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError as tv_error:
-        try:  # formats torchvision does not read, e.g. BMP or TIFF
-            with Image.open(io.BytesIO(data)) as pil_image:
-                rgb = pil_image.convert("RGB")
-        except Exception as pil_error:  # Pillow raises several types (OSError, SyntaxError, DecompressionBomb*)
-            reason = _first_line(tv_error)
-            if isinstance(pil_error, UnidentifiedImageError):
-                reason = "not an image in a format we can read (JPEG, PNG, WebP, GIF, BMP, TIFF, ...)"
-            elif "Unsupported image file" in reason:  # torchvision did not recognise it; Pillow's reason is better
-                reason = _first_line(pil_error)
-            raise BadImageError(source, reason) from None
-        return torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
-    if image.dtype != torch.uint8:  # 16-bit PNG
-        image = TF.to_dtype(image, torch.uint8, scale=True)
-    return image
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # decode now, so that a truncated or corrupt file fails inside this try
+            pixels = _rgb_pixels(image)
+    except UnidentifiedImageError:
+        raise BadImageError(source, "not an image in a format we can read (JPEG, PNG, WebP, GIF, BMP, TIFF, ...)"
+                            ) from None
+    except Exception as exc:  # Pillow raises several types (OSError, SyntaxError, ValueError, DecompressionBomb*)
+        raise BadImageError(source, _first_line(exc)) from None
+    # One copy: HWC (Pillow's layout, read-only view) -> CHW, writable and contiguous.
+    return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 `optimize_for_inference` folds BN into the convolutions (fuse.py) and hands the result to the backend that
 `choose_backend` picks. The rule comes from `benchmarks/inference.py` (ResNet-50 v1.5, 224x224, 2 threads,
-medians of interleaved rounds; full table in README and benchmarks/results/):
+medians of interleaved rounds; full table in docs/benchmarks.md and benchmarks/results/):
 
 - CPU fp32: onnxruntime on our exported graph, when onnxruntime is installed: 1.00x by definition, where
   PyTorch's fp32 paths measured 0.60-0.81x of it (AVX-512) and 0.65-0.80x (AVX2): oneDNN's convolutions lose to

@@ -1,13 +1,19 @@
 """Top-k predictions for image files: the model, its preprocessing and its class names from one weight file.
 
 Preprocessing is the weights' own record (`data.preprocess.Preprocessing`, family defaults for files without one);
-class names are `meta["classes"]`, else the family's (`data.classes.class_names`).
+class names are `meta["classes"]`, else the family's (`data.classes.class_names`). Photos are decoded by the package's
+one decoder (`data.folder.read_image`: EXIF orientation applied, so a phone photo stored sideways is seen upright),
+a batch at a time; folders are walked for image files (`image_paths`) and the results can be written as CSV.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-from collections.abc import Callable
+import os
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -16,10 +22,10 @@ from typing import Any
 import torch
 
 from ..data.classes import class_names
-from ..data.folder import BadImageError, read_image
+from ..data.folder import IMAGE_EXTENSIONS, BadImageError, read_image
 from ..data.preprocess import Preprocessing, preprocessing_of
-from ..models import create_model, load_model
-from ..runs import resolve_weights
+from ..io import atomic_write_text
+from ..models import Pretrained, load_model, resolve_pretrained
 from .optimize import optimize_for_inference
 
 
@@ -45,24 +51,26 @@ class Predictor:
         return f"{self.spec.family} defaults: {self.source} stores no meta['preprocess']"
 
 
-def load_predictor(weights: str | Path | None = None, checkpoint: str | Path | None = None,
-                   model_name: str | None = None, pretrained: bool | str = False) -> Predictor:
-    """One of: a weight file, a run directory/checkpoint, or a model name with the package's shipped weights
-    (pretrained=True: the paper recipe's; a tag such as "fast": another recipe's)."""
-    if sum(x is not None for x in (weights, checkpoint, model_name)) != 1:
-        raise ValueError("give exactly one of --weights FILE, --checkpoint DIR or --model NAME --pretrained")
-    if model_name is not None:
-        if not pretrained:
-            raise ValueError(f"--model {model_name} without --pretrained would predict with random weights; add "
-                             "--pretrained, or use --weights FILE / --checkpoint DIR")
-        model = create_model(model_name, pretrained=pretrained)
-        source = f"shipped weights {model_name} (pretrained={pretrained!r})"
-    else:
-        path = Path(weights) if weights is not None else resolve_weights(checkpoint)
-        model = load_model(path)
-        source = str(path)
-    model.eval()
-    return Predictor(model, preprocessing_of(model), class_names(model.meta, model.spec, source), model.meta, source)
+def load_predictor(pretrained: bool | str | Path | Pretrained | None = None, model: str | None = None, *,
+                   weights: str | Path | None = None, checkpoint: str | Path | None = None) -> Predictor:
+    """The weights `pretrained` names (anything `resolve_pretrained` takes: `resnet18.imagenette`, a tag of `model`,
+    a weight file, a run directory) in eval mode with their preprocessing and class names.
+    `weights=` / `checkpoint=` are the old spellings of `pretrained=` (one release, with a FutureWarning)."""
+    for old, value in (("weights", weights), ("checkpoint", checkpoint)):
+        if value is not None:
+            warnings.warn(f"load_predictor({old}=...) is deprecated; write load_predictor({str(value)!r})",
+                          FutureWarning, stacklevel=2)
+            if pretrained is not None:
+                raise ValueError(f"give the weights once: pretrained= or {old}=, not both")
+            pretrained = value
+    if pretrained is None or pretrained is False:
+        raise ValueError(f"{'--model ' + model + ' without ' if model else 'no '}--pretrained would predict with "
+                         "random weights; give --pretrained MODEL.TAG|FILE|RUN")
+    source = resolve_pretrained(pretrained, model)
+    network = load_model(source).eval()
+    where = f"shipped weights {source.name}" if source.shipped else str(source.path)
+    return Predictor(network, preprocessing_of(network), class_names(network.meta, network.spec, where),
+                     network.meta, where)
 
 
 @dataclass
@@ -109,10 +117,34 @@ def predict_tensors(model: torch.nn.Module, inputs: torch.Tensor, classes: list[
             for row_p, row_i in zip(values, indices, strict=True)]
 
 
+def image_paths(inputs: list[str | Path]) -> list[Path]:
+    """Files as given, and every image file under each folder (recursively, sorted; hidden files and folders
+    skipped); a folder without images is one error line."""
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if not item.is_dir():
+            found.append(item)  # a missing or unreadable file is reported by predict_files, not here
+            continue
+        inside = sorted(_images_under(item))
+        if not inside:
+            raise FileNotFoundError(f"folder {item} holds no image files ({', '.join(IMAGE_EXTENSIONS)}), "
+                                    "also in its subfolders")
+        found += inside
+    return found
+
+
+def _images_under(folder: Path) -> Iterator[Path]:
+    for root, folders, names in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        yield from (Path(root) / name for name in names
+                    if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."))
+
+
 def predict_files(predictor: Predictor, paths: list[str | Path], topk: int = 5, batch_size: int = 32,
                   prepare: Callable[[torch.nn.Module], torch.nn.Module] | None = None
                   ) -> tuple[list[Prediction], list[ImageFailure]]:
-    """Predictions for every readable file (in input order) and a failure entry for every unreadable one.
+    """Predictions for every readable file (in input order) and a failure entry for every unreadable one; files are
+    decoded a batch at a time, so a folder of any size fits in memory.
 
     `prepare` makes the model to run from the eval-mode model (default: optimize_for_inference in fp32, the fastest
     path measured for this device; its outputs match the eager model to 1e-4)."""
@@ -121,14 +153,32 @@ def predict_files(predictor: Predictor, paths: list[str | Path], topk: int = 5, 
     if prepare is None:
         prepare = partial(optimize_for_inference, batch_size=batch_size)
     model = prepare(predictor.model.eval())
-    loaded, failed = load_images(paths, predictor.preprocess)
-    predictions = []
-    for start in range(0, len(loaded), batch_size):
-        chunk = loaded[start:start + batch_size]
-        batch = torch.stack([tensor for _, tensor in chunk])
-        for (name, _), top in zip(chunk, predict_tensors(model, batch, predictor.classes, topk), strict=True):
+    predictions, failed = [], []
+    for start in range(0, len(paths), batch_size):
+        loaded, failures = load_images(paths[start:start + batch_size], predictor.preprocess)
+        failed += failures
+        if not loaded:
+            continue
+        batch = torch.stack([tensor for _, tensor in loaded])
+        for (name, _), top in zip(loaded, predict_tensors(model, batch, predictor.classes, topk), strict=True):
             predictions.append(Prediction(name, top))
     return predictions, failed
+
+
+def csv_header(topk: int) -> list[str]:
+    return ["path"] + [f"top{rank}_{field}" for rank in range(1, topk + 1) for field in ("class", "probability")]
+
+
+def write_predictions_csv(predictions: list[Prediction], path: str | Path, topk: int) -> Path:
+    """One row per photo: its path, then the top-k classes with their probabilities, most probable first (top1_class,
+    top1_probability, top2_class, ...); written whole to a temporary file and renamed, so a reader never sees half."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(csv_header(topk))
+    for prediction in predictions:
+        cells = [value for top in prediction.top for value in (top["class"], f"{top['probability']:.6f}")]
+        writer.writerow([prediction.image, *cells, *[""] * (2 * topk - len(cells))])  # fewer classes than topk
+    return atomic_write_text(Path(path), text.getvalue())
 
 
 def format_prediction(prediction: Prediction) -> str:

@@ -125,12 +125,13 @@ def set_trainable_layers(model: ResNet, trainable_layers: int) -> None:
 
 
 def build_detector(backbone: str | ResNet, *, num_classes: int, form: str = "fpn", kind: str = "faster_rcnn",
-                   trainable_layers: int = 3, frozen_bn: bool = True, pretrained: bool | str = False,
+                   trainable_layers: int = 3, frozen_bn: bool = True, pretrained: bool | str | None = None,
                    anchor_sizes: Sequence[int] | None = None, **detector_options: Any) -> FasterRCNN:
     """A torchvision Faster R-CNN (or Mask R-CNN, FPN form) on one of our ImageNet-family networks.
 
-    backbone: a model name (built with `create_model(name, pretrained=pretrained)`) or a ResNet (copied, so the
-    classifier passed in is left as it is). num_classes counts the background (COCO: 91). anchor_sizes: one size
+    backbone: a model name or shipped MODEL.TAG (built with `create_model(name, pretrained=pretrained)`, which takes
+    a tag, MODEL.TAG, a weight file or a run directory) or a ResNet (copied, so the classifier passed in is left as
+    it is). num_classes counts the background (COCO: 91). anchor_sizes: one size
     per pyramid level (FPN, default 32..512) or the sizes of the single C4 map (default the same five), with
     aspect ratios 0.5, 1, 2. The image normalisation is the backbone's own preprocessing record (its per-channel
     mean, and std where it divides by one). detector_options go to torchvision's FasterRCNN/MaskRCNN (min_size,

@@ -7,12 +7,11 @@ repeated until the series is done, one sitting at a time; each finished run's sm
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..runs import RunPaths, copy_records
+from ..runs import RunPaths, copy_records, decide_resume
 from .synthetic import make_synthetic_detection
 from .train import DetectionOptions, DetectionRecipe, load_backbone, train_detector
 
@@ -41,12 +40,11 @@ def run_detection_series(out: str | Path, data: str | Path, backbones: Sequence[
             if RunPaths(run_dir).is_complete():
                 log(f"{run_dir.name}: complete in {run_dir}, skipped")
             else:
-                resume = RunPaths(run_dir).has_checkpoint()
+                resume = decide_resume("auto", run_dir)
                 log(f"{run_dir.name}: {'resuming' if resume else 'training'} in {run_dir}")
                 train_detector(DetectionOptions(data=str(data), out=str(run_dir), backbone=backbone,
-                                                pretrained=sources[backbone],
-                                                precision=precision, device=device, seed=seed, resume=resume,
-                                                progress=progress, recipe=dataclasses.replace(recipe)))
+                                                pretrained=sources[backbone], precision=precision, device=device,
+                                                seed=seed, resume=resume, progress=progress, recipe=recipe))
             if records is not None:
                 copy_records(run_dir, Path(records))
             done.append(run_dir)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.io import encode_png
+from PIL import Image
 from torchvision.utils import draw_bounding_boxes
 
 from ..data.folder import read_image
@@ -91,6 +91,6 @@ def detect_image(detector: torch.nn.Module, config: dict[str, Any], image_path: 
     if out_png is not None:
         drawn = draw_bounding_boxes(pixels, output["boxes"][keep], [f"{d['label']} {d['score']:.2f}" for d in found],
                                     colors="yellow", width=2)
-        png = bytes(encode_png(drawn).numpy())
-        atomic_write_bytes(Path(out_png), lambda f: f.write(png))
+        picture = Image.fromarray(drawn.permute(1, 2, 0).numpy())  # Pillow: torchvision 0.29 deprecates encode_png
+        atomic_write_bytes(Path(out_png), lambda f: picture.save(f, "PNG"))
     return found

@@ -1,7 +1,7 @@
-"""Training a detector (Sec. 4.3) in one readable loop: SGD with a linear warm-up and step decay, bf16 autocast
-(on the CPU or one CUDA device), progress with rate and ETA, a checkpoint every few hundred iterations (and on
-Ctrl-C / SIGTERM), resumable bit-exactly in deterministic mode, and COCO mAP on the validation split at a few points
-and at the end.
+"""Training a detector (Sec. 4.3) as a task of the one training loop (`train.loop`): SGD with a linear warm-up and
+step decay, bf16 autocast (on the CPU or one CUDA device), checkpoints, `--resume` / `--resume auto`, stop signals
+and the metrics log as for classification, resumable bit-exactly in deterministic mode, and COCO mAP on the
+validation split at a few points and at the end.
 
 The run directory is the classification one (`runs.RunPaths`): config.json, metrics.jsonl, checkpoints/last.pt,
 model.pt (detector weights + how to rebuild it), summary.json, curves.png.
@@ -9,40 +9,27 @@ model.pt (detector weights + how to rebuild it), summary.json, curves.png.
 
 from __future__ import annotations
 
-import math
-import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from ..data.loader import epoch_seed
-from ..io import atomic_torch_save, atomic_write_json, load_torch_file
+from ..io import atomic_write_json
 from ..models import ResNet, create_model, load_model
 from ..plots import plot_detection_curves
-from ..runs import MetricsLog, RunPaths
-from ..runtime import (
-    Preempted,
-    Runtime,
-    StopSignals,
-    autocast,
-    hardware_description,
-    resolve_device,
-    rng_state,
-    set_determinism,
-    set_rng_state,
-)
-from ..train.checkpoint import keep_copy, read_intact_checkpoint
+from ..runtime import Runtime, hardware_description
+from ..train.loop import Parts, Run, Task, run_task
+from ..train.recipes import LoopOptions
+from ..train.schedule import StatelessSchedule
 from .backbones import build_detector
 from .data import DetectionDataset, collate_detection
 from .inference import detector_config, evaluate_detector, save_detector
 
-CHECKPOINT_FORMAT = "resnets-detect-checkpoint"
 
-
-@dataclass
+@dataclass(frozen=True)
 class DetectionRecipe:
     """Sec. 4.3's Faster R-CNN recipe (SGD, momentum 0.9, weight decay 1e-4, lr /10 twice) scaled to 224px
     synthetic compositions on 2 CPU cores: batch 8, 1,000 iterations (about 5 epochs of 2,000 images; 2.3-3.3 s an
@@ -82,21 +69,17 @@ class DetectionRecipe:
         return self.lr * self.gamma ** sum(iteration >= round(m * self.iterations) for m in self.milestones)
 
 
-@dataclass
-class DetectionOptions:
+@dataclass(frozen=True, kw_only=True)
+class DetectionOptions(LoopOptions):
+    """A detection run; the loop's own settings (out, precision, device, seed, resume, ...) are LoopOptions'."""
+
     data: str
     out: str
     backbone: str = "resnet18"
     pretrained: str | None = None  # None (He init), a shipped tag ("imagenette"), or a weights / run path
-    precision: str = "fp32"
-    device: str = "auto"
-    seed: int = 0
-    deterministic: bool = False
-    resume: bool = False
     log_every: int = 20
     checkpoint_every: int = 200
     eval_images: int | None = None  # evaluate on the first N validation images while training (all at the end)
-    progress: bool = True
     recipe: DetectionRecipe = field(default_factory=DetectionRecipe)
 
 
@@ -125,112 +108,88 @@ def sample_indices(iteration: int, batch_size: int, count: int, seed: int) -> li
     return picks
 
 
-def read_detection_checkpoint(path: Path) -> dict[str, Any]:
-    state = load_torch_file(path, "checkpoint", "an earlier one is checkpoints/previous.pt")
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a resnets detection checkpoint")
-    return state
+class DetectionTask(Task):
+    """A torchvision Faster R-CNN on one of our backbones, trained on a COCO-format folder. Its batches are a pure
+    function of the iteration (`sample_indices`), so its position in a checkpoint is that iteration."""
+
+    def __init__(self, options: DetectionOptions) -> None:
+        self.options, self.recipe = options, options.recipe
+        self.name = f"detect {options.backbone}"
+        self.position = 0  # the iteration whose batch comes next
+
+    def build(self, runtime: Runtime) -> Parts:
+        options, recipe = self.options, self.recipe
+        if runtime.distributed:
+            raise ValueError("detection trains in one process; run `resnets detect train` without torchrun")
+        self.device = runtime.device
+        self.train_set = DetectionDataset(Path(options.data), "train", train_flip=True, seed=options.seed)
+        self.val_set = DetectionDataset(Path(options.data), "val")
+        backbone = load_backbone(options.backbone, options.pretrained)
+        detector = build_detector(backbone, num_classes=max(self.train_set.categories) + 1, form=recipe.form,
+                                  trainable_layers=recipe.trainable_layers, frozen_bn=recipe.frozen_bn,
+                                  anchor_sizes=recipe.anchor_sizes, **recipe.detector_options())
+        self.detector_config = detector_config(detector, backbone, recipe, self.train_set.categories)
+        self.model = detector.to(runtime.device)
+        optimizer = torch.optim.SGD([p for p in detector.parameters() if p.requires_grad], lr=recipe.lr,
+                                    momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+        self.evaluate_at = {round(recipe.iterations * (k + 1) / recipe.evaluations) for k in range(recipe.evaluations)}
+        config = {"options": asdict(options), "detector": self.detector_config,
+                  "backbone_source": options.pretrained or "He init (no pre-training)"}
+        announce = [f"{options.backbone} {recipe.form} detector on {options.data}: {len(self.train_set)} training "
+                    f"images, batch {recipe.batch_size}, {recipe.iterations} iterations"]
+        return Parts(detector, optimizer, StatelessSchedule(recipe.lr_at), recipe.iterations, self.detector_config,
+                     config, announce=announce)
+
+    def batches(self) -> Iterator[tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]]:
+        recipe, options = self.recipe, self.options
+        while True:
+            batch = []
+            for epoch, index in sample_indices(self.position, recipe.batch_size, len(self.train_set), options.seed):
+                self.train_set.set_epoch(epoch)
+                batch.append(self.train_set[index])
+            self.position += 1  # counted before the yield: a checkpoint taken while it trains resumes after it
+            yield collate_detection(batch, self.device)
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images, targets = batch
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        count = torch.tensor(float(len(images)), dtype=torch.float64, device=self.device)
+        stats = {key: value.detach().double() * count for key, value in losses.items()}
+        return loss, {"images": count, **stats, "loss": loss.detach().double() * count}
+
+    def evaluation_due(self, iteration: int) -> bool:
+        return iteration in self.evaluate_at
+
+    def evaluate(self, run: Run) -> tuple[dict[str, Any], float | None]:
+        subset = None if run.iteration >= self.recipe.iterations else self.options.eval_images
+        scores = evaluate_detector(self.model, self.val_set, limit=subset, precision=self.options.precision)
+        self.model.train()
+        return {f"val_{key}": value for key, value in scores.items()} | {"val_images": subset}, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = state["position"]
+
+    def finish(self, run: Run) -> dict[str, Any]:
+        records = run.metrics.records if run.metrics is not None else []
+        final = next((r for r in reversed(records) if "val_map" in r), {})
+        options, recipe, paths = self.options, self.recipe, run.paths
+        save_detector(self.model, self.detector_config, paths.weights, {"val_map": final.get("val_map"),
+                                                                        "val_map_50": final.get("val_map_50")})
+        summary = {"complete": run.iteration >= run.total, "iterations": run.iteration, "backbone": options.backbone,
+                   "backbone_source": options.pretrained or "He init", "form": recipe.form,
+                   "val_images": len(self.val_set), "train_images": len(self.train_set),
+                   "train_seconds": round(run.elapsed, 1), "precision": options.precision,
+                   "hardware": hardware_description(run.runtime),
+                   **{key: final[key] for key in final if key.startswith("val_map")}}
+        atomic_write_json(paths.summary, summary)
+        plot_detection_curves({options.backbone: records}, paths.curves)
+        return summary
 
 
 def train_detector(options: DetectionOptions) -> dict[str, Any]:
-    recipe, paths = options.recipe, RunPaths(Path(options.out))
-    set_determinism(options.seed, options.deterministic)
-    train_set = DetectionDataset(Path(options.data), "train", train_flip=True, seed=options.seed)
-    val_set = DetectionDataset(Path(options.data), "val")
-    backbone = load_backbone(options.backbone, options.pretrained)
-    detector = build_detector(backbone, num_classes=max(train_set.categories) + 1, form=recipe.form,
-                              trainable_layers=recipe.trainable_layers, frozen_bn=recipe.frozen_bn,
-                              anchor_sizes=recipe.anchor_sizes, **recipe.detector_options())
-    config = detector_config(detector, backbone, recipe, train_set.categories)
-    device = resolve_device(options.device)
-    detector.to(device)
-    optimizer = torch.optim.SGD([p for p in detector.parameters() if p.requires_grad], lr=recipe.lr,
-                                momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-    start, elapsed = 0, 0.0
-    if options.resume and paths.has_checkpoint():
-        _, state = read_intact_checkpoint(paths.resumable, read=read_detection_checkpoint)
-        if state["config"] != config:
-            raise ValueError(f"{paths.root} holds a checkpoint of another detector or recipe; resume with the same "
-                             "options or choose another --out")
-        detector.load_state_dict(state["detector"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        start, elapsed = state["iteration"], state["elapsed_seconds"]
-    else:
-        paths.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(paths.config, {"options": asdict(options), "detector": config, "backbone_source":
-                                         options.pretrained or "He init (no pre-training)"})
-    log = MetricsLog(paths.metrics, start if options.resume else None)
-    evaluate_at = {round(recipe.iterations * (k + 1) / recipe.evaluations) for k in range(recipe.evaluations)}
-
-    def checkpoint(iteration: int) -> None:
-        state = {"format": CHECKPOINT_FORMAT, "config": config, "detector": detector.state_dict(),
-                 "optimizer": optimizer.state_dict(), "rng": rng_state(), "iteration": iteration,
-                 "elapsed_seconds": elapsed + time.perf_counter() - began}
-        if paths.checkpoint().is_file():
-            keep_copy(paths.checkpoint(), paths.checkpoint("previous"))
-        atomic_torch_save(state, paths.checkpoint())
-
-    detector.train()
-    began, window, window_start, window_images = time.perf_counter(), {}, time.perf_counter(), 0
-    bar = tqdm(range(start, recipe.iterations), initial=start, total=recipe.iterations, unit="it", desc="detect",
-               disable=not options.progress, dynamic_ncols=True)
-    with StopSignals() as signals:
-        for iteration in bar:
-            for group in optimizer.param_groups:
-                group["lr"] = recipe.lr_at(iteration)
-            batch = []
-            for epoch, index in sample_indices(iteration, recipe.batch_size, len(train_set), options.seed):
-                train_set.set_epoch(epoch)
-                batch.append(train_set[index])
-            images, targets = collate_detection(batch, device)
-            with autocast(device, options.precision):
-                losses = detector(images, targets)
-            loss = sum(losses.values())
-            if not math.isfinite(loss.item()):
-                raise ArithmeticError(f"detection loss is {loss.item()} at iteration {iteration} "
-                                      f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for key, value in losses.items():
-                window[key] = window.get(key, 0.0) + value.item()
-            window["loss"] = window.get("loss", 0.0) + loss.item()
-            window_images += len(images)
-            done = iteration + 1
-            record: dict[str, Any] = {}
-            if done % options.log_every == 0 or done in evaluate_at:
-                steps = window_images / recipe.batch_size
-                rate = window_images / (time.perf_counter() - window_start)
-                record = {"iteration": done, "lr": recipe.lr_at(iteration), "images_per_s": round(rate, 2),
-                          **{key: value / steps for key, value in window.items()}}
-                bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{rate:.1f}")
-                window, window_start, window_images = {}, time.perf_counter(), 0
-            if done in evaluate_at:
-                subset = None if done == recipe.iterations else options.eval_images
-                scores = evaluate_detector(detector, val_set, limit=subset, precision=options.precision)
-                record.update({f"val_{key}": value for key, value in scores.items()} | {"val_images": subset})
-                detector.train()
-                window_start = time.perf_counter()  # the next rate counts training only
-            if record:
-                log.append(record | {"elapsed_s": round(elapsed + time.perf_counter() - began, 1)})
-            if done % options.checkpoint_every == 0 or done == recipe.iterations:
-                checkpoint(done)
-            if signals.received is not None and done < recipe.iterations:
-                checkpoint(done)
-                raise Preempted(f"stopped by {signals.name} after iteration {done}; checkpoint written, continue "
-                                f"with the same command and --resume")
-    bar.close()
-    final = log.records[-1]
-    seconds = elapsed + time.perf_counter() - began
-    save_detector(detector, config, paths.weights, {"val_map": final.get("val_map"),
-                                                    "val_map_50": final.get("val_map_50")})
-    summary = {"complete": True, "iterations": recipe.iterations, "backbone": options.backbone,
-               "backbone_source": options.pretrained or "He init", "form": recipe.form,
-               "val_images": len(val_set), "train_images": len(train_set), "train_seconds": round(seconds, 1),
-               "precision": options.precision, "hardware": hardware_description(Runtime(device)),
-               **{key: final[key] for key in final if key.startswith("val_map")}}
-    atomic_write_json(paths.summary, summary)
-    plot_detection_curves({options.backbone: log.records}, paths.curves)
-    return summary
-
+    """Train one detector as `options` describe; returns the summary (also written to OUT/summary.json)."""
+    return run_task(DetectionTask(options))

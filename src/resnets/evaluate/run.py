@@ -1,5 +1,6 @@
-"""`resnets eval`: the test error of a run directory, training checkpoint or weight file, preprocessed by the weights'
-own record (`data.preprocess`), on CIFAR (the single 32x32 view of Sec. 4.2) or an ImageNet folder (Sec. 3.4)."""
+"""`resnets eval`: the test error of shipped weights, a run directory, training checkpoint or weight file,
+preprocessed by the weights' own record (`data.preprocess`), on CIFAR (the single 32x32 view of Sec. 4.2) or an
+ImageNet folder (Sec. 3.4)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from ..data.folder import open_image_folder
 from ..data.loader import TensorBatchLoader
 from ..data.paths import datasets_root
 from ..data.preprocess import preprocessing_of
-from ..models import load_model
-from ..runs import resolve_weights, run_dataset
+from ..models import Pretrained, load_model, resolve_pretrained
+from ..runs import run_dataset
 from ..runtime import setup_runtime
 from .metrics import evaluate_batches
 from .protocols import evaluate, multiscale_sides
@@ -27,16 +28,18 @@ CIFAR_EVAL_BATCH = 500
 EVAL_FOLDERS = {"imagenet": "imagenet-sample", "imagenette": "imagenette"}  # under datasets_root(), without --data
 
 
-def load_for_evaluation(path: str | Path) -> tuple[torch.nn.Module, Path]:
-    """The model of a run directory, checkpoint or weight file, with `meta["dataset"]` filled from the run's
-    config.json when the file itself does not say."""
-    weights = resolve_weights(path)
-    model = load_model(weights)
-    if "dataset" not in model.meta:
-        dataset = run_dataset(weights)
+def load_for_evaluation(pretrained: bool | str | Path | Pretrained,
+                        model: str | None = None) -> tuple[torch.nn.Module, Path]:
+    """The model `pretrained` names (anything `resolve_pretrained` takes: shipped MODEL.TAG, a run directory,
+    checkpoint or weight file) and the file read, with `meta["dataset"]` filled from the run's config.json when the
+    file itself does not say."""
+    source = resolve_pretrained(pretrained, model)
+    network = load_model(source)
+    if "dataset" not in network.meta:
+        dataset = run_dataset(source.path)
         if dataset is not None:
-            model.meta["dataset"] = dataset
-    return model, weights
+            network.meta["dataset"] = dataset
+    return network, source.path
 
 
 def cifar_test_batches(model: torch.nn.Module, data: str | Path | None = None, images: int | None = None,
@@ -58,16 +61,18 @@ def cifar_test_batches(model: torch.nn.Module, data: str | Path | None = None, i
     return loader, test.source
 
 
-def evaluate_checkpoint(path: str | Path, data: str | None = None, dataset: str | None = None,
+def evaluate_checkpoint(path: bool | str | Path | Pretrained, data: str | None = None, dataset: str | None = None,
                         precision: str = "fp32", device: str = "auto", protocol: str = "center",
                         predictions: bool = False, prepare: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
-                        **imagenet: Any) -> dict[str, Any]:
-    """Test error of a checkpoint: the single 32x32 view on CIFAR (Sec. 4.2), or an ImageNet protocol
+                        model_name: str | None = None, **imagenet: Any) -> dict[str, Any]:
+    """Test error of the weights `path` names (shipped MODEL.TAG, a run directory, checkpoint or weight file; see
+    `resolve_pretrained`): the single 32x32 view on CIFAR (Sec. 4.2), or an ImageNet protocol
     (`center`, `10crop`, `multiscale`; Sec. 3.4) on an image folder (`imagenet` keywords go to protocols.evaluate).
     `predictions` adds "predictions": one {"image", "label", "top1"} per test image (CIFAR: its index in the test
     set; folders: its file). `prepare` turns the loaded eval-mode model into the one to run (e.g.
-    resnets.optimize_for_inference, which then owns the precision: pass precision="fp32" with it)."""
-    model, weights = load_for_evaluation(path)
+    resnets.optimize_for_inference, which then owns the precision: pass precision="fp32" with it). `model_name`: the
+    model `path` is a tag of, or that a file must hold."""
+    model, weights = load_for_evaluation(path, model_name)
     if dataset is not None:
         model.meta["dataset"] = dataset
     dataset = model.meta.get("dataset") or ("cifar10" if model.spec.family == "cifar" else "imagenet")

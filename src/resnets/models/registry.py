@@ -4,7 +4,10 @@ CIFAR (Sec. 4.2); `cifar_resnet<6n+2>` reaches CIFAR depths that collide with Ta
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Any
 
+from .pretrained import Pretrained, resolve_pretrained, split_name
 from .resnet import ResNet
 from .specs import (
     CIFAR_BOTTLENECK_DEPTHS,
@@ -16,7 +19,14 @@ from .specs import (
     cifar_spec,
     imagenet_spec,
 )
-from .weights import load_pretrained_into, shipped_weights
+from .weights import (
+    extract_state_dict,
+    import_state_dict,
+    infer_spec,
+    model_from_weight_data,
+    read_weight_file,
+    timm_resnetv2_to_ours,
+)
 
 _NAME = re.compile(r"^(?P<preact>preact_)?(?P<cifar>cifar_)?(?P<kind>resnet|plain)(?P<depth>\d+)$")
 
@@ -71,26 +81,80 @@ def model_spec(name: str, *, num_classes: int | None = None, shortcut: str | Non
 
 def create_model(name: str, *, num_classes: int | None = None, shortcut: str | None = None,
                  stride_in_1x1: bool | None = None, zero_init_residual: bool = False,
-                 init_mode: str = "fan_out", pretrained: bool | str = False,
+                 init_mode: str = "fan_out", pretrained: bool | str | Path | Pretrained | None = None,
                  activation_checkpointing: bool = False) -> ResNet:
-    """Build a network of the paper by name.
+    """Build a network of the paper by name, with pretrained weights when asked.
 
-    shortcut: "A" (zero-pad identity), "B" (projection where shapes change), "C" (projection
-    everywhere) or "none" (plain). stride_in_1x1: True = paper's bottleneck ("v1"), False = v1.5
-    (torchvision). pretrained: load the weights shipped with the package (see `resnets models`); True for the
-    paper recipe's, a tag such as "fast" for another recipe's. activation_checkpointing: recompute activations in
-    the backward pass instead of storing them (for the 1001-layer nets). With `pretrained`, options left unset
-    take the shipped network's values (e.g. 10 classes and option A for `resnet18`, pretrained="imagenette").
+    name: a model (`resnet20`, see `resnets models`) or shipped weights `model.tag` (`resnet18.imagenette`,
+    `resnet20.fast`, see `resnets models --pretrained`), which loads them; with pretrained=False it builds their
+    architecture with fresh weights, as timm's tags do. pretrained: True (the model's default tag, e.g. paper for
+    resnet20), a tag ("fast"), "model.tag", a weight file (ours, torchvision's, timm's) or a run directory; see
+    `resolve_pretrained`. With weights, options left unset take the weights' values (e.g. 10 classes and option A
+    for resnet18.imagenette); a num_classes other than theirs gets a new classifier (He init) on their trunk.
+
+    shortcut: "A" (zero-pad identity), "B" (projection where shapes change), "C" (projection everywhere) or
+    "none" (plain). stride_in_1x1: True = paper's bottleneck ("v1"), False = v1.5 (torchvision).
+    activation_checkpointing: recompute activations in the backward pass instead of storing them (for the
+    1001-layer nets).
     """
-    shipped = shipped_weights(name, pretrained) if pretrained else None
-    if shipped is not None:
-        config = shipped["model_config"]
-        num_classes = config["num_classes"] if num_classes is None else num_classes
-        shortcut = config["shortcut"] if shortcut is None else shortcut
-        stride_in_1x1 = config["stride_in_1x1"] if stride_in_1x1 is None else stride_in_1x1
-    spec = model_spec(name, num_classes=num_classes, shortcut=shortcut, stride_in_1x1=stride_in_1x1)
+    model_name, tag = split_name(name) if isinstance(name, str) else (name, None)
+    source, load = None, pretrained is not False
+    if tag is not None:
+        source = resolve_pretrained(tag, model_name)
+        if pretrained not in (None, True, False) and resolve_pretrained(pretrained, model_name).name != source.name:
+            raise ValueError(f"create_model({name!r}, pretrained={pretrained!r}) names two sets of weights; give "
+                             "one: the name's tag or pretrained=")
+    elif pretrained not in (None, False):
+        source = resolve_pretrained(pretrained, model_name)
+    data = read_weight_file(source.path) if source is not None else None
+    stored = _stored_config(data) if data is not None else None
+    if stored is not None:
+        num_classes = stored["num_classes"] if num_classes is None else num_classes
+        shortcut = stored["shortcut"] if shortcut is None else shortcut
+        stride_in_1x1 = stored["stride_in_1x1"] if stride_in_1x1 is None else stride_in_1x1
+    spec = model_spec(model_name, num_classes=num_classes, shortcut=shortcut, stride_in_1x1=stride_in_1x1)
+    if stored is not None:
+        _check_same_network(spec, ResNetSpec.from_config(stored), source)
     model = ResNet(spec, zero_init_residual=zero_init_residual, init_mode=init_mode,
                    activation_checkpointing=activation_checkpointing)
-    if shipped is not None:
-        load_pretrained_into(model, name, pretrained, shipped)
+    if data is not None and load:
+        _load_into(model, data, source, new_classifier=spec.num_classes != stored["num_classes"])
     return model
+
+
+def load_model(source: str | Path | Pretrained, model: str | None = None) -> ResNet:
+    """A ready model from anything `pretrained=` takes: shipped weights (`resnet18.imagenette`), a weight file
+    (ours, or a torchvision/timm ResNet file, built as v1.5) or a run directory; `model` checks what it holds."""
+    resolved = resolve_pretrained(source, model)
+    if resolved.model is not None:
+        return create_model(resolved.model, pretrained=resolved)
+    return model_from_weight_data(read_weight_file(resolved.path), source=f"weights in {resolved.path}")
+
+
+def _stored_config(data: dict[str, Any]) -> dict[str, Any]:
+    """The architecture a weight file holds: its model_config, or recognised from the tensor names."""
+    config = data.get("model_config")
+    return dict(config) if isinstance(config, dict) else infer_spec(extract_state_dict(data)).to_config()
+
+
+def _check_same_network(spec: ResNetSpec, stored: ResNetSpec, source: Pretrained) -> None:
+    """Depth, blocks and family must agree; shortcut and stride differences are left to the tensor check, which
+    names them."""
+    same = (spec.family, spec.stages, spec.widths, spec.block, spec.preact, spec.shortcut == "none") == (
+        stored.family, stored.stages, stored.widths, stored.block, stored.preact, stored.shortcut == "none")
+    if not same:
+        raise ValueError(f"{source.name} holds a {stored.name} ({stored.family} family), not a {spec.name}; give "
+                         f"--model {stored.name} or other weights")
+
+
+def _load_into(model: ResNet, data: dict[str, Any], source: Pretrained, new_classifier: bool) -> None:
+    """Copy the weights into `model` (every tensor checked), with its own fresh classifier when the class count
+    differs; model.meta: the file's meta over the shipped .json, named by the weights' one name."""
+    state = extract_state_dict(data)
+    meta = {**source.meta, **(data.get("meta") or {})}  # the file's own meta (exact mean image tensor) wins
+    if new_classifier:  # a trunk to fine-tune: the old classes and measured errors no longer describe the model
+        state = timm_resnetv2_to_ours(state)
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith("fc.")})
+        meta = {"preprocess": meta["preprocess"]} if meta.get("preprocess") else {}
+    import_state_dict(model, state, source=f"weights {source.name}")
+    model.meta = {**meta, "pretrained": source.name}

@@ -8,7 +8,6 @@ on the 3x3, so imported models are built with stride_in_1x1=False.
 
 from __future__ import annotations
 
-import json
 import re
 from importlib import resources
 from pathlib import Path
@@ -175,13 +174,9 @@ def infer_spec(state: StateDict, stride_in_1x1: bool = False) -> ResNetSpec:
                       (64, 128, 256, 512), shortcut, num_classes, stride_in_1x1, preact)
 
 
-def load_model(path: str | Path) -> ResNet:
-    """A ready model from our checkpoint/weights file, or from a torchvision/timm file (built as v1.5)."""
-    return model_from_weight_data(read_weight_file(path), source=f"weights in {path}")
-
-
 def model_from_weight_data(data: dict[str, Any], source: str = "weights") -> ResNet:
-    """`load_model` for a file already read with `read_weight_file` (callers that also need its meta)."""
+    """The model of a file already read with `read_weight_file`: built from its model_config, or recognised from its
+    tensor names (torchvision/timm files, built as v1.5); `meta` is the file's."""
     state = timm_resnetv2_to_ours(extract_state_dict(data))
     config = data.get("model_config")
     model = model_from_config(config) if isinstance(config, dict) else ResNet(infer_spec(state))
@@ -198,47 +193,5 @@ def save_weights(model: ResNet, path: str | Path, meta: dict[str, Any] | None = 
 
 
 def pretrained_dir() -> Path:
+    """The package's folder of shipped weights (names and tags: models/pretrained.py)."""
     return Path(str(resources.files("resnets") / "assets" / "weights"))
-
-
-def shipped_name(model_name: str, pretrained: bool | str = True) -> str:
-    """File stem of shipped weights: `resnet20` for pretrained=True, `resnet20-fast` for pretrained="fast"."""
-    return model_name if pretrained is True else f"{model_name}-{pretrained}"
-
-
-def list_pretrained() -> dict[str, dict[str, Any]]:
-    """Shipped weight files (by shipped name, see `shipped_name`) and their metadata (model, accuracy, recipe)."""
-    found = {}
-    for meta_file in sorted(pretrained_dir().glob("*.json")):
-        found[meta_file.stem] = json.loads(meta_file.read_text())
-    return found
-
-
-def pretrained_values(model_name: str, shipped: dict[str, dict[str, Any]] | None = None) -> list[bool | str]:
-    """The `pretrained=` values that load shipped weights of `model_name`: True (paper recipe) first, then tags."""
-    shipped = list_pretrained() if shipped is None else shipped
-    values = [meta.get("pretrained", True) for meta in shipped.values() if meta.get("model") == model_name]
-    return sorted(values, key=lambda value: (value is not True, str(value)))
-
-
-def shipped_weights(name: str, pretrained: bool | str = True) -> dict[str, Any]:
-    """The shipped weight file of (name, pretrained): model_config, model (state dict) and meta."""
-    path = pretrained_dir() / f"{shipped_name(name, pretrained)}.pt"
-    if not path.is_file():
-        values = pretrained_values(name)
-        hint = (f"{name} ships pretrained={' or '.join(map(repr, values))}" if values else
-                f"shipped: {', '.join(list_pretrained()) or 'none yet'}")
-        raise ValueError(f"no shipped weights {shipped_name(name, pretrained)!r}; {hint}. "
-                         "For torchvision/timm files use resnets.load_model(path)")
-    return read_weight_file(path)
-
-
-def load_pretrained_into(model: ResNet, name: str, pretrained: bool | str = True,
-                         data: dict[str, Any] | None = None) -> ResNet:
-    """Load shipped weights (`data`: the file when the caller has read it already) into `model`."""
-    path = pretrained_dir() / f"{shipped_name(name, pretrained)}.pt"
-    data = data if data is not None else shipped_weights(name, pretrained)
-    import_state_dict(model, extract_state_dict(data), source=f"shipped weights {path.name}")
-    # The JSON describes the run; the file's own meta (exact mean image as a tensor, classes) wins where both say.
-    model.meta = {**(list_pretrained().get(shipped_name(name, pretrained)) or {}), **(data.get("meta") or {})}
-    return model

@@ -32,11 +32,10 @@ from ..data.transforms import (
     pixel_pca,
 )
 from ..runtime import Runtime
-from .recipes import Recipe, RunOptions
+from .recipes import DATASETS, Recipe, RunOptions
 
-CIFAR_DATASETS = ("cifar10", "cifar100")
+CIFAR_DATASETS = tuple(name for name, kind in DATASETS.items() if kind.family == "cifar")
 DECODED_IMAGENET_DATASETS = {"imagenette": 224}  # ImageNet-style folders of equal-size images: name -> image size
-DATASETS = (*CIFAR_DATASETS, "imagenet", *DECODED_IMAGENET_DATASETS)
 CIFAR_EVAL_BATCH = 500
 IMAGENET_EVAL_BATCH = 50
 

@@ -1,4 +1,5 @@
-"""Named training recipes as plain dataclasses (Sec. 3.4 ImageNet, Sec. 4.2 CIFAR) and their overrides.
+"""Named training recipes as plain frozen dataclasses (Sec. 3.4 ImageNet, Sec. 4.2 CIFAR), their overrides, the
+datasets they apply to, and a run's options (`RunOptions`). `plan.resolve_run` puts them together.
 
 Every schedule length is in iterations, as the paper states them (32k/48k/64k for CIFAR); a run
 given --epochs converts with the iterations per epoch of its own data and batch size.
@@ -7,7 +8,6 @@ given --epochs converts with the iterations per epoch of its own data and batch 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 from dataclasses import dataclass, fields
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 
-@dataclass
+@dataclass(frozen=True)
 class Recipe:
     name: str = "paper"
     batch_size: int = 128  # global batch; each of W DDP ranks takes batch_size / W
@@ -50,13 +50,29 @@ class Recipe:
     augment: bool = True
     val_split: int = 0  # hold out this many training images (paper: 5000) to choose the schedule
     eval_every: int = 0  # iterations between evaluations (0: once per epoch)
-    dataset: str = "cifar10"
+    family: str = "cifar"  # the datasets it is written for ("cifar" or "imagenet"); fixed, not a setting
     notes: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["milestones"] = list(self.milestones)
         return data
+
+    def unused_fields(self, dataset: str) -> dict[str, str]:
+        """The fields a run of this recipe on `dataset` never reads, each with why (its data code or schedule does
+        not look at it): refused when given explicitly, left out of the recipe a run prints and records."""
+        unused = dict(dataset_kind(dataset).ignores)
+        schedule_reads = SCHEDULE_FIELDS.get(self.schedule, ())
+        for name in sorted({name for names in SCHEDULE_FIELDS.values() for name in names} - set(schedule_reads)):
+            users = " and ".join(s for s, names in SCHEDULE_FIELDS.items() if name in names)
+            unused[name] = f"a setting of the {users} schedule; this run's schedule is {self.schedule}"
+        return unused
+
+    def record(self, dataset: str) -> dict[str, Any]:
+        """What a run on `dataset` prints and stores in config.json: the fields it reads (not `family`, which only
+        says which datasets the recipe is for)."""
+        unused = self.unused_fields(dataset)
+        return {k: v for k, v in self.to_dict().items() if k not in unused and k != "family"}
 
     def validate(self) -> Recipe:
         """One clear error for settings no run can use (a NaN lr would otherwise die at the first step)."""
@@ -72,9 +88,11 @@ class Recipe:
                 bound = f"{'>=' if low_allowed else '>'} {low:g}" + (f" and < {high:g}" if math.isfinite(high) else "")
                 raise ValueError(f"recipe {self.name!r}: {name} = {value!r} is not a finite number {bound}; fix "
                                  f"--{name.replace('_', '-')} / --set {name}=...")
-        if self.lighting_pca not in ("imagenet", "computed"):
-            raise ValueError(f"recipe {self.name!r}: lighting_pca must be 'imagenet' or 'computed', got "
-                             f"{self.lighting_pca!r}")
+        for name, allowed in (("schedule", tuple(SCHEDULE_FIELDS)), ("lighting_pca", ("imagenet", "computed")),
+                              ("mean", ("pixel", "channel"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"recipe {self.name!r}: {name} must be one of {', '.join(allowed)}, got "
+                                 f"{getattr(self, name)!r}; fix --set {name}=...")
         if self.batch_size < 1 or (self.epochs is None and self.iterations < 1) or (
                 self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0)):
             raise ValueError(f"recipe {self.name!r}: batch_size, iterations and epochs must be positive, got "
@@ -96,12 +114,12 @@ RECIPES: dict[str, Recipe] = {
     # Sec. 3.4: batch 256, lr 0.1 /10 on plateaus of the validation error, up to 60e4 iterations.
     "paper-imagenet": Recipe(
         name="paper-imagenet", batch_size=256, schedule="plateau", iterations=600_000, milestones=(),
-        dataset="imagenet", eval_every=5000, notes="He et al. 2016, Sec. 3.4 (ImageNet)",
+        family="imagenet", eval_every=5000, notes="He et al. 2016, Sec. 3.4 (ImageNet)",
     ),
     # The common 90-epoch variant (fb.resnet.torch, torchvision): /10 every 30 epochs.
     "step-90": Recipe(
         name="step-90", batch_size=256, schedule="step", epochs=90, milestones=(1 / 3, 2 / 3),
-        dataset="imagenet", notes="90 epochs, lr /10 at epochs 30 and 60",
+        family="imagenet", notes="90 epochs, lr /10 at epochs 30 and 60",
     ),
     # Sec. 3.4 scaled to Imagenette's 224x224 photos at half the resolution (our choice, not the paper's numbers):
     # 112 crops, shorter side in [128, 240] (the paper's [256, 480] for 224 crops, halved), evaluation at shorter
@@ -110,11 +128,49 @@ RECIPES: dict[str, Recipe] = {
     # (30 epochs: ResNet-34 at ~45 img/s on 2 cores is then ~1h50, one sitting).
     "imagenette": Recipe(
         name="imagenette", batch_size=128, lr=0.05, schedule="step", epochs=30, milestones=(0.5, 0.75),
-        scale_min=128, scale_max=240, crop_size=112, eval_resize=128, dataset="imagenette",
+        scale_min=128, scale_max=240, crop_size=112, eval_resize=128, family="imagenet",
         notes="He et al. 2016, Sec. 3.4 scaled to Imagenette at 112px: scale [128, 240], 112 crops, PCA lighting, "
               "per-pixel mean, batch 128, lr 0.05 /10 at 50% and 75% of 30 epochs, wd 1e-4",
     ),
 }
+
+# Which recipe fields only some datasets read (train/data.py): every other field is read by every run, the schedule's
+# own fields (SCHEDULE_FIELDS) by runs of that schedule.
+CIFAR_FIELDS = ("pad", "val_split")
+IMAGENET_FIELDS = ("scale_min", "scale_max", "crop_size", "eval_resize", "lighting_std", "lighting_pca", "mean",
+                   "mean_images")
+SCHEDULE_FIELDS = {"step": ("milestones", "gamma"), "cosine": ("warmup_iterations",), "onecycle": ("peak_fraction",),
+                   "plateau": ("gamma", "plateau_patience")}
+_IMAGENET_ONLY = "an ImageNet-style setting; CIFAR runs do not read it"
+_CIFAR_ONLY = "a CIFAR setting; ImageNet-style runs do not read it"
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    family: str  # which recipes apply: those of the same family
+    recipe: str  # the default recipe
+    model: str  # the default model
+    ignores: dict[str, str]  # recipe fields its runs do not read -> why
+
+
+# The one table of what each dataset defaults to and reads (train/data.py builds each).
+DATASETS: dict[str, DatasetKind] = {
+    "cifar10": DatasetKind("cifar", "paper", "resnet20", dict.fromkeys(IMAGENET_FIELDS, _IMAGENET_ONLY)),
+    "cifar100": DatasetKind("cifar", "paper", "resnet20", dict.fromkeys(IMAGENET_FIELDS, _IMAGENET_ONLY)),
+    "imagenet": DatasetKind("imagenet", "paper-imagenet", "resnet50", dict.fromkeys(CIFAR_FIELDS, _CIFAR_ONLY)),
+    # Imagenette's decoded photos always have the per-pixel mean of their centre views subtracted (Sec. 3.4).
+    "imagenette": DatasetKind("imagenet", "imagenette", "resnet18",
+                              {**dict.fromkeys(CIFAR_FIELDS, _CIFAR_ONLY),
+                               "mean": "an ImageNet-folder setting; imagenette runs always subtract the per-pixel "
+                                       "mean image"}),
+}
+
+
+def dataset_kind(dataset: str) -> DatasetKind:
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(DATASETS)}")
+    return DATASETS[dataset]
+
 
 # Sec. 4.2: "for the 110-layer network ... 0.01 to warm up". Every CIFAR recipe's deep nets get it, `fast` too:
 # its one-cycle starts at 0.02 but climbs to 0.2 within 15% of the run, and squeezed to 2 epochs it left the
@@ -126,9 +182,9 @@ DEPTH_NEEDING_ERROR_WARMUP = 110
 def get_recipe(name: str, depth: int | None = None) -> Recipe:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)}")
-    recipe = dataclasses.replace(RECIPES[name])
-    if recipe.dataset.startswith("cifar") and depth is not None and depth >= DEPTH_NEEDING_ERROR_WARMUP:
-        recipe.error_warmup_lr = 0.01
+    recipe = RECIPES[name]
+    if recipe.family == "cifar" and depth is not None and depth >= DEPTH_NEEDING_ERROR_WARMUP:
+        recipe = dataclasses.replace(recipe, error_warmup_lr=0.01)
     return recipe
 
 
@@ -145,8 +201,13 @@ def stretch(recipe: Recipe, epochs: float | None) -> Recipe:
 
 def _coerce(recipe: Recipe, key: str, value: Any) -> Any:
     kinds = {f.name: f.type for f in fields(recipe)}
+    if key == "family":
+        raise ValueError(f"recipe field 'family' is the recipe's own ({recipe.name!r} is for {recipe.family} "
+                         "datasets); choose another --recipe instead")
     if key not in kinds:
-        raise ValueError(f"unknown recipe field {key!r}; valid fields: {', '.join(sorted(kinds))}")
+        hint = f"; {key} is a run option: give --{key.replace('_', '-')}" if key in RUN_OPTION_FIELDS else ""
+        raise ValueError(f"unknown recipe field {key!r}; valid fields: "
+                         f"{', '.join(sorted(set(kinds) - {'family'}))}{hint}")
     kind = str(kinds[key])
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
         if "None" not in kind:
@@ -202,33 +263,44 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def describe(recipe: Recipe) -> str:
-    return json.dumps(recipe.to_dict(), indent=2)
+@dataclass(frozen=True, kw_only=True)
+class LoopOptions:
+    """What the training loop itself reads, the same for every task (classification, detection)."""
 
-
-@dataclass
-class RunOptions:
-    """Everything about a run that is not the recipe: what to train, where, and how fast."""
-
-    model: str = "resnet20"
-    dataset: str = "cifar10"
-    data: str | None = None
-    out: str = "runs/resnet20"
+    out: str | None = None  # the run directory (RunPlan fills in runs/<model>-<recipe> when None)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: CUDA only)
     device: str = "auto"
-    channels_last: bool = True
     compile: bool = False
     deterministic: bool = False
     seed: int = 0
     resume: bool | str = False  # True: continue the run in `out`; "auto": continue it if it has a checkpoint
+    log_every: int = 50  # iterations between metric lines in metrics.jsonl
+    checkpoint_every: int = 0  # iterations between checkpoints besides each evaluation (0: only at evaluations)
+    max_iterations: int | None = None  # stop early (for tests and smoke runs) without changing the schedule
+    progress: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions(LoopOptions):
+    """Everything about a classification run that is not the recipe: what to train, where, and how fast. The
+    dataset is stated here only; the model defaults to the dataset's (DATASETS)."""
+
+    model: str | None = None
+    pretrained: bool | str | None = None  # weights to start from (models.resolve_pretrained); not used by the loop yet
+    dataset: str = "cifar10"
+    data: str | None = None
+    channels_last: bool = True
     num_classes: int | None = None
     shortcut: str | None = None
     workers: int = 4
     on_bad_image: str = "fail"  # ImageNet folders: fail on an unreadable image, or skip it and count it
     val_labels: str | None = None  # labels file for a flat validation folder
-    log_every: int = 50  # iterations between metric lines in metrics.jsonl
-    checkpoint_every: int = 0  # iterations between checkpoints besides each evaluation (0: only at evaluations)
     subset: int | None = None  # train on a fixed random subset of this many training images (smoke runs, tests)
     eval_subset: int | None = None  # evaluate on the first N test (and val) images
-    max_iterations: int | None = None  # stop early (for tests and smoke runs) without changing the schedule
-    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.model is None:  # frozen: the one place a default is filled in, at construction
+            object.__setattr__(self, "model", dataset_kind(self.dataset).model)
+
+
+RUN_OPTION_FIELDS = frozenset(f.name for f in fields(RunOptions))

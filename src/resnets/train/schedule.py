@@ -4,6 +4,7 @@ pieces of state (plateau drops and the ResNet-110 error warm-up), both saved in 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from .recipes import Recipe
@@ -82,3 +83,16 @@ class LrSchedule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+
+
+class StatelessSchedule:
+    """A schedule that is a pure function of the iteration (e.g. detection's warm-up and steps): nothing to save."""
+
+    def __init__(self, lr: Callable[[int], float]) -> None:
+        self.lr = lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
