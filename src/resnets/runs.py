@@ -7,13 +7,16 @@
     RUN/model.pt             final weights + architecture + classes + preprocessing + measured test error
     RUN/summary.json         final numbers; "complete" says whether the whole schedule ran
     RUN/curves.png           train error dashed, test error solid (Fig. 6 style)
+    RUN/tensorboard/         with --tensorboard: metrics.jsonl's lines as TensorBoard scalars (one event file)
 
 No other module spells these names.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ from .io import UnreadableFileError, atomic_write_bytes, atomic_write_text, read
 from .models import ResNetSpec, model_spec
 
 CONFIG, METRICS, SUMMARY, WEIGHTS, CURVES = "config.json", "metrics.jsonl", "summary.json", "model.pt", "curves.png"
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS, TENSORBOARD = "checkpoints", "tensorboard"
 RECORD_FILES = (SUMMARY, CONFIG, METRICS)  # what a finished run must hold to be reported (and is committed)
 
 
@@ -59,6 +62,10 @@ class RunPaths:
     @property
     def curves(self) -> Path:
         return self.root / CURVES
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / TENSORBOARD
 
     def checkpoint(self, tag: str = "last") -> Path:
         return self.root / CHECKPOINTS / f"{tag}.pt"
@@ -103,9 +110,11 @@ def decide_resume(resume: bool | str, run_dir: str | Path) -> bool:
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line; on resume, lines past the checkpoint are dropped."""
+    """metrics.jsonl: one JSON object per line; on resume, lines past the checkpoint are dropped. With `tensorboard`,
+    every line is also written as TensorBoard scalars in RUN/tensorboard/ (`TensorBoardLog`): the one place either
+    is written, so the two always hold the same records."""
 
-    def __init__(self, path: Path, resume_from_iteration: int | None) -> None:
+    def __init__(self, path: Path, resume_from_iteration: int | None, tensorboard: bool = False) -> None:
         self.path = Path(path)
         self.records: list[dict[str, Any]] = []
         if resume_from_iteration is not None and self.path.exists():
@@ -113,11 +122,54 @@ class MetricsLog:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
         elif self.path.exists():
             self.path.unlink()
+        self.events = TensorBoardLog(self.path.parent / TENSORBOARD, self.records) if tensorboard else None
 
     def append(self, record: dict[str, Any]) -> None:
         self.records.append(record)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.events is not None:
+            self.events.write(record)
+
+
+def require_tensorboard() -> None:
+    """One line saying what to install when the `tensorboard` package (which writes the event files) is missing."""
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install 'resnets[tensorboard]' (or pip "
+                         "install tensorboard), or leave out --tensorboard")
+
+
+class TensorBoardLog:
+    """metrics.jsonl's records as TensorBoard scalars, tagged with their metrics.jsonl keys, at step = iteration.
+
+    Resume-safe by construction: the folder's event files are rewritten from the records metrics.jsonl keeps (those up
+    to the checkpoint) whenever a run starts or resumes, so a step logged after the last checkpoint by the process that
+    was stopped appears once, not twice, in every tool (not only in those that honour TensorBoard's purge events)."""
+
+    def __init__(self, folder: Path, records: Sequence[dict[str, Any]] = ()) -> None:
+        require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter  # imported here: the package is optional
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for old in self.folder.glob("events.out.tfevents.*"):
+            old.unlink()
+        self.writer = SummaryWriter(log_dir=str(self.folder))
+        weakref.finalize(self, self.writer.close)  # closed with the run that owns it
+        for record in records:
+            self.write(record, flush=False)
+        self.writer.flush()
+
+    def write(self, record: dict[str, Any], flush: bool = True) -> None:
+        step = int(record["iteration"])
+        for key, value in record.items():
+            if key != "iteration" and isinstance(value, int | float) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, global_step=step)
+        if flush:  # a line at a time, as metrics.jsonl: what a stopped run logged is on disk
+            self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -2,6 +2,10 @@
 
 Precedence of settings: the named recipe < a TOML --config < --set key=value < explicit flags (resolved by
 `resnets.train.plan.resolve_run`). The dataset defaults to cifar10, the recipe and model to the dataset's.
+
+Fine-tuning on your photos (PATH/train/<class>/*, PATH/val/<class>/* or a held-out 10% per class):
+    resnets train --dataset folder --data PATH --model resnet18 --pretrained resnet18.imagenette --out runs/mine
+    resnets predict photo.jpg --pretrained runs/mine
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model name (see `resnets models`); default: the dataset's "
                                                  f"({', '.join(f'{d} {k.model}' for d, k in DATASETS.items())})")
     p.add_argument("--pretrained", nargs="?", const=True, default=None, metavar="TAG|MODEL.TAG|FILE|RUN",
-                   help="start from these weights (recorded in the run options; fine-tuning: a later issue)")
+                   help="start from these weights (shipped MODEL.TAG, a weight file or a run directory): their "
+                        "classifier is replaced when the run's classes differ; --dataset folder takes their "
+                        "preprocessing; the finetune recipe trains the body at lr x body_lr_scale")
     p.add_argument("--dataset", default=None, choices=list(DATASETS), help="default cifar10")
-    p.add_argument("--data", default=None, help="dataset directory (official binaries, archive or image folders)")
+    p.add_argument("--data", default=None, help="dataset directory (official binaries, archive or image folders; "
+                                                "--dataset folder: PATH with train/<class>/, optionally val/<class>/)")
     defaults = ", ".join(f"{dataset} {kind.recipe}" for dataset, kind in DATASETS.items())
     p.add_argument("--recipe", default=None, choices=sorted(RECIPES), help=f"named recipe; default: the dataset's "
                                                                           f"({defaults})")
@@ -52,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="ImageNet folders: stop at an unreadable image (default) or skip and count it")
     p.add_argument("--val-labels", default=None, help="labels file for a flat ImageNet validation folder")
     p.add_argument("--log-every", type=int, default=None)
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write the metrics as TensorBoard event files in OUT/tensorboard/ (pip install "
+                        "'resnets[tensorboard]'); view with `tensorboard --logdir OUT`")
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--subset", type=int, default=None, help="train on a random subset of N images (smoke runs)")
     p.add_argument("--eval-subset", type=int, default=None, help="evaluate on the first N test images")

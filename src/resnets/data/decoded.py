@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
 from tqdm import tqdm
 
 from ..io import atomic_torch_save, verify_torch_file
 from .folder import IMAGE_FORMATS, BadImageError, read_image
 from .paths import cache_dir
+from .transforms import resize_shorter_side
 
 # Bump when the cached layout or the decoded pixels change, so that old files are ignored, not misread.
 # 2: decoded by Pillow with EXIF orientation applied (1: torchvision.io, EXIF-rotated photos left sideways).
@@ -38,15 +40,18 @@ class DecodedImages:
     labels: torch.Tensor  # int64, N
     classes: list[str]
     source: str  # what was read, for logs and run summaries
+    files: list[str] = field(default_factory=list)  # the image files, in the order of `labels`
 
     def __len__(self) -> int:
         return len(self.labels)
 
 
-def read_image_folder(root: Path, split: str, size: int, cache: bool = True, kind: str = "") -> DecodedImages:
+def read_image_folder(root: Path, split: str, size: int, cache: bool = True, kind: str = "",
+                      fit: bool = False) -> DecodedImages:
     """root/<split>/<class>/<image>, every image `size` x `size` (grey and palette images become RGB): class index =
     position of the class folder name in sorted order, as in torchvision's ImageFolder. `kind` names the dataset in
-    errors ("CIFAR images are 32x32")."""
+    errors ("CIFAR images are 32x32"). `fit`: photos of any size, each resized to shorter side `size` and its centre
+    `size` x `size` square kept (your own photos, `--dataset folder`)."""
     folder = root / split
     classes = class_folders(folder)
     for other in SPLIT_NAMES:
@@ -56,17 +61,20 @@ def read_image_folder(root: Path, split: str, size: int, cache: bool = True, kin
     files, labels, fingerprint = list_images(folder, classes)
     kinds = "/".join(sorted({IMAGE_FORMATS[path.suffix.lower()] for path in files}))
     source = f"image folder {folder.resolve()} ({kinds})"
-    cache_file = cache_dir() / f"{root.resolve().name}-{split}-{fingerprint[:20]}.pt"
+    fitted = f"-fit{size}" if fit else ""
+    cache_file = cache_dir() / f"{root.resolve().name}-{split}{fitted}-{fingerprint[:20]}.pt"
+    names = [str(path) for path in files]
     if cache and (cached := read_cache(cache_file, len(files), size)) is not None:
-        return DecodedImages(cached["images"], cached["labels"], cached["classes"], f"{source}, cached {cache_file}")
+        return DecodedImages(cached["images"], cached["labels"], cached["classes"], f"{source}, cached {cache_file}",
+                             names)
     images = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
     for index, path in enumerate(tqdm(files, desc=f"decode {folder}", unit="img", leave=False, disable=None)):
-        images[index] = decode_fixed_size(path, size, kind)
+        images[index] = decode_fitted(path, size) if fit else decode_fixed_size(path, size, kind)
     label_tensor = torch.tensor(labels, dtype=torch.int64)
     if cache:
         atomic_torch_save({"version": CACHE_VERSION, "images": images, "labels": label_tensor, "classes": classes},
                           cache_file)
-    return DecodedImages(images, label_tensor, classes, source)
+    return DecodedImages(images, label_tensor, classes, source, names)
 
 
 def class_folders(folder: Path) -> list[str]:
@@ -110,6 +118,15 @@ def decode_fixed_size(path: Path, size: int, kind: str = "") -> torch.Tensor:
         raise DatasetError(f"{path}: image is {image.shape[2]}x{image.shape[1]}, {what} are {size}x{size}; "
                            "resize or remove it")
     return image
+
+
+def decode_fitted(path: Path, size: int) -> torch.Tensor:
+    """3 x size x size uint8 RGB: the photo resized to shorter side `size` (antialiased), its centre square."""
+    try:
+        image = read_image(path)
+    except BadImageError as error:
+        raise DatasetError(f"{path}: cannot decode this image ({error.reason}); replace or remove the file") from None
+    return TF.center_crop(resize_shorter_side(image, size), [size])
 
 
 def read_cache(path: Path, count: int, size: int) -> dict[str, Any] | None:

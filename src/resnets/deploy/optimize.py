@@ -205,7 +205,12 @@ def _calibration_key(model: nn.Module, calibration: torch.Tensor | Sequence[Path
     digest = hashlib.sha256(f"{weights_digest(model)}-{size}px-{reduce_range}-torch{torch.__version__}".encode())
     if isinstance(calibration, torch.Tensor):
         digest.update(calibration.contiguous().numpy().tobytes())
-    else:  # the files themselves: names, sizes and modification times, without decoding them
+    else:  # the files themselves: names, sizes and modification times, without decoding them; and the preprocessing
+        # that turns them into inputs (the same weights may come with another record, or none: the family's defaults)
+        record = preprocessing_of(model)
+        digest.update(repr(record).encode())  # every field but the mean image, hashed next
+        if record.mean_image is not None:
+            digest.update(record.mean_image.contiguous().numpy().tobytes())
         for path in calibration:
             stat = path.stat()
             digest.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
@@ -255,6 +260,11 @@ def _int8_runner(model: nn.Module, calibration: torch.Tensor | str | Path | None
     quantizer = x86.X86InductorQuantizer().set_global(config)
     # A folder is listed once: its files name the cache entry and, on a miss, are what gets decoded.
     source = calibration if isinstance(calibration, torch.Tensor) else calibration_files(model, calibration)
+    if isinstance(source, torch.Tensor) and (source.dim() != 4 or source.shape[0] == 0
+                                             or source.shape[1:] != (3, size, size)):
+        raise ValueError(f"int8 calibration images must be a non-empty N x 3 x {size} x {size} tensor, preprocessed "
+                         f"as the model's input; got {tuple(source.shape)} (or pass calibration=DIR, a folder of "
+                         "training images)")
     key = _calibration_key(model, source, reduce_range, size)
     path = cache_dir() / "inference" / f"{model.spec.name}-int8-{key}.json"
     cached = _read_qparams(path) if cache else None

@@ -82,7 +82,10 @@ def evaluate_checkpoint(path: bool | str | Path | Pretrained, data: str | None =
         model = prepare(model)
     describe = getattr(model, "describe", None)
     inference = {"inference": describe() if describe else f"the eager model ({precision} autocast)"}
-    if dataset in ("imagenet", "imagenette"):
+    if dataset == "folder" and not data:  # a model fine-tuned on your photos (`resnets train --dataset folder`)
+        raise ValueError("weights trained on a folder of photos are evaluated on --data PATH (PATH/val/<class>/... "
+                         "or PATH/<class>/...)")
+    if dataset in ("imagenet", "imagenette", "folder"):
         return (evaluate_imagenet(model, weights, data or datasets_root() / EVAL_FOLDERS[dataset], protocol,
                                   precision, predictions, **imagenet) | {"dataset": dataset} | inference)
     loader, source = cifar_test_batches(model, data, device=runtime.device)

@@ -1,5 +1,9 @@
 """Image classification as a task of the training loop (`loop.Task`): CIFAR and ImageNet differ only in `build_data`
-and the recipe. `train(plan)` trains a resolved `plan.RunPlan`."""
+and the recipe. `train(plan)` trains a resolved `plan.RunPlan`.
+
+Fine-tuning (`--pretrained`): the model starts from the weights, with a fresh classifier unless they were trained on
+exactly the run's classes; a folder of photos takes the weights' own preprocessing; the body trains at
+lr x recipe.body_lr_scale (`make_optimizer`)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.loader import TrainingData
+from ..data.preprocess import Preprocessing, preprocessing_of
 from ..evaluate.metrics import evaluate_batches
 from ..io import atomic_write_json
 from ..models import create_model, model_config, save_weights
@@ -30,15 +35,25 @@ from .plan import RunPlan
 from .recipes import Recipe
 from .schedule import LrSchedule
 
+CLASSIFIER = "fc."  # the classifier's parameters (ResNet.fc): the head that fine-tuning replaces
 
-def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.SGD:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        exempt = not recipe.weight_decay_on_bn and (param.ndim <= 1 or name.endswith(".bias"))
-        (no_decay if exempt else decay).append(param)
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+
+def make_optimizer(model: torch.nn.Module, recipe: Recipe, body_lr_scale: float = 1.0) -> torch.optim.SGD:
+    """SGD over the model's parameters, BN and biases without weight decay unless the recipe decays them. With a
+    `body_lr_scale` other than 1 (fine-tuning), every group but the classifier's carries `lr_scale`, which the
+    loop multiplies into the schedule's lr at every step."""
+    groups = []
+    for head in (False, True) if body_lr_scale != 1.0 else (None,):
+        decay, no_decay = [], []
+        for name, param in model.named_parameters():
+            if head is not None and name.startswith(CLASSIFIER) != head:
+                continue
+            exempt = not recipe.weight_decay_on_bn and (param.ndim <= 1 or name.endswith(".bias"))
+            (no_decay if exempt else decay).append(param)
+        scale = {} if head is None else {"lr_scale": 1.0 if head else body_lr_scale}
+        groups.append({"params": decay, "weight_decay": recipe.weight_decay, **scale})
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0, **scale})
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
 
 
@@ -62,13 +77,20 @@ class ClassificationTask(Task):
         if recipe.batch_size % runtime.world_size:
             raise ValueError(f"batch size {recipe.batch_size} does not split over {runtime.world_size} processes")
         self.runtime = runtime
-        self.data: TrainingData = build_data(options, recipe, runtime)  # loaders yield channels_last when asked
+        # The weights first: a wrong architecture fails in one line before any data is read, and a folder of photos
+        # is prepared as the weights expect.
+        weights_preprocess = self.pretrained_preprocessing() if self.plan.pretrained else None
+        self.data: TrainingData = build_data(options, recipe, runtime, preprocess=weights_preprocess)
         per_epoch = len(self.data.train)
         if per_epoch < 1:
             raise ValueError(f"{self.data.train_size} training images make no batch of {recipe.batch_size} per "
                              "process; lower --batch-size or use more images")
         model = create_model(str(options.model), num_classes=options.num_classes or self.data.num_classes,
-                             shortcut=options.shortcut).to(runtime.device)
+                             shortcut=options.shortcut, pretrained=options.pretrained if self.plan.pretrained else None)
+        started_from = getattr(model, "meta", {}).get("pretrained") if self.plan.pretrained else None
+        if started_from is not None and list(model.meta.get("classes") or []) != list(self.data.classes):
+            model.fc.reset_parameters()  # other classes (even as many): a new classifier, as create_model gives
+        model = model.to(runtime.device)
         if options.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -80,15 +102,26 @@ class ClassificationTask(Task):
         self.eval_split = "val" if "val" in self.data.evals else "test"
         self.eval_every = recipe.eval_every or per_epoch
         self.meta = {"classes": self.data.classes, "preprocess": self.data.preprocess.to_meta(),
-                     "dataset": options.dataset}
+                     "dataset": options.dataset, **({"started_from": started_from} if started_from else {})}
         recorded = self.plan.recorded_recipe()
         config = {"options": asdict(options), "recipe": recorded, "model_config": model_config(model),
                   "data": self.data.description, "iterations_per_epoch": per_epoch}
+        body_lr_scale = recipe.body_lr_scale if self.plan.pretrained else 1.0  # from scratch: nothing to preserve
         announce = [f"recipe {recipe.name}:\n{json.dumps(recorded, indent=2)}",
                     f"{options.model} on {self.data.description['source']}: {self.data.train_size} training images, "
                     f"{per_epoch} iterations/epoch x {runtime.world_size} process(es), {total} iterations"]
-        return Parts(model, make_optimizer(model, recipe), self.schedule, total, model_config(model), config,
-                     self.meta, per_epoch, announce)
+        if started_from:
+            announce.append(f"fine-tuning from {started_from}: classifier at lr, the rest at lr x {body_lr_scale}; "
+                            f"preprocessing: {self.data.preprocess.describe()}")
+        return Parts(model, make_optimizer(model, recipe, body_lr_scale), self.schedule, total, model_config(model),
+                     config, self.meta, per_epoch, announce)
+
+    def pretrained_preprocessing(self) -> Preprocessing:
+        """What the --pretrained weights expect as input (their meta's record, else their family's defaults); loading
+        them also checks that they hold the run's architecture (create_model's one-line error)."""
+        options = self.options
+        return preprocessing_of(create_model(str(options.model), shortcut=options.shortcut,
+                                             pretrained=options.pretrained))
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         loader = self.data.train
@@ -127,7 +160,10 @@ class ClassificationTask(Task):
 
     def evaluate(self, run: Run) -> tuple[dict[str, Any], float | None]:
         result = self.test(self.eval_split)
-        self.schedule.observe_eval_error(result["top1_error"])  # the same on every rank: summed over shards
+        # The same on every rank (summed over shards). Only scheduled evaluations count: the extra one at a
+        # --max-iterations stop would otherwise drop a plateau lr that the run, once resumed, never would have.
+        if self.evaluation_due(run.iteration):
+            self.schedule.observe_eval_error(result["top1_error"])
         record = {f"{self.eval_split}_error": result["top1_error"], f"{self.eval_split}_loss": result["loss"]}
         if self.data.num_classes > 10:
             record[f"{self.eval_split}_top5_error"] = result["top5_error"]
@@ -152,8 +188,9 @@ class ClassificationTask(Task):
             return {}
         at, options, data, paths = run.iteration, self.options, self.data, run.paths
         epochs = round(at / len(data.train), 2)
+        described = _without_file_list(data.description)
         summary: dict[str, Any] = {
-            "model": options.model, "dataset": options.dataset, "data": data.description, "recipe": self.recipe.name,
+            "model": options.model, "dataset": options.dataset, "data": described, "recipe": self.recipe.name,
             "iterations": at, "scheduled_iterations": run.total, "epochs": epochs, "wall_seconds": round(wall, 1),
             "test_top1_error": test["top1_error"], "test_top5_error": test["top5_error"], "test_images": test["images"],
             "complete": at >= run.total, "hardware": hardware_description(self.runtime),
@@ -165,7 +202,7 @@ class ClassificationTask(Task):
                              "holds rank 0's")
         save_weights(final_model, paths.weights,
                      {**self.meta, "recipe": self.plan.recorded_recipe(), "test_top1_error": test["top1_error"],
-                      "test_top5_error": test["top5_error"], "iterations": at, "data": data.description})
+                      "test_top5_error": test["top5_error"], "iterations": at, "data": described})
         atomic_write_json(paths.summary, summary)
         if run.metrics is not None and run.metrics.records:
             plot_error_curves({options.model: {options.model: run.metrics.records}}, paths.curves,
@@ -176,6 +213,14 @@ class ClassificationTask(Task):
         run.log_line(f"test error: {test['top1_error']:.2f}% (top-1{top5}) on {test['images']} images after {at} "
                      f"iterations ({epochs} epochs), {wall / 60:.1f} min -> {paths.root}")
         return summary
+
+
+def _without_file_list(description: dict[str, Any]) -> dict[str, Any]:
+    """The data description for summary.json and model.pt: a held-out split's file list stays in config.json only."""
+    split = description.get("val_split")
+    if not split:
+        return description
+    return {**description, "val_split": {k: v for k, v in split.items() if k != "files"}}
 
 
 def train(plan: RunPlan) -> dict[str, Any]:

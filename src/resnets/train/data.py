@@ -10,6 +10,8 @@ val/<wnid>/*.JPEG, or a flat val/ folder with a labels file (--val-labels FILE),
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,15 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..data.cifar import load_cifar, train_val_split
-from ..data.decoded import per_pixel_mean, read_image_folder, spread_indices
+from ..data.decoded import (
+    DatasetError,
+    DecodedImages,
+    class_folders,
+    list_images,
+    per_pixel_mean,
+    read_image_folder,
+    spread_indices,
+)
 from ..data.folder import ImageFolderDataset, open_image_folder
 from ..data.loader import FolderBatchLoader, TensorBatchLoader, TrainingData
 from ..data.paths import datasets_root
@@ -40,7 +50,12 @@ CIFAR_EVAL_BATCH = 500
 IMAGENET_EVAL_BATCH = 50
 
 
-def build_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -> TrainingData:
+def build_data(options: RunOptions, recipe: Recipe, runtime: Runtime,
+               preprocess: Preprocessing | None = None) -> TrainingData:
+    """The run's data; `preprocess`: the --pretrained weights' own, which `--dataset folder` adopts (crop, resize and
+    mean), so that a fine-tuned model sees what its body was trained on (the other datasets bring their own)."""
+    if options.dataset == "folder":
+        return build_folder_data(options, recipe, runtime, preprocess)
     if options.dataset in CIFAR_DATASETS:
         return build_cifar_data(options, recipe, runtime)
     if options.dataset == "imagenet":
@@ -94,44 +109,169 @@ def build_decoded_imagenet_data(options: RunOptions, recipe: Recipe, runtime: Ru
     root = Path(options.data) if options.data else datasets_root() / name
     train = read_image_folder(root, "train", size, kind=name)
     val = read_image_folder(root, "val", size, kind=name)
+    geometry = DecodedGeometry(size, (recipe.scale_min, recipe.scale_max), recipe.crop_size, recipe.eval_resize)
+    data = decoded_training_data(options, recipe, runtime, train, val, geometry)
+    data.description = {"source": f"{train.source}; {val.source}", "dataset": name, **data.description}
+    return data
+
+
+@dataclass(frozen=True)
+class DecodedGeometry:
+    """Sizes of a decoded photo set: images stored `image_size` square, trained on random `crop` views of shorter
+    side in `scale`, evaluated on the centre `crop` of shorter side `resize`."""
+
+    image_size: int
+    scale: tuple[int, int]
+    crop: int
+    resize: int
+
+
+def decoded_training_data(options: RunOptions, recipe: Recipe, runtime: Runtime, train: DecodedImages,
+                          val: DecodedImages, geometry: DecodedGeometry,
+                          preprocess: Preprocessing | None = None) -> TrainingData:
+    """Loaders over decoded photos held whole on the device: Sec. 3.4's augmentation per batch (`ScaleCropFlip`),
+    evaluation on centre views made once. `preprocess` (weights' own, when fine-tuning) fixes the normalisation;
+    without it, the per-pixel mean image of the training photos' centre views is subtracted (Sec. 3.4)."""
+    size, crop = geometry.image_size, geometry.crop
     train_images, train_labels = train.images, train.labels
     if options.subset:
         chosen = random_subset(len(train_labels), options.subset, options.seed)
         train_images, train_labels = train_images[chosen], train_labels[chosen]
     picked = spread_indices(len(val.labels), options.eval_subset)  # val folders are sorted by class
     # Evaluation sees what `preprocess` and the `center` protocol feed a network: the same uint8 resize and crop.
-    center = EvalTransform(recipe.eval_resize, recipe.crop_size).geometry
+    center = EvalTransform(geometry.resize, crop).geometry
     val_views = torch.cat([center(part) for part in val.images[picked].split(256)])
     train_views = torch.cat([center(part) for part in train_images.split(256)])
-    # Sec. 3.4: "the per-pixel mean subtracted", of centre views (at most recipe.mean_images, spread over classes)
-    mean_image = per_pixel_mean(train_views[spread_indices(len(train_views), recipe.mean_images)])
-    normalize = Normalize(mean_image, std=None)
+    if preprocess is None:
+        # Sec. 3.4: "the per-pixel mean subtracted", of centre views (at most recipe.mean_images, spread over classes)
+        mean_image = per_pixel_mean(train_views[spread_indices(len(train_views), recipe.mean_images)])
+        preprocess = Preprocessing("imagenet", geometry.resize, crop, tuple(mean_image.mean(dim=(1, 2)).tolist()),
+                                   None, mean_image)
+    normalize = preprocess.normalize
     device = runtime.device
-    device_mean = mean_image.to(device)
+    # As the loaders take them: a mean image (3 x crop x crop) or per-channel values shaped 3 x 1 x 1.
+    device_mean = (normalize.mean if normalize.per_pixel else normalize.mean[:, None, None]).to(device)
+    device_std = None if normalize.std is None else normalize.std[:, None, None].to(device)
     pca = {}
     if recipe.lighting_pca == "computed" and recipe.lighting_std > 0:
         eigval, eigvec = pixel_pca(train_views.split(256))
         pca = {"eigval": eigval, "eigvec": eigvec}
-    augment = (ScaleCropFlip((size, size), (recipe.scale_min, recipe.scale_max), recipe.crop_size,
-                             recipe.lighting_std, normalize=Normalize(device_mean, std=None), **pca)
+    augment = (ScaleCropFlip((size, size), geometry.scale, crop, recipe.lighting_std,
+                             normalize=Normalize(device_mean if normalize.per_pixel else device_mean.flatten(),
+                                                 None if device_std is None else device_std.flatten()), **pca)
                if recipe.augment else False)
     train_source = train_images if recipe.augment else train_views
+    plain = {} if recipe.augment else {"mean": device_mean, "std": device_std}
     train_loader = TensorBatchLoader(
         train_source.to(device), train_labels.to(device), batch_size=recipe.batch_size // runtime.world_size,
-        shuffle=True, augment=augment, mean=None if recipe.augment else device_mean, drop_last=True,
-        seed=options.seed, rank=runtime.rank, world_size=runtime.world_size, channels_last=options.channels_last)
+        shuffle=True, augment=augment, drop_last=True, seed=options.seed, rank=runtime.rank,
+        world_size=runtime.world_size, channels_last=options.channels_last, **plain)
     shard = slice(runtime.rank, None, runtime.world_size)
     evaluation = TensorBatchLoader(val_views[shard].to(device), val.labels[picked][shard].to(device),
-                                   batch_size=IMAGENET_EVAL_BATCH * 4, mean=device_mean,
+                                   batch_size=IMAGENET_EVAL_BATCH * 4, mean=device_mean, std=device_std,
                                    channels_last=options.channels_last)
-    preprocess = Preprocessing("imagenet", recipe.eval_resize, recipe.crop_size,
-                               tuple(normalize.channel_mean.tolist()), None, mean_image)
-    description = {"source": f"{train.source}; {val.source}", "dataset": name, "train_images": len(train_labels),
-                   "test_images": len(picked), "classes": len(train.classes),
+    description = {"train_images": len(train_labels), "test_images": len(picked), "classes": len(train.classes),
                    "lighting": {k: v.tolist() for k, v in pca.items()} or "imagenet (AlexNet)",
                    "class_to_idx": {wnid: index for index, wnid in enumerate(train.classes)}}
     return TrainingData(train_loader, {"test": evaluation}, list(train.classes), len(train_labels), preprocess,
                         description)
+
+
+def build_folder_data(options: RunOptions, recipe: Recipe, runtime: Runtime,
+                      preprocess: Preprocessing | None = None) -> TrainingData:
+    """Your photos: --data PATH holding train/<class>/<photos> and val/<class>/<photos>, or only train/, of which a
+    seeded FOLDER_VAL_FRACTION of each class is held out (the file list goes to config.json). Photos of any size are
+    decoded once (cached) to shorter side = the largest training scale, centre square, and held whole in memory.
+    Crop, resize and mean: the --pretrained weights' (`preprocess`), else the recipe's and the photos' mean image;
+    the recipe's scale range is written for its crop_size and scaled to the weights' crop."""
+    root = _folder_root(options.data)
+    crop, resize = (recipe.crop_size, recipe.eval_resize) if preprocess is None else (preprocess.crop,
+                                                                                      preprocess.resize)
+    factor = crop / recipe.crop_size
+    scale = (max(crop, round(recipe.scale_min * factor)), max(crop, round(recipe.scale_max * factor)))
+    geometry = DecodedGeometry(scale[1], scale, crop, resize)  # stored at the largest shorter side drawn
+    has_val = (root / "val").is_dir()
+    _check_fits_in_memory(root, ("train", "val") if has_val else ("train",), geometry.image_size)
+    train = read_image_folder(root, "train", geometry.image_size, fit=True)
+    if len(train.classes) < 2:
+        raise DatasetError(f"{root / 'train'} holds one class folder ({train.classes[0]}); a classifier needs at "
+                           "least 2: add a folder per class")
+    split: dict[str, Any] = {}
+    if has_val:
+        val = read_image_folder(root, "val", geometry.image_size, fit=True)
+        source = f"{train.source}; {val.source}"
+    else:
+        train, val, split = hold_out(train, root)
+        source = f"{train.source}; validation: {len(val)} photos held out of train/ (seed {FOLDER_SPLIT_SEED})"
+    data = decoded_training_data(options, recipe, runtime, train, val, geometry, preprocess)
+    data.description = {"source": source, "dataset": "folder", **data.description,
+                        "geometry": {"stored": geometry.image_size, "scale": list(scale), "crop": crop,
+                                     "resize": resize, "from": "the weights" if preprocess is not None
+                                     else "the recipe"},
+                        **({"val_split": split} if split else {})}
+    return data
+
+
+FOLDER_VAL_FRACTION = 0.1  # of each class's photos, held out for validation when the folder has no val/
+FOLDER_SPLIT_SEED = 0  # fixed: runs of every --seed are compared on the same held-out photos
+FOLDER_MEMORY_FRACTION = 0.5  # decoded photos may take at most this part of the machine's memory
+
+
+def _folder_root(data: str | None) -> Path:
+    """--data of `--dataset folder`, checked for its layout: one error line for each way it can be wrong."""
+    layout = "PATH/train/<class>/<photos> (and optionally PATH/val/<class>/<photos>)"
+    if not data:
+        raise ValueError(f"--dataset folder needs --data PATH, a folder holding {layout}")
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data {root} does not exist; --dataset folder expects {layout}")
+    if not (root / "train").is_dir():
+        raise FileNotFoundError(f"{root} has no train/ folder; --dataset folder expects {layout}")
+    for split in ("train", "val"):
+        folder = root / split
+        loose = sorted(e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")) \
+            if folder.is_dir() else []
+        if loose:
+            raise DatasetError(f"{folder / loose[0]} is a file, and {split}/ must hold one folder per class: move "
+                               f"the photos into {folder}/<class>/")
+    return root
+
+
+def _check_fits_in_memory(root: Path, splits: tuple[str, ...], size: int) -> None:
+    count = 0
+    for split in splits:
+        folder = root / split
+        count += len(list_images(folder, class_folders(folder))[0])
+    need = count * 3 * size * size
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > FOLDER_MEMORY_FRACTION * have:
+        raise DatasetError(f"{root}: {count} photos decoded at {size}x{size} take {need / 2**30:.1f} GiB, more than "
+                           f"{FOLDER_MEMORY_FRACTION:.0%} of this machine's {have / 2**30:.1f} GiB; use fewer photos")
+
+
+def hold_out(train: DecodedImages, root: Path) -> tuple[DecodedImages, DecodedImages, dict[str, Any]]:
+    """A seeded FOLDER_VAL_FRACTION of each class (at least one photo) held out of `train` for validation, and the
+    record of the split: fraction, seed and the held-out files (relative to `root`)."""
+    generator = torch.Generator().manual_seed(FOLDER_SPLIT_SEED)
+    held: list[int] = []
+    for label, name in enumerate(train.classes):
+        members = (train.labels == label).nonzero().flatten()
+        if len(members) < 2:
+            raise DatasetError(f"{root / 'train' / name} holds {len(members)} photo; holding one out for validation "
+                               "needs at least 2 per class: add photos, or give a val/ folder")
+        count = max(1, round(FOLDER_VAL_FRACTION * len(members)))
+        held += members[torch.randperm(len(members), generator=generator)[:count]].tolist()
+    held_mask = torch.zeros(len(train), dtype=torch.bool)
+    held_mask[held] = True
+    val_index, train_index = held_mask.nonzero().flatten(), (~held_mask).nonzero().flatten()  # sorted: by class
+
+    def part(index: torch.Tensor) -> DecodedImages:
+        return DecodedImages(train.images[index], train.labels[index], train.classes, train.source,
+                             [train.files[i] for i in index.tolist()])
+
+    files = [Path(train.files[i]).relative_to(root).as_posix() for i in val_index.tolist()]
+    record = {"fraction": FOLDER_VAL_FRACTION, "seed": FOLDER_SPLIT_SEED, "images": len(files), "files": files}
+    return part(train_index), part(val_index), record
 
 
 def _find_split(root: Path, split: str) -> Path:

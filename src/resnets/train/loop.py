@@ -161,7 +161,8 @@ class Run:
         atomic_write_json(self.paths.config, self.config)
         for line in self.parts.announce:
             self.log_line(line)
-        return MetricsLog(self.paths.metrics, self.at.iteration if self.resuming else None)
+        return MetricsLog(self.paths.metrics, self.at.iteration if self.resuming else None,
+                          tensorboard=getattr(self.options, "tensorboard", False))
 
     @property
     def iteration(self) -> int:
@@ -181,7 +182,7 @@ class Run:
         """One SGD step; everything it measures stays on the device."""
         self.lr = lr = self.schedule.lr(self.at.iteration)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # fine-tuning: the body's groups at a fraction of lr
         with autocast(self.runtime.device, self.options.precision):
             loss, stats = self.task.loss(self.train_model, batch)
         self.optimizer.zero_grad(set_to_none=True)

@@ -3,7 +3,9 @@
 
 The dataset is stated once (`RunOptions.dataset`); the recipe and model default to the dataset's (`DATASETS`). A
 recipe made for another dataset family is refused, and so is a recipe field given explicitly that the run would not
-read (`Recipe.unused_fields`): one line naming where it came from.
+read (`Recipe.unused_fields`): one line naming where it came from. Families: cifar (cifar10, cifar100), imagenet
+(imagenet, imagenette) and folder (your photos: `finetune` is written for them and refused elsewhere, since the
+other datasets have recipes of their own; --pretrained works on every dataset).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..models import model_spec
+from ..models.pretrained import split_name
+from ..runs import require_tensorboard
 from .recipes import (
     DATASETS,
     RECIPES,
@@ -53,13 +57,37 @@ class RunPlan:
             raise ValueError(f"--resume takes no value or 'auto', got {options.resume!r}")
         if options.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
+        if self.pretrained:
+            _check_pretrained_model(options.pretrained, str(options.model))
+        if options.tensorboard:
+            require_tensorboard()  # before any data is read: one line saying what to install
         if options.out is None:
             object.__setattr__(self, "options", dataclasses.replace(options, out=f"runs/{options.model}-"
                                                                                  f"{recipe.name}"))
 
     def recorded_recipe(self) -> dict[str, Any]:
         """The recipe as the run prints it and stores it in config.json: only the fields this run reads."""
-        return self.recipe.record(self.options.dataset)
+        return self.recipe.record(self.options.dataset, pretrained=self.pretrained)
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the run starts from weights (fine-tuning) rather than from scratch."""
+        return self.options.pretrained not in (None, False)
+
+
+def _check_pretrained_model(pretrained: bool | str, model: str) -> None:
+    """Shipped weights of another model (`--pretrained resnet18.imagenette --model resnet34`): one line in the
+    command line's words, before anything is loaded (files and run directories are checked when loaded)."""
+    if not isinstance(pretrained, str) or Path(pretrained).exists():
+        return
+    named, tag = split_name(pretrained)
+    try:
+        model_spec(named)
+    except ValueError:
+        return  # a tag alone ("imagenette"), or not a model name: resolve_pretrained says what is wrong with it
+    if tag is not None and named != model:
+        raise ValueError(f"--pretrained {pretrained} holds weights of {named}, not of --model {model}; give --model "
+                         f"{named}, or weights of {model} (`resnets models --pretrained` lists them)")
 
 
 def resolve_run(recipe_name: str | None = None, *, config: str | Path | dict[str, Any] | None = None,
@@ -99,7 +127,7 @@ def resolve_run(recipe_name: str | None = None, *, config: str | Path | dict[str
     for fields, source in layers:
         recipe = apply_overrides(recipe, fields)
         given.update({k: source(k) for k in fields})
-    unused = recipe.unused_fields(dataset)
+    unused = recipe.unused_fields(dataset, pretrained=options.get("pretrained") not in (None, False))
     for field, source in given.items():
         if field in unused:
             raise ValueError(f"{source}: recipe {recipe.name!r} on {dataset} does not use {field} ({unused[field]}); "

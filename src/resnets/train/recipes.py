@@ -24,6 +24,9 @@ class Recipe:
     nesterov: bool = False
     weight_decay: float = 1e-4
     weight_decay_on_bn: bool = True  # the paper decays every weight; False exempts BN and biases
+    # Fine-tuning (--pretrained): every parameter but the classifier (fc.*) trains at lr x this, so that a new head
+    # learns fast while the pretrained body moves little. Runs from scratch train everything at lr.
+    body_lr_scale: float = 1.0
     schedule: str = "step"  # step | cosine | onecycle | plateau
     milestones: tuple[float, ...] = (32000, 48000)  # step: iterations, or fractions of the run if all < 1
     gamma: float = 0.1
@@ -58,20 +61,26 @@ class Recipe:
         data["milestones"] = list(self.milestones)
         return data
 
-    def unused_fields(self, dataset: str) -> dict[str, str]:
-        """The fields a run of this recipe on `dataset` never reads, each with why (its data code or schedule does
-        not look at it): refused when given explicitly, left out of the recipe a run prints and records."""
-        unused = dict(dataset_kind(dataset).ignores)
+    def unused_fields(self, dataset: str, pretrained: bool = False) -> dict[str, str]:
+        """The fields a run of this recipe on `dataset` (from `pretrained` weights or not) never reads, each with why
+        (its data code, optimizer or schedule does not look at it): refused when given explicitly, left out of the
+        recipe a run prints and records."""
+        kind = dataset_kind(dataset)
+        unused = dict(kind.ignores)
+        if pretrained:
+            unused.update(kind.ignores_pretrained)
+        else:
+            unused["body_lr_scale"] = "a fine-tuning setting, read only when the run starts from --pretrained weights"
         schedule_reads = SCHEDULE_FIELDS.get(self.schedule, ())
         for name in sorted({name for names in SCHEDULE_FIELDS.values() for name in names} - set(schedule_reads)):
             users = " and ".join(s for s, names in SCHEDULE_FIELDS.items() if name in names)
             unused[name] = f"a setting of the {users} schedule; this run's schedule is {self.schedule}"
         return unused
 
-    def record(self, dataset: str) -> dict[str, Any]:
+    def record(self, dataset: str, pretrained: bool = False) -> dict[str, Any]:
         """What a run on `dataset` prints and stores in config.json: the fields it reads (not `family`, which only
         says which datasets the recipe is for)."""
-        unused = self.unused_fields(dataset)
+        unused = self.unused_fields(dataset, pretrained)
         return {k: v for k, v in self.to_dict().items() if k not in unused and k != "family"}
 
     def validate(self) -> Recipe:
@@ -79,6 +88,7 @@ class Recipe:
         checks = [("lr", self.lr, 0.0, math.inf, False), ("weight_decay", self.weight_decay, 0.0, math.inf, True),
                   ("momentum", self.momentum, 0.0, 1.0, True), ("gamma", self.gamma, 0.0, math.inf, False),
                   ("label_smoothing", self.label_smoothing, 0.0, 1.0, True),
+                  ("body_lr_scale", self.body_lr_scale, 0.0, math.inf, True),
                   ("error_warmup_lr", self.error_warmup_lr, 0.0, math.inf, False)]
         for name, value, low, high, low_allowed in checks:
             if value is None:
@@ -132,6 +142,18 @@ RECIPES: dict[str, Recipe] = {
         notes="He et al. 2016, Sec. 3.4 scaled to Imagenette at 112px: scale [128, 240], 112 crops, PCA lighting, "
               "per-pixel mean, batch 128, lr 0.05 /10 at 50% and 75% of 30 epochs, wd 1e-4",
     ),
+    # Ours, for `--dataset folder` (your photos, train/<class>/...), from --pretrained weights or from scratch: a short
+    # cosine schedule; the new classifier at lr, the pretrained body at lr/10 (body_lr_scale; from scratch every
+    # parameter at lr); label smoothing 0.1; no decay on BN/bias; the Imagenette augmentation (shorter side in
+    # [128, 240], 112 crops, flips) without PCA lighting. From weights, the crop, resize and mean are the weights'
+    # own (train/data.py), and the scale range is scaled by their crop / 112.
+    "finetune": Recipe(
+        name="finetune", batch_size=64, lr=0.05, nesterov=True, weight_decay=1e-4, weight_decay_on_bn=False,
+        schedule="cosine", epochs=10, milestones=(), label_smoothing=0.1, body_lr_scale=0.1, scale_min=128,
+        scale_max=240, crop_size=112, eval_resize=128, lighting_std=0.0, family="folder",
+        notes="resnets finetune recipe: 10 epochs cosine, batch 64, lr 0.05 for the classifier and 0.005 for a "
+              "pretrained body, nesterov, label smoothing 0.1, wd 1e-4 (not on BN/bias), scale [128, 240], flips",
+    ),
 }
 
 # Which recipe fields only some datasets read (train/data.py): every other field is read by every run, the schedule's
@@ -151,6 +173,7 @@ class DatasetKind:
     recipe: str  # the default recipe
     model: str  # the default model
     ignores: dict[str, str]  # recipe fields its runs do not read -> why
+    ignores_pretrained: dict[str, str] = dataclasses.field(default_factory=dict)  # ... more, from --pretrained weights
 
 
 # The one table of what each dataset defaults to and reads (train/data.py builds each).
@@ -163,6 +186,15 @@ DATASETS: dict[str, DatasetKind] = {
                               {**dict.fromkeys(CIFAR_FIELDS, _CIFAR_ONLY),
                                "mean": "an ImageNet-folder setting; imagenette runs always subtract the per-pixel "
                                        "mean image"}),
+    # Your photos: train/<class>/* and val/<class>/* (or a held-out split) under --data, decoded once. From scratch
+    # the per-pixel mean of the training photos is subtracted; from --pretrained weights, their own preprocessing.
+    "folder": DatasetKind("folder", "finetune", "resnet18",
+                          {**dict.fromkeys(CIFAR_FIELDS, _CIFAR_ONLY),
+                           "mean": "an ImageNet-folder setting; folder runs subtract the per-pixel mean image of "
+                                   "their photos, or the weights' own mean with --pretrained"},
+                          dict.fromkeys(("crop_size", "eval_resize", "mean_images"),
+                                        "set by the --pretrained weights' own preprocessing (their crop, resize and "
+                                        "mean)")),
 }
 
 
@@ -275,6 +307,7 @@ class LoopOptions:
     seed: int = 0
     resume: bool | str = False  # True: continue the run in `out`; "auto": continue it if it has a checkpoint
     log_every: int = 50  # iterations between metric lines in metrics.jsonl
+    tensorboard: bool = False  # also write the metrics lines as TensorBoard event files in RUN/tensorboard/
     checkpoint_every: int = 0  # iterations between checkpoints besides each evaluation (0: only at evaluations)
     max_iterations: int | None = None  # stop early (for tests and smoke runs) without changing the schedule
     progress: bool = True
@@ -286,7 +319,7 @@ class RunOptions(LoopOptions):
     dataset is stated here only; the model defaults to the dataset's (DATASETS)."""
 
     model: str | None = None
-    pretrained: bool | str | None = None  # weights to start from (models.resolve_pretrained); not used by the loop yet
+    pretrained: bool | str | None = None  # weights to start from (models.resolve_pretrained); None: from scratch
     dataset: str = "cifar10"
     data: str | None = None
     channels_last: bool = True
