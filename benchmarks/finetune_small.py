@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from resnets.data.paths import datasets_root
+from resnets.data.paths import CACHE_ENV, datasets_root
 from resnets.data.preprocess import preprocessing_of
 from resnets.models import create_model
 from resnets.runs import RunPaths, copy_records
@@ -86,6 +87,7 @@ def main() -> int:
     side = preprocessing_of(create_model(WEIGHTS)).resize  # the shorter side the weights were trained at
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="finetune-small-") as temp:
+        os.environ[CACHE_ENV] = str(Path(temp) / "cache")  # the decoded photos go with the temporary folder
         data = write_small_set(Path(temp) / "cifar100pc", args.per_class, args.test_per_class, side)
         for seed in args.seeds:
             for setting in args.settings:

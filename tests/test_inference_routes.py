@@ -5,8 +5,9 @@ preprocessing it was made from.
 
 Measured here (AMD EPYC, avx512_bf16 + avx512_vnni, 1 thread; `.venv/bin/python -m pytest -s
 tests/test_inference_routes.py`): fp32 error 13.2%; int8 (256 calibration images) 13.3%, top-1 agreement 99.5%;
-bf16 (eager and inductor) 13.2-13.3%, agreement 99.8%; fp32 inductor 100%; int8 calibrated on black images 26%
-agreement. On the full test set (10,000 images): fp32 12.11%, int8 12.23% (99.48%), bf16 12.12% (99.82%).
+bf16 (eager and inductor) 13.1%, agreement 99.9%; fp32 inductor 100%; int8 calibrated on black images 17%
+agreement (82.5% error). On the full test set (10,000 images, int8 with the default 512 calibration images): fp32
+12.11%, int8 12.23% (99.48%), bf16 12.12% (99.82%).
 The bounds (agreement >= 97%, error within 0.5 points) are the issue's; 1,000 images leave the error difference a
 sampling noise of ~0.3 points (sqrt(disagreements) / 1000), so the full-set numbers are the ones to quote.
 """
@@ -100,7 +101,7 @@ def test_int8_owes_its_accuracy_to_calibration(shipped, test_set) -> None:
     black = optimize_for_inference(shipped, "int8", batch_size=BATCH, calibration=torch.zeros(BATCH, 3, 32, 32),
                                    cache=False)
     agreement, _ = compare("int8 calibrated on black images", black, test_set)
-    assert agreement < 60.0  # measured 26
+    assert agreement < 60.0  # measured 17
     for bad in (torch.empty(0, 3, 32, 32), torch.zeros(4, 3, 64, 64), torch.zeros(4, 32, 32)):
         with pytest.raises(ValueError, match=r"int8 calibration images must be .* N x 3 x 32 x 32"):
             optimize_for_inference(shipped, "int8", batch_size=BATCH, calibration=bad, cache=False)
@@ -114,8 +115,8 @@ def test_bf16_and_inductor_routes_agree_with_fp32(shipped, test_set, precision, 
     if backend == "auto":
         assert route.backend == ("inductor" if cpu_has_native_bf16() else "eager")
     agreement, change = compare(f"{precision} {route.backend}", route, test_set)
-    assert agreement >= MIN_AGREEMENT  # measured 99.8 (bf16), 100 (fp32)
-    assert abs(change) <= MAX_ERROR_CHANGE  # measured 0.0-0.1
+    assert agreement >= MIN_AGREEMENT  # measured 99.9 (bf16), 100 (fp32)
+    assert abs(change) <= MAX_ERROR_CHANGE  # measured -0.1 (bf16), 0 (fp32)
     x = test_set[0][0]
     with torch.no_grad():
         relative = float((route(x) - shipped(x)).abs().max() / shipped(x).abs().max())
@@ -152,17 +153,24 @@ def test_calibration_cache_key_names_the_weights_the_images_and_their_preprocess
 
 
 def test_a_cached_calibration_is_reused_only_for_its_own_weights_and_images(shipped, calibration, int8, test_set,
-                                                                             cache) -> None:
-    """The first build (fixture `int8`) wrote one calibration; the same build again reads it and gives the very same
-    logits; other weights or other images calibrate anew (a new file with other scales); a damaged file is rebuilt."""
+                                                                             cache, monkeypatch) -> None:
+    """The first build (fixture `int8`) wrote one calibration; the same build again reads it instead of calibrating
+    and gives the very same logits; other weights or other images calibrate anew (a new file with other scales); a
+    damaged file is rebuilt."""
+    calibrated = []  # the number of images of every calibration run (a cache hit runs none)
+    batches = optimize._fixed_batches
+    monkeypatch.setattr(optimize, "_fixed_batches", lambda images, size: calibrated.append(len(images))
+                        or batches(images, size))
     first = sorted(cache.glob("resnet20-int8-*.json"))
     assert len(first) == 1
     x = test_set[0][0]
     again = optimize_for_inference(shipped, "int8", batch_size=BATCH, calibration=calibration)
-    assert sorted(cache.glob("resnet20-int8-*.json")) == first and torch.equal(again(x), int8(x))
+    assert calibrated == [] and sorted(cache.glob("resnet20-int8-*.json")) == first
+    assert torch.equal(again(x), int8(x))
 
     optimize_for_inference(create_model("resnet20.paper").eval(), "int8", batch_size=BATCH, calibration=calibration)
     optimize_for_inference(shipped, "int8", batch_size=BATCH, calibration=calibration[:128])
+    assert calibrated == [256, 128]
     files = sorted(cache.glob("resnet20-int8-*.json"))
     assert len(files) == 3
     scales = [json.loads(path.read_text())["qparams"] for path in files]
@@ -171,5 +179,5 @@ def test_a_cached_calibration_is_reused_only_for_its_own_weights_and_images(ship
     first[0].write_text(first[0].read_text().replace("0.", "0.9", 1))  # one changed scale: valid JSON, wrong value
     with pytest.warns(UserWarning, match="damaged"):
         rebuilt = optimize_for_inference(shipped, "int8", batch_size=BATCH, calibration=calibration)
-    assert torch.equal(rebuilt(x), int8(x))
+    assert calibrated == [256, 128, 256] and torch.equal(rebuilt(x), int8(x))
 

@@ -246,7 +246,7 @@ def _int8_runner(model: nn.Module, calibration: torch.Tensor | str | Path | None
     at batch 1 (ResNet-50, 10.4 vs 46.4 images/s, 2 threads, AVX-512 VNNI), so other batch sizes are run in
     chunks of `batch_size` (StaticBatch). Calibration (minutes for ResNet-50 on 512 photos) is cached as the
     activation scales it found, in JSON under cache_dir()/inference, keyed by the weights and the calibration
-    images.
+    images (a folder's: its files and the preprocessing that reads them).
     """
     from torch._inductor.constant_folding import constant_fold
     from torch._inductor.fx_passes.freezing_patterns import freezing_passes
