@@ -16,6 +16,7 @@ table (error on the 1,000 val/ photos, mean ± std over the seeds, minutes per r
 
     RESNETS_DATASETS=../shared/datasets python benchmarks/finetune_small.py                # all 6 runs
     python benchmarks/finetune_small.py --settings finetuned --seeds 0                    # one run: time it first
+    RESNETS_DATASETS=../shared/datasets python benchmarks/finetune_small.py --epochs 40    # the same, 4x the budget
 """
 
 from __future__ import annotations
@@ -64,13 +65,15 @@ def write_small_set(folder: Path, per_class: int, test_per_class: int, side: int
     return folder
 
 
-def run_one(setting: str, seed: int, data: Path, work: Path, precision: str) -> dict:
-    records = RESULTS / f"{setting}-s{seed}"
+def run_one(setting: str, seed: int, data: Path, work: Path, precision: str, epochs: float | None) -> dict:
+    name = f"{setting}-s{seed}" if epochs is None else f"{setting}-{epochs:g}ep-s{seed}"
+    records = RESULTS / name
     if (records / "summary.json").is_file():
         return json.loads((records / "summary.json").read_text())
-    out = work / f"{setting}-s{seed}"
+    out = work / name
+    longer = {} if epochs is None else {"epochs": epochs}
     plan = resolve_run("finetune", dataset="folder", data=str(data), model="resnet18", pretrained=SETTINGS[setting],
-                       seed=seed, precision=precision, progress=False, out=str(out))
+                       seed=seed, precision=precision, progress=False, out=str(out), **longer)
     summary = train(plan)
     copy_records(RunPaths(out).root, RESULTS)
     return summary
@@ -83,6 +86,8 @@ def main() -> int:
     parser.add_argument("--per-class", type=int, default=100, help="training photos per class")
     parser.add_argument("--test-per-class", type=int, default=100, help="val/ photos per class")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--epochs", type=float, default=None, help="the recipe's length (default: its 10 epochs); "
+                        "records then go to <setting>-<E>ep-s<seed>")
     args = parser.parse_args()
     side = preprocessing_of(create_model(WEIGHTS)).resize  # the shorter side the weights were trained at
     results: dict[str, list[dict]] = {}
@@ -91,12 +96,13 @@ def main() -> int:
         data = write_small_set(Path(temp) / "cifar100pc", args.per_class, args.test_per_class, side)
         for seed in args.seeds:
             for setting in args.settings:
-                summary = run_one(setting, seed, data, Path(temp) / "runs", args.precision)
+                summary = run_one(setting, seed, data, Path(temp) / "runs", args.precision, args.epochs)
                 results.setdefault(setting, []).append(summary)
                 print(f"{setting} seed {seed}: {summary['test_top1_error']:.2f}% error, "
                       f"{summary['wall_seconds'] / 60:.1f} min", flush=True)
-    print(f"\nresnet18, recipe finetune, {args.per_class} train / {args.test_per_class} val photos per class of "
-          f"CIFAR-10 upscaled to {side}px, {args.precision}, on {cpu_name()}\n")
+    length = f"{args.epochs:g} epochs" if args.epochs else "10 epochs"
+    print(f"\nresnet18, recipe finetune ({length}), {args.per_class} train / {args.test_per_class} val photos per "
+          f"class of CIFAR-10 upscaled to {side}px, {args.precision}, on {cpu_name()}\n")
     print("| start | val error % (mean ± std) | per seed | minutes per run |")
     print("|---|---|---|---|")
     for setting, summaries in results.items():
