@@ -1,6 +1,6 @@
 """Object detection with our ResNets as backbones (Sec. 4.3, Appendix A): torchvision's Faster R-CNN / Mask R-CNN
 in the paper's C4 form or the FPN form, a synthetic-composition dataset made offline, COCO mAP with pycocotools,
-and a resumable training loop.
+and a detection task (`train.DetectionTask`) that the one training loop (`resnets.train.loop`) runs.
 
     from resnets.detection import build_detector
     detector = build_detector("resnet50", num_classes=91, form="fpn")   # torchvision's state_dict names
