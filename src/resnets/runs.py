@@ -179,20 +179,6 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         raise RunDirectoryError(f"{path}: a line is not JSON ({error}); retrain or leave it out") from None
 
 
-def resolve_weights(path: str | Path) -> Path:
-    """A run directory means its final model.pt, or its last checkpoint while the run is unfinished; a file itself."""
-    path = Path(path)
-    if path.is_dir():
-        run = RunPaths(path)
-        for candidate in (run.weights, run.checkpoint("last")):
-            if candidate.is_file():
-                return candidate
-        raise FileNotFoundError(f"{path} holds neither {WEIGHTS} nor {CHECKPOINTS}/last.pt; is it a run directory?")
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; give a run directory, checkpoint or weight file")
-    return path
-
-
 def run_dataset(weights: Path) -> str | None:
     """The dataset the run holding `weights` trained on, from its config.json (for files without metadata)."""
     run = RunPaths.of_weights(weights)
