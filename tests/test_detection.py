@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.models.detection import fasterrcnn_resnet50_fpn
+from torchvision.models.detection import fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn
 from torchvision.ops import FrozenBatchNorm2d
 
 import resnets
@@ -53,14 +53,15 @@ def randomise_batchnorm(model: torch.nn.Module) -> None:
                 tensor.copy_(torch.empty(tensor.shape).uniform_(low, high, generator=generator))
 
 
-@pytest.mark.parametrize("frozen_bn", [False, True])
-def test_torchvision_fasterrcnn_resnet50_fpn_loads_strictly_and_gives_the_same_boxes(frozen_bn: bool) -> None:
+@pytest.mark.parametrize(("frozen_bn", "kind"), [(False, "faster_rcnn"), (True, "faster_rcnn"), (False, "mask_rcnn")])
+def test_torchvision_resnet50_fpn_detectors_load_strictly_and_give_the_same_boxes(frozen_bn: bool, kind: str) -> None:
     images = real_photos()
     torch.manual_seed(0)
-    reference = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, **SMALL).eval()
+    make = maskrcnn_resnet50_fpn if kind == "mask_rcnn" else fasterrcnn_resnet50_fpn
+    reference = make(weights=None, weights_backbone=None, **SMALL).eval()
     randomise_batchnorm(reference)
     ours = build_detector(resnets.create_model("resnet50", stride_in_1x1=False), num_classes=91, form="fpn",
-                          frozen_bn=frozen_bn, **SMALL)
+                          kind=kind, frozen_bn=frozen_bn, **SMALL)
     ours.load_state_dict(reference.state_dict(), strict=True)
     with torch.no_grad():
         expected, got = reference(images), ours.eval()(images)
@@ -70,6 +71,9 @@ def test_torchvision_fasterrcnn_resnet50_fpn_loads_strictly_and_gives_the_same_b
             assert torch.equal(want["labels"], have["labels"])
             assert torch.allclose(want["boxes"], have["boxes"], atol=1e-4, rtol=0)
             assert torch.allclose(want["scores"], have["scores"], atol=1e-5, rtol=0)
+            if kind == "mask_rcnn":  # the same per-pixel mask probabilities
+                assert want["masks"].shape == have["masks"].shape and len(want["masks"]) == len(want["boxes"])
+                assert torch.allclose(want["masks"], have["masks"], atol=1e-4, rtol=0)
             continue
         # Frozen BN folds its statistics in another order of float operations: near-tied scores may swap places,
         # so each detection is matched to one of the same class within a few thousandths of a pixel.
@@ -175,12 +179,12 @@ def test_training_resumes_bit_exactly_and_the_cli_predicts_boxes(tiny_detection_
         1, 2, 3, 4]
 
     photo = next((tiny_detection_data / "val").iterdir())
-    assert main(["detect", "predict", str(whole), str(photo), "--out", str(tmp_path / "drawn"),
+    assert main(["detect", "predict", str(photo), "--pretrained", str(whole), "--out", str(tmp_path / "drawn"),
                  "--threshold", "0"]) == 0
-    assert "boxes ->" in capsys.readouterr().out
+    assert "found ->" in capsys.readouterr().out
     drawn = read_image(tmp_path / "drawn" / f"{photo.stem}.png")
     assert drawn.shape == read_image(photo).shape and not torch.equal(drawn, read_image(photo))
-    assert main(["detect", "eval", str(whole), "--data", str(tiny_detection_data)]) == 0
+    assert main(["detect", "eval", "--pretrained", str(whole), "--data", str(tiny_detection_data)]) == 0
     assert json.loads(capsys.readouterr().out)["map_50"] == pytest.approx(summary["val_map_50"], abs=1e-6)
 
 

@@ -40,14 +40,25 @@ def load_detection_runs(folder: str | Path) -> dict[str, list[dict[str, Any]]]:
     return runs
 
 
+def scores_of(summary: Mapping[str, Any]) -> dict[str, float]:
+    """A run's AP on its held-out split (`eval_split`: Penn-Fudan "test", a COCO folder "val"), without the prefix:
+    map, map_50, ... and mask_map, mask_map_50, ... for a Mask R-CNN."""
+    prefix = f"{summary.get('eval_split', 'val')}_"
+    return {key[len(prefix):]: value for key, value in summary.items() if key.startswith(prefix) and "map" in key}
+
+
 def detection_rows(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
     rows = []
     for backbone, members in runs.items():
         summaries = [m["summary"] for m in members]
+        scores = [scores_of(s) for s in summaries]
         rows.append({"backbone": backbone, "runs": len(members), "pretrained": summaries[0]["backbone_source"],
-                     "map": [s["val_map"] for s in summaries], "map_50": [s["val_map_50"] for s in summaries],
+                     "seeds": [s.get("seed") for s in summaries],
+                     **{key: [score[key] for score in scores] for key in scores[0]},
                      "minutes": statistics.fmean(s["train_seconds"] for s in summaries) / 60,
-                     "iterations": summaries[0]["iterations"], "form": summaries[0]["form"]})
+                     "iterations": summaries[0]["iterations"], "form": summaries[0]["form"],
+                     "kind": summaries[0].get("kind", "faster_rcnn"), "split": summaries[0].get("eval_split", "val"),
+                     "images": summaries[0].get(f"{summaries[0].get('eval_split', 'val')}_images")})
     return rows
 
 
@@ -61,7 +72,11 @@ def detection_verdict(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             continue
         ours, theirs = statistics.fmean(row["map"]), statistics.fmean(plain["map"])
         ours50, theirs50 = statistics.fmean(row["map_50"]), statistics.fmean(plain["map_50"])
+        masks = ""
+        if "mask_map" in row and "mask_map" in plain:
+            mine, other = statistics.fmean(row["mask_map"]), statistics.fmean(plain["mask_map"])
+            masks = f", mask mAP@[.5:.95] {mine:.2f} vs {other:.2f}"
         lines.append(f"residual backbone transfers better ({name} vs {plain['backbone']}): "
                      f"{'yes' if ours > theirs else 'no'} (mAP@[.5:.95] {ours:.2f} vs {theirs:.2f}, mAP@.5 "
-                     f"{ours50:.2f} vs {theirs50:.2f}; {row['runs']} and {plain['runs']} run(s))")
+                     f"{ours50:.2f} vs {theirs50:.2f}{masks}; {row['runs']} and {plain['runs']} run(s))")
     return lines or ["no residual/plain pair of the same depth to compare"]

@@ -4,6 +4,7 @@ evidence (Fig. 6, Fig. 7, Table 6) regenerated from run directories, and trained
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 
 
@@ -77,14 +78,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     nette.add_argument("--subset", type=int, default=None, help="train on N training images (smoke runs)")
     nette.add_argument("--eval-subset", type=int, default=None, help="evaluate on N validation images while training")
     nette.set_defaults(handler=run_imagenette)
-    det = experiments.add_parser("detection", help="the same Faster R-CNN on plain-18 and ResNet-18 backbones "
-                                                   "(Sec. 4.3 in miniature), resumable")
+    det = experiments.add_parser("detection", help="the same detector on plain and residual backbones (Sec. 4.3 in "
+                                                   "miniature): Mask R-CNN on Penn-Fudan by default, resumable")
     det.add_argument("--backbones", nargs="+", default=["plain18", "resnet18"])
     det.add_argument("--seeds", nargs="+", type=int, default=[0])
     det.add_argument("--pretrained", default="imagenette", metavar="TAG|RUNS|none",
                      help="each backbone's shipped TAG (default imagenette: resnet18.imagenette, ...), a folder of "
                           "<backbone>-s0 classification runs, or 'none' for He initialisation")
-    det.add_argument("--data", required=True, help="synthetic dataset folder (made there if missing)")
+    det.add_argument("--data", default=None, help="the Penn-Fudan database (default: the datasets root's pennfudan/) "
+                                                  "or a synthetic dataset folder (made there if missing)")
     det.add_argument("--out", required=True, help="run directories, <backbone>-s<seed> (outside the work tree)")
     det.add_argument("--records", default=None, help="copy each complete run's records here (e.g. results/detection)")
     det.add_argument("--iterations", type=int, default=None)
@@ -181,11 +183,14 @@ def run_preact(args: argparse.Namespace) -> int:
 
 def run_detection(args: argparse.Namespace) -> int:
     from ..analysis.detection import detection_rows, detection_verdict, load_detection_runs
+    from ..data.paths import datasets_root
     from ..detection.experiment import run_detection_series
-    from ..detection.train import DetectionRecipe
+    from ..detection.train import default_recipe
 
-    recipe = DetectionRecipe() if args.iterations is None else DetectionRecipe(iterations=args.iterations)
-    run_detection_series(args.out, args.data, args.backbones, args.seeds,
+    data = args.data or str(datasets_root() / "pennfudan")
+    recipe = default_recipe(data)
+    recipe = recipe if args.iterations is None else dataclasses.replace(recipe, iterations=args.iterations)
+    run_detection_series(args.out, data, args.backbones, args.seeds,
                          None if args.pretrained == "none" else args.pretrained, args.records, args.precision,
                          args.device, recipe,
                          progress=args.progress)

@@ -1,22 +1,26 @@
-"""`resnets detect`: make the synthetic detection dataset, train a detector on one of our backbones, evaluate it
-(COCO mAP), and draw its boxes on photos."""
+"""`resnets detect`: train a detector on one of our backbones (Mask R-CNN on Penn-Fudan, or Faster R-CNN on a
+COCO-format folder such as the synthetic composition `make-data` writes), evaluate it (COCO box and mask AP), and draw
+its boxes and masks on photos."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from ..data.paths import datasets_root
 from ..detection import (
-    DetectionDataset,
+    DETECTION_RECIPES,
     DetectionOptions,
-    DetectionRecipe,
+    default_recipe,
     detect_image,
+    eval_split,
     evaluate_detector,
     load_detector,
     make_synthetic_detection,
+    open_detection_data,
     train_detector,
 )
 
@@ -35,20 +39,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                     "datasets root)")
     m.set_defaults(handler=run_make_data)
 
-    t = actions.add_parser("train", help="train a Faster R-CNN (C4 or FPN) on a COCO-format folder")
-    t.add_argument("--data", required=True, help="COCO-format folder (annotations/{train,val}.json)")
+    t = actions.add_parser("train", help="train Mask R-CNN on Penn-Fudan (default) or Faster R-CNN (C4 or FPN) on a "
+                                         "COCO-format folder")
+    t.add_argument("--data", default=None, help="the Penn-Fudan database (default: the datasets root's pennfudan/) or "
+                                                "a COCO-format folder (annotations/{train,val}.json)")
+    t.add_argument("--recipe", choices=sorted(DETECTION_RECIPES), default=None,
+                   help="default: the data's (pennfudan for the Penn-Fudan database, synthetic otherwise)")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--backbone", default="resnet18", help="an ImageNet-family model name (resnet18, plain18, ...)")
     t.add_argument("--pretrained", default=None, metavar="TAG|MODEL.TAG|FILE|RUN",
                    help="backbone weights: a shipped tag of --backbone (e.g. imagenette) or MODEL.TAG (e.g. "
                         "resnet18.imagenette), a weight file or a run directory; default: He initialisation")
-    defaults = DetectionRecipe()
-    t.add_argument("--form", choices=("c4", "fpn"), default=defaults.form)
-    t.add_argument("--iterations", type=int, default=defaults.iterations)
-    t.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    t.add_argument("--lr", type=float, default=defaults.lr)
-    t.add_argument("--trainable-layers", type=int, default=defaults.trainable_layers,
-                   help="backbone stages trained, from the top (5 = all)")
+    for flag, kind, what in (("--form", str, "c4 or fpn"), ("--iterations", int, ""), ("--batch-size", int, ""),
+                             ("--lr", float, ""), ("--trainable-layers", int, "backbone stages trained, from the top "
+                                                                              "(5 = all)")):
+        t.add_argument(flag, type=kind, default=None, help=f"{what}{'; ' if what else ''}default: the recipe's")
     t.add_argument("--no-frozen-bn", action="store_true", help="train BN statistics instead of freezing them")
     t.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when there is one)")
@@ -57,23 +62,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--resume", nargs="?", const=True, default=False, metavar="auto",
                    help="continue the run in --out; `--resume auto` continues it if it has a checkpoint and starts it "
                         "otherwise")
-    t.add_argument("--eval-images", type=int, default=None, help="validation images for the evaluations during "
+    t.add_argument("--eval-images", type=int, default=None, help="held-out images for the evaluations during "
                                                                  "training (all at the end)")
     t.add_argument("--checkpoint-every", type=int, default=200)
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(handler=run_train)
 
-    e = actions.add_parser("eval", help="COCO mAP of a trained detector on a split")
-    e.add_argument("run", help="detection run directory or its model.pt")
-    e.add_argument("--data", required=True)
-    e.add_argument("--split", default="val")
+    detector_help = "a detection run directory, its model.pt, or a shipped detector (e.g. maskrcnn_resnet18.pennfudan)"
+    e = actions.add_parser("eval", help="COCO box (and mask) AP of a trained detector on a split")
+    e.add_argument("--pretrained", required=True, metavar="RUN|FILE|NAME", help=detector_help)
+    e.add_argument("--data", default=None, help="default: the datasets root's pennfudan/")
+    e.add_argument("--split", default=None, help="default: the held-out split (Penn-Fudan test, COCO folder val)")
     e.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     e.add_argument("--device", default="auto")
     e.set_defaults(handler=run_eval)
 
-    p = actions.add_parser("predict", help="boxes on photos, drawn to PNG files")
-    p.add_argument("run", help="detection run directory or its model.pt")
+    p = actions.add_parser("predict", help="boxes (and masks) on photos, drawn to PNG files")
     p.add_argument("images", nargs="+")
+    p.add_argument("--pretrained", required=True, metavar="RUN|FILE|NAME", help=detector_help)
     p.add_argument("--out", default="detections", help="folder for <image>.png")
     p.add_argument("--threshold", type=float, default=0.5, help="lowest score drawn")
     p.add_argument("--device", default="auto")
@@ -87,31 +93,40 @@ def run_make_data(args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    recipe = DetectionRecipe(form=args.form, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
-                             trainable_layers=args.trainable_layers, frozen_bn=not args.no_frozen_bn)
-    options = DetectionOptions(data=args.data, out=args.out, backbone=args.backbone, pretrained=args.pretrained,
+    data = args.data or str(datasets_root() / "pennfudan")
+    recipe = DETECTION_RECIPES[args.recipe] if args.recipe else default_recipe(data)
+    changes = {name: getattr(args, name) for name in ("form", "iterations", "batch_size", "lr", "trainable_layers")
+               if getattr(args, name) is not None}
+    recipe = dataclasses.replace(recipe, **changes, frozen_bn=recipe.frozen_bn and not args.no_frozen_bn)
+    options = DetectionOptions(data=data, out=args.out, backbone=args.backbone, pretrained=args.pretrained,
                                precision=args.precision, device=args.device, seed=args.seed,
                                deterministic=args.deterministic, resume=args.resume, eval_images=args.eval_images,
                                checkpoint_every=args.checkpoint_every, progress=not args.no_progress, recipe=recipe)
     summary = train_detector(options)
-    print(f"{args.backbone} {args.form}: mAP@.5 {summary['val_map_50']:.1f}%, mAP@[.5:.95] {summary['val_map']:.1f}% "
-          f"on {summary['val_images']} validation images -> {args.out}")
+    split = summary["eval_split"]
+    scores = ", ".join(f"{label} AP {summary[f'{split}_{key}']:.1f} (AP50 {summary[f'{split}_{key}_50']:.1f})"
+                       for label, key in (("box", "map"), ("mask", "mask_map")) if f"{split}_{key}" in summary)
+    print(f"{args.backbone} {recipe.form} {recipe.kind}: {scores} on {summary[f'{split}_images']} {split} images "
+          f"-> {args.out}")
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    detector, _ = load_detector(args.run, args.device)
-    scores = evaluate_detector(detector, DetectionDataset(Path(args.data), args.split), precision=args.precision)
+    detector, _ = load_detector(args.pretrained, args.device)
+    data = args.data or str(datasets_root() / "pennfudan")
+    dataset = open_detection_data(data, args.split or eval_split(data))
+    scores = evaluate_detector(detector, dataset, precision=args.precision)
     print(json.dumps({key: round(value, 2) for key, value in scores.items()}))
 
 
 def run_predict(args: argparse.Namespace) -> None:
-    detector, config = load_detector(args.run, args.device)
+    detector, config = load_detector(args.pretrained, args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for image in args.images:
         target = out / f"{Path(image).stem}.png"
         found: list[dict[str, Any]] = detect_image(detector, config, image, target, args.threshold)
-        print(f"{image}: {len(found)} boxes -> {target}")
+        print(f"{image}: {len(found)} found -> {target}")
         for d in found:
-            print(f"  {d['label']:<12} {d['score']:.3f} {d['box']}")
+            mask = f"  mask {int(d['mask'].sum())} px" if "mask" in d else ""
+            print(f"  {d['label']:<12} {d['score']:.3f} {d['box']}{mask}")

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -126,16 +127,18 @@ def set_trainable_layers(model: ResNet, trainable_layers: int) -> None:
 
 def build_detector(backbone: str | ResNet, *, num_classes: int, form: str = "fpn", kind: str = "faster_rcnn",
                    trainable_layers: int = 3, frozen_bn: bool = True, pretrained: bool | str | None = None,
-                   anchor_sizes: Sequence[int] | None = None, **detector_options: Any) -> FasterRCNN:
+                   anchor_sizes: Sequence[int] | None = None, box_representation: int | None = None,
+                   **detector_options: Any) -> FasterRCNN:
     """A torchvision Faster R-CNN (or Mask R-CNN, FPN form) on one of our ImageNet-family networks.
 
     backbone: a model name or shipped MODEL.TAG (built with `create_model(name, pretrained=pretrained)`, which takes
     a tag, MODEL.TAG, a weight file or a run directory) or a ResNet (copied, so the classifier passed in is left as
-    it is). num_classes counts the background (COCO: 91). anchor_sizes: one size
-    per pyramid level (FPN, default 32..512) or the sizes of the single C4 map (default the same five), with
-    aspect ratios 0.5, 1, 2. The image normalisation is the backbone's own preprocessing record (its per-channel
-    mean, and std where it divides by one). detector_options go to torchvision's FasterRCNN/MaskRCNN (min_size,
-    max_size, box_score_thresh, ...).
+    it is). num_classes counts the background (COCO: 91). anchor_sizes: one size per pyramid level (FPN, default
+    32..512) or the sizes of the single C4 map (default the same five), with aspect ratios 0.5, 1, 2.
+    box_representation: the width of the FPN box head's two hidden layers (None: torchvision's 1,024; fewer make a
+    smaller file for a small dataset). The image normalisation is the backbone's own preprocessing record (its
+    per-channel mean, and std where it divides by one). detector_options go to torchvision's FasterRCNN/MaskRCNN
+    (min_size, max_size, box_score_thresh, ...).
     """
     if form not in FORMS:
         raise ValueError(f"unknown detector form {form!r}; valid forms: {', '.join(FORMS)}")
@@ -161,7 +164,13 @@ def build_detector(backbone: str | ResNet, *, num_classes: int, form: str = "fpn
             raise ValueError(f"the FPN form has 5 pyramid levels (P2..P6): give 5 anchor sizes, got {len(sizes)}")
         anchors = AnchorGenerator(tuple((s,) for s in sizes), (ratios,) * len(sizes))
         network = MaskRCNN if kind == "mask_rcnn" else FasterRCNN
-        return network(ResNetFPN(model), num_classes=num_classes, rpn_anchor_generator=anchors, **detector_options)
+        if box_representation is not None:  # torchvision's heads at another width; the predictors then set the classes
+            detector_options |= {"box_head": TwoMLPHead(256 * 7 * 7, box_representation),
+                                 "box_predictor": FastRCNNPredictor(box_representation, num_classes)}
+            if kind == "mask_rcnn":
+                detector_options["mask_predictor"] = MaskRCNNPredictor(256, 256, num_classes)
+        return network(ResNetFPN(model), num_classes=None if box_representation else num_classes,
+                       rpn_anchor_generator=anchors, **detector_options)
     sizes = tuple(anchor_sizes or (32, 64, 128, 256, 512))
     trunk = ResNetBody(model, {"layer3": "0"})
     trunk.out_channels = int(model.feature_info[2]["channels"])

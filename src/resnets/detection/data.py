@@ -9,9 +9,10 @@ the targets: they are regions to ignore, not objects to learn.
 The annotations are checked once, when the dataset is made, so that bad data fails before training starts with one
 line naming the file; an image that does not decode fails when it is read.
 
-Training flip: with `train_flip`, item i is mirrored left-right when a numpy Generator seeded by (seed, epoch, i)
-draws < 0.5. It depends on nothing else (not on worker, batch or read order), so DataLoader workers agree and a
-resumed run sees the same flips; call `set_epoch(epoch)` before each epoch's iterator for new flips every epoch.
+Training flip (`draws_flip`, shared with Penn-Fudan): with `train_flip`, item i is mirrored left-right when a numpy
+Generator seeded by (seed, epoch, i) draws < 0.5. It depends on nothing else (not on worker, batch or read order), so
+DataLoader workers agree and a resumed run sees the same flips; call `set_epoch(epoch)` before each epoch's iterator
+for new flips every epoch.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class DetectionDataset(Dataset):
     def __init__(self, root: Path, split: str, train_flip: bool = False, seed: int = 0) -> None:
         self.root, self.split, self.train_flip, self.seed, self.epoch = Path(root), split, train_flip, seed, 0
         self.annotation_file = self.root / "annotations" / f"{split}.json"
-        document = _read_annotations(self.annotation_file)
+        self._document = document = _read_annotations(self.annotation_file)
         where = f"{self.annotation_file}:"
         try:
             self._categories = {int(c["id"]): str(c["name"]) for c in document["categories"]}
@@ -79,9 +80,13 @@ class DetectionDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def coco_document(self) -> dict[str, Any]:
+        """The split's annotation document, as read (what pycocotools evaluates against)."""
+        return self._document
+
     def flips(self, index: int) -> bool:
         """Whether item `index` is mirrored this epoch (always False without train_flip)."""
-        return self.train_flip and bool(np.random.default_rng(epoch_seed(self.seed, self.epoch, index)).random() < 0.5)
+        return draws_flip(self.train_flip, self.seed, self.epoch, index)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -97,15 +102,29 @@ class DetectionDataset(Dataset):
         if tuple(pixels.shape[1:]) != (info["height"], info["width"]):
             raise ValueError(f"{path}: image is {pixels.shape[2]}x{pixels.shape[1]} but {self.annotation_file} says "
                              f"{info['width']}x{info['height']}; regenerate the dataset")
-        image, boxes = pixels.float() / 255, self._boxes[info["id"]].clone()
-        if self.flips(index):
-            image = image.flip(-1)
-            boxes = torch.stack([info["width"] - boxes[:, 2], boxes[:, 1], info["width"] - boxes[:, 0], boxes[:, 3]], 1)
-        return image, {"boxes": boxes, "labels": self._labels[info["id"]].clone(), "image_id": info["id"]}
+        target = {"boxes": self._boxes[info["id"]].clone(), "labels": self._labels[info["id"]].clone(),
+                  "image_id": info["id"]}
+        image = pixels.float() / 255
+        return mirror(image, target) if self.flips(index) else (image, target)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, images={len(self)}, "
                 f"categories={len(self._categories)}, train_flip={self.train_flip})")
+
+
+def draws_flip(train_flip: bool, seed: int, epoch: int, index: int) -> bool:
+    """Whether item `index` is mirrored in `epoch`: a numpy Generator seeded by (seed, epoch, index) draws < 0.5, a
+    pure function of those, so workers and resumed runs agree (always False without train_flip)."""
+    return train_flip and bool(np.random.default_rng(epoch_seed(seed, epoch, index)).random() < 0.5)
+
+
+def mirror(image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """(image, target) mirrored left-right, its boxes (and masks, if any) with it."""
+    width, boxes = image.shape[-1], target["boxes"]
+    flipped = {**target, "boxes": torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)}
+    if "masks" in target:
+        flipped["masks"] = target["masks"].flip(-1)
+    return image.flip(-1), flipped
 
 
 def collate_detection(batch: list[tuple[torch.Tensor, dict[str, Any]]], device: torch.device | None = None

@@ -1,5 +1,6 @@
 """Sec. 4.3 in miniature, "features matter": one detector and one schedule on backbones pre-trained the same way
-(Imagenette, #16), plain against residual, on the synthetic composition dataset. Run directories are
+(Imagenette), plain against residual, on real street photos (Penn-Fudan, Mask R-CNN: boxes and masks) or on the
+synthetic composition dataset (Faster R-CNN; made on first use). Run directories are
 `<backbone>-s<seed>` under `out`: complete runs are skipped, interrupted ones resumed, so the command can be
 repeated until the series is done, one sitting at a time; each finished run's small records are copied to `records`
 (e.g. results/detection) for `resnets report --detection`.
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..runs import RunPaths, copy_records, decide_resume
+from .pennfudan import is_pennfudan
 from .synthetic import make_synthetic_detection
-from .train import DetectionOptions, DetectionRecipe, load_backbone, train_detector
+from .train import DetectionOptions, DetectionRecipe, default_recipe, load_backbone, train_detector
 
 DETECTION_BACKBONES = ("plain18", "resnet18")
 
@@ -23,19 +25,20 @@ def run_detection_series(out: str | Path, data: str | Path, backbones: Sequence[
                          records: str | Path | None = None, precision: str = "fp32", device: str = "auto",
                          recipe: DetectionRecipe | None = None, train_images: int = 2000, val_images: int = 500,
                          progress: bool = True, log: Callable[[str], Any] = print) -> list[Path]:
-    """Make the dataset if `data` does not hold it yet, then train every backbone x seed; returns the run dirs.
+    """Make the synthetic dataset if `data` is neither Penn-Fudan nor a finished synthetic folder, then train every
+    backbone x seed with `recipe` (default: the data's, `train.default_recipe`); returns the run dirs.
     pretrained: a shipped tag (e.g. "imagenette"), a folder of classification runs named <backbone>-s0 (e.g. the
     Imagenette series' run directories: each backbone starts from its own run's weights), or None (He init)."""
     data = Path(data)
     sources = {backbone: backbone_weights(pretrained, backbone) for backbone in backbones}
     for backbone, source in sources.items():
         load_backbone(backbone, source)  # a missing tag or file fails now, not after the dataset is made
-    if not (data / "annotations" / "val.json").is_file():
+    if not is_pennfudan(data) and not (data / "annotations" / "val.json").is_file():
         make_synthetic_detection(data, train_images=train_images, val_images=val_images, seed=0, progress=progress)
-    recipe = recipe or DetectionRecipe()
+    recipe = recipe or default_recipe(data)
     done = []
-    for backbone in backbones:
-        for seed in seeds:
+    for seed in seeds:  # seed by seed, so that a series cut short still compares every backbone
+        for backbone in backbones:
             run_dir = Path(out) / f"{backbone}-s{seed}"
             if RunPaths(run_dir).is_complete():
                 log(f"{run_dir.name}: complete in {run_dir}, skipped")

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torchvision.utils import draw_bounding_boxes
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from ..data.folder import read_image
 from ..io import atomic_torch_save, atomic_write_bytes, load_torch_file
@@ -19,7 +19,7 @@ from ..models import ResNet, model_config, model_from_config
 from ..runtime import autocast, resolve_device
 from .backbones import build_detector
 from .data import DetectionDataset, collate_detection
-from .metrics import detections_to_coco, evaluate_detections
+from .metrics import MASK_THRESHOLD, detections_to_coco, evaluate_detections
 
 DETECTOR_FORMAT = "resnets-detector"
 
@@ -27,7 +27,8 @@ DETECTOR_FORMAT = "resnets-detector"
 def detector_config(detector: torch.nn.Module, backbone: ResNet, recipe: Any, categories: dict[int, str]
                     ) -> dict[str, Any]:
     """Everything `build_detector` needs to rebuild `detector` (plain values only: checkpoints store it)."""
-    return {"backbone": model_config(backbone), "form": recipe.form, "kind": "faster_rcnn",
+    return {"backbone": model_config(backbone), "form": recipe.form, "kind": recipe.kind,
+            "box_representation": recipe.box_representation,
             "num_classes": max(categories) + 1, "trainable_layers": recipe.trainable_layers,
             "frozen_bn": recipe.frozen_bn, "anchor_sizes": list(recipe.anchor_sizes),
             "options": recipe.detector_options(), "image_mean": [float(v) for v in detector.transform.image_mean],
@@ -52,7 +53,8 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
     detector = build_detector(model_from_config(config["backbone"]), num_classes=config["num_classes"],
                               form=config["form"], kind=config["kind"], trainable_layers=config["trainable_layers"],
                               frozen_bn=config["frozen_bn"], anchor_sizes=config["anchor_sizes"],
-                              image_mean=config["image_mean"], image_std=config["image_std"], **config["options"])
+                              box_representation=config.get("box_representation"), image_mean=config["image_mean"],
+                              image_std=config["image_std"], **config["options"])
     detector.load_state_dict(data["state_dict"], strict=True)
     return detector.to(resolve_device(device)).eval(), config
 
@@ -72,24 +74,30 @@ def evaluate_detector(detector: torch.nn.Module, dataset: DetectionDataset, limi
             outputs = detector(images)
         outputs = [{key: value.float().cpu() for key, value in output.items()} for output in outputs]
         results += detections_to_coco([dataset.image_ids[i] for i in indices], outputs)
-    return evaluate_detections(dataset.annotation_file, results, dataset.image_ids[:count])
+    return evaluate_detections(dataset.coco_document(), results, dataset.image_ids[:count],
+                               masks=bool(getattr(detector, "roi_heads", None) and detector.roi_heads.has_mask()))
 
 
 @torch.no_grad()
 def detect_image(detector: torch.nn.Module, config: dict[str, Any], image_path: str | Path,
                  out_png: str | Path | None = None, score_threshold: float = 0.5) -> list[dict[str, Any]]:
-    """Boxes on one photo: [{"label", "score", "box": [x1, y1, x2, y2]}], best first; drawn to `out_png` if given."""
+    """What a detector finds on one photo, best first: [{"label", "score", "box": [x1, y1, x2, y2]}], plus "mask" (a
+    bool H x W tensor, the probability map at >= 0.5) from a Mask R-CNN; drawn to `out_png` if given."""
     pixels = read_image(image_path)
     device = next(detector.parameters()).device
-    output = {key: value.cpu() for key, value in detector.eval()([pixels.to(device).float() / 255])[0].items()}
+    output = {key: value.float().cpu() for key, value in detector.eval()([pixels.to(device).float() / 255])[0].items()}
     keep = output["scores"] >= score_threshold
     names = config["categories"]
+    masks = output["masks"][keep][:, 0] >= MASK_THRESHOLD if "masks" in output else None
     found = [{"label": names.get(str(int(label)), str(int(label))), "score": round(float(score), 4),
-              "box": [round(float(v), 1) for v in box]}
-             for box, score, label in zip(output["boxes"][keep], output["scores"][keep], output["labels"][keep],
-                                          strict=True)]
+              "box": [round(float(v), 1) for v in box]} | ({"mask": masks[i]} if masks is not None else {})
+             for i, (box, score, label) in enumerate(zip(output["boxes"][keep], output["scores"][keep],
+                                                         output["labels"][keep], strict=True))]
     if out_png is not None:
-        drawn = draw_bounding_boxes(pixels, output["boxes"][keep], [f"{d['label']} {d['score']:.2f}" for d in found],
+        drawn = pixels
+        if masks is not None and len(masks):
+            drawn = draw_segmentation_masks(drawn, masks, alpha=0.45, colors="cyan")
+        drawn = draw_bounding_boxes(drawn, output["boxes"][keep], [f"{d['label']} {d['score']:.2f}" for d in found],
                                     colors="yellow", width=2)
         picture = Image.fromarray(drawn.permute(1, 2, 0).numpy())  # Pillow: torchvision 0.29 deprecates encode_png
         atomic_write_bytes(Path(out_png), lambda f: picture.save(f, "PNG"))

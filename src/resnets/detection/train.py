@@ -27,6 +27,7 @@ from ..train.schedule import StatelessSchedule
 from .backbones import build_detector
 from .data import DetectionDataset, collate_detection
 from .inference import detector_config, evaluate_detector, save_detector
+from .pennfudan import PennFudanDataset, is_pennfudan
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,10 @@ class DetectionRecipe:
     """Sec. 4.3's Faster R-CNN recipe (SGD, momentum 0.9, weight decay 1e-4, lr /10 twice) scaled to 224px
     synthetic compositions on 2 CPU cores: batch 8, 1,000 iterations (about 5 epochs of 2,000 images; 2.3-3.3 s an
     iteration, about 50 min a backbone here), anchors 16..256 for objects of 24..112 px. Not the paper's COCO numbers
-    (80k-240k iterations at 600px on 8 GPUs)."""
+    (80k-240k iterations at 600px on 8 GPUs). `DETECTION_RECIPES` names this one and the Penn-Fudan Mask R-CNN's."""
 
+    name: str = "synthetic"
+    kind: str = "faster_rcnn"  # or "mask_rcnn" (FPN form only)
     iterations: int = 1000
     batch_size: int = 8
     lr: float = 0.02
@@ -47,7 +50,12 @@ class DetectionRecipe:
     form: str = "fpn"
     trainable_layers: int = 3
     frozen_bn: bool = True
-    image_size: int = 224  # shorter and longer side: the synthetic images are 224x224
+    image_size: int = 224  # shorter side at test time (and in training without train_sizes)
+    max_size: int | None = None  # longer side at most (None: image_size; the synthetic images are square)
+    # Scale jitter: training draws the shorter side among these (torchvision's multi-scale training; its draw uses
+    # the torch generator, which checkpoints keep, so a resumed run draws the same sizes). () trains at image_size.
+    train_sizes: tuple[int, ...] = ()
+    box_representation: int | None = None  # FPN box head width (None: torchvision's 1,024)
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
     # RoIs sampled for the box head (torchvision: 512, sized for COCO's crowded 800px images). 64 for 2-5 objects an
     # image: torchvision's CPU roi_align backward is one serial loop (40% of a step at 128); 3.8 -> 2.5 s/iteration.
@@ -58,15 +66,51 @@ class DetectionRecipe:
 
     def detector_options(self) -> dict[str, Any]:
         """torchvision FasterRCNN keyword arguments (kept in the detector file: they also shape inference)."""
-        return {"min_size": self.image_size, "max_size": self.image_size,
+        # torchvision tests at the last of min_size: the training sizes, then the test size
+        sizes = (*(size for size in self.train_sizes if size != self.image_size), self.image_size)
+        return {"min_size": sizes if len(sizes) > 1 else self.image_size, "max_size": self.max_size or self.image_size,
                 "box_batch_size_per_image": self.rois_per_image,
                 "rpn_pre_nms_top_n_train": 2 * self.proposals_train, "rpn_post_nms_top_n_train": self.proposals_train,
                 "rpn_pre_nms_top_n_test": 2 * self.proposals_test, "rpn_post_nms_top_n_test": self.proposals_test}
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
 
     def lr_at(self, iteration: int) -> float:
         if iteration < self.warmup_iterations:  # linear warm-up from lr/1000, as torchvision's detection recipe
             return self.lr * (0.001 + 0.999 * iteration / self.warmup_iterations)
         return self.lr * self.gamma ** sum(iteration >= round(m * self.iterations) for m in self.milestones)
+
+
+# Penn-Fudan (120 training photos of 1-8 pedestrians, sides 253-1017 px): torchvision's tutorial recipe (Mask R-CNN
+# FPN, SGD lr 0.005 per 2 images, momentum 0.9, wd 5e-4, 10 epochs) sized for 2 CPU cores: photos at shorter side
+# 320 (the tutorial's 800), jittered 256..384 in training, at most 544 long; batch 4 at lr 0.01 (linear scaling),
+# 14 epochs (420 iterations, /10 at 67% and 89%); 128 RoIs an image (few people per photo); a 256-wide box head
+# (torchvision's 1,024 is 12.8M parameters for one class of 120 photos: it triples the shipped file).
+PENNFUDAN_RECIPE = DetectionRecipe(
+    name="pennfudan", kind="mask_rcnn", iterations=420, batch_size=4, lr=0.01, weight_decay=5e-4,
+    warmup_iterations=50, image_size=320, max_size=544, train_sizes=(256, 288, 320, 352, 384),
+    anchor_sizes=(32, 64, 128, 256, 512), rois_per_image=128, proposals_train=1000, proposals_test=500,
+    box_representation=256, evaluations=3)
+DETECTION_RECIPES = {"synthetic": DetectionRecipe(), "pennfudan": PENNFUDAN_RECIPE}
+
+
+def open_detection_data(data: str | Path, split: str, train_flip: bool = False, seed: int = 0
+                        ) -> DetectionDataset | PennFudanDataset:
+    """One split of a detection folder, by its layout: the Penn-Fudan database ("train", "test") or a COCO-format
+    folder ("train", "val"). `EVAL_SPLIT` names the held-out one of each."""
+    if is_pennfudan(data):
+        return PennFudanDataset(data, split, train_flip=train_flip, seed=seed)
+    return DetectionDataset(Path(data), split, train_flip=train_flip, seed=seed)
+
+
+def eval_split(data: str | Path) -> str:
+    """The split a run is evaluated on: Penn-Fudan's held-out "test" photos, a COCO folder's "val"."""
+    return "test" if is_pennfudan(data) else "val"
+
+
+def default_recipe(data: str | Path) -> DetectionRecipe:
+    return PENNFUDAN_RECIPE if is_pennfudan(data) else DETECTION_RECIPES["synthetic"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,21 +166,25 @@ class DetectionTask(Task):
         if runtime.distributed:
             raise ValueError("detection trains in one process; run `resnets detect train` without torchrun")
         self.device = runtime.device
-        self.train_set = DetectionDataset(Path(options.data), "train", train_flip=True, seed=options.seed)
-        self.val_set = DetectionDataset(Path(options.data), "val")
+        self.train_set = open_detection_data(options.data, "train", train_flip=True, seed=options.seed)
+        self.split = eval_split(options.data)
+        self.val_set = open_detection_data(options.data, self.split)
         backbone = load_backbone(options.backbone, options.pretrained)
         detector = build_detector(backbone, num_classes=max(self.train_set.categories) + 1, form=recipe.form,
-                                  trainable_layers=recipe.trainable_layers, frozen_bn=recipe.frozen_bn,
-                                  anchor_sizes=recipe.anchor_sizes, **recipe.detector_options())
+                                  kind=recipe.kind, trainable_layers=recipe.trainable_layers,
+                                  frozen_bn=recipe.frozen_bn, anchor_sizes=recipe.anchor_sizes,
+                                  box_representation=recipe.box_representation, **recipe.detector_options())
         self.detector_config = detector_config(detector, backbone, recipe, self.train_set.categories)
         self.model = detector.to(runtime.device)
         optimizer = torch.optim.SGD([p for p in detector.parameters() if p.requires_grad], lr=recipe.lr,
                                     momentum=recipe.momentum, weight_decay=recipe.weight_decay)
         self.evaluate_at = {round(recipe.iterations * (k + 1) / recipe.evaluations) for k in range(recipe.evaluations)}
         config = {"options": asdict(options), "detector": self.detector_config,
-                  "backbone_source": options.pretrained or "He init (no pre-training)"}
-        announce = [f"{options.backbone} {recipe.form} detector on {options.data}: {len(self.train_set)} training "
-                    f"images, batch {recipe.batch_size}, {recipe.iterations} iterations"]
+                  "backbone_source": options.pretrained or "He init (no pre-training)",
+                  "split": {"train": _names(self.train_set), self.split: _names(self.val_set)}}
+        announce = [f"{options.backbone} {recipe.form} {recipe.kind} on {options.data} (recipe {recipe.name}): "
+                    f"{len(self.train_set)} training images, evaluated on {len(self.val_set)} {self.split} images, "
+                    f"batch {recipe.batch_size}, {recipe.iterations} iterations"]
         return Parts(detector, optimizer, StatelessSchedule(recipe.lr_at), recipe.iterations, self.detector_config,
                      config, announce=announce)
 
@@ -165,7 +213,7 @@ class DetectionTask(Task):
         subset = None if run.iteration >= self.recipe.iterations else self.options.eval_images
         scores = evaluate_detector(self.model, self.val_set, limit=subset, precision=self.options.precision)
         self.model.train()
-        return {f"val_{key}": value for key, value in scores.items()} | {"val_images": subset}, None
+        return {f"{self.split}_{key}": value for key, value in scores.items()} | {f"{self.split}_images": subset}, None
 
     def state_dict(self) -> dict[str, Any]:
         return {"position": self.position}
@@ -175,19 +223,27 @@ class DetectionTask(Task):
 
     def finish(self, run: Run) -> dict[str, Any]:
         records = run.metrics.records if run.metrics is not None else []
-        final = next((r for r in reversed(records) if "val_map" in r), {})
+        prefix = f"{self.split}_"
+        final = next((r for r in reversed(records) if prefix + "map" in r), {})
+        scores = {key: final[key] for key in final if key.startswith(prefix) and "map" in key}
         options, recipe, paths = self.options, self.recipe, run.paths
-        save_detector(self.model, self.detector_config, paths.weights, {"val_map": final.get("val_map"),
-                                                                        "val_map_50": final.get("val_map_50")})
+        save_detector(self.model, self.detector_config, paths.weights, {"split": self.split, **scores})
         summary = {"complete": run.iteration >= run.total, "iterations": run.iteration, "backbone": options.backbone,
-                   "backbone_source": options.pretrained or "He init", "form": recipe.form,
-                   "val_images": len(self.val_set), "train_images": len(self.train_set),
+                   "backbone_source": options.pretrained or "He init", "form": recipe.form, "kind": recipe.kind,
+                   "recipe": recipe.name, "seed": options.seed, "eval_split": self.split,
+                   f"{self.split}_images": len(self.val_set), "train_images": len(self.train_set),
                    "train_seconds": round(run.elapsed, 1), "precision": options.precision,
-                   "hardware": hardware_description(run.runtime),
-                   **{key: final[key] for key in final if key.startswith("val_map")}}
+                   "hardware": hardware_description(run.runtime), **scores}
         atomic_write_json(paths.summary, summary)
         plot_detection_curves({options.backbone: records}, paths.curves)
         return summary
+
+
+def _names(dataset: DetectionDataset | PennFudanDataset) -> list[str]:
+    """The photos of a split, for the run's record of its split."""
+    if isinstance(dataset, PennFudanDataset):
+        return list(dataset.names)
+    return [image["file_name"] for image in dataset.images]
 
 
 def train_detector(options: DetectionOptions) -> dict[str, Any]:
