@@ -82,3 +82,38 @@ def plot_detection_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path:
     atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path
+
+
+def plot_time_to_accuracy(data: Mapping[str, Any], path: str | Path) -> Path:
+    """Test error against wall-clock minutes (left) and epochs (right): `data["recipes"]` recipe -> run -> points
+    (epoch, minutes, test_error), one line per run and one colour per recipe; `data["reference"]`, a recipe known by
+    its final error only, as a dotted line (and a star at its minutes); `data["thresholds"]` as thin grey lines.
+    y from 10% (lower if needed) to 40%: the early epochs above it are cut, the part that decides the comparison is
+    not."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    lowest = min((p["test_error"] for runs in data["recipes"].values() for points in runs.values() for p in points),
+                 default=10.0)
+    for ax, key, xlabel in zip(axes, ("minutes", "epoch"), ("wall-clock minutes (as recorded)", "epoch"),
+                               strict=True):
+        for index, (recipe, runs) in enumerate(data["recipes"].items()):
+            for number, points in enumerate(runs.values()):
+                ax.plot([p[key] for p in points], [p["test_error"] for p in points], "-", color=f"C{index}",
+                        linewidth=1.2, marker="o", markersize=2.5,
+                        label=f"{recipe} ({len(runs)} run{'s' if len(runs) > 1 else ''})" if number == 0 else None)
+        reference = data.get("reference")
+        if reference is not None:  # its one point where the axis reaches it (minutes, not 164 epochs), and a line
+            ax.axhline(reference["test_error"], color="k", linestyle=":", linewidth=1.2, label=reference["label"])
+            if key == "minutes":
+                ax.plot(reference["minutes"], reference["test_error"], "k*", markersize=9)
+        for threshold in data["thresholds"]:
+            ax.axhline(threshold, color="0.6", linewidth=0.6)
+        ax.set_xlabel(xlabel)
+        ax.set_ylim(min(10.0, lowest - 1.0), 40.0)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test error (%)")
+    axes[1].legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path

@@ -79,9 +79,10 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def plus_minus(values: Sequence[float]) -> str:
+def plus_minus(values: Sequence[float], spec: str = ".2f") -> str:
+    """Mean ± sample std, each formatted by `spec`; a single value alone."""
     mean, std = mean_std(values)
-    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+    return format(mean, spec) if std is None else f"{format(mean, spec)} ± {format(std, spec)}"
 
 
 def series_rows(series: Mapping[str, Sequence[RunRecord]]) -> list[dict[str, Any]]:

@@ -47,6 +47,7 @@ from .experiments import label as net_label
 from .imagenette import imagenette_verdicts, protocol_rows
 from .preact import preact_panels, preact_rows, preact_verdict
 from .responses import read_responses_csv, response_verdicts
+from .time_to_accuracy import time_to_accuracy_section
 
 
 def table1() -> str:
@@ -181,6 +182,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path = "REPRODUCTION
              table1()]
     if series is not None:
         parts += _depth_section(writer, Path(depth), series)  # type: ignore[arg-type]
+        parts += time_to_accuracy_section(Path(depth), writer.plot)  # and results/cifar-fast beside it
     if followup is not None:
         parts += _preact_section(writer, Path(preact), followup)  # type: ignore[arg-type]
     if nette is not None and nette_rows is not None:
