@@ -28,6 +28,9 @@ from resnets.detection import (
     train_detector,
 )
 from resnets.detection.metrics import detections_to_coco
+from resnets.detection.ship import ship_detector
+from resnets.models import weights as weights_module
+from resnets.models.pretrained import list_pretrained
 
 from .conftest import skip_without_data
 
@@ -130,8 +133,8 @@ def test_mask_ap_sees_a_corrupted_mask_that_box_ap_does_not(root: Path) -> None:
     assert corrupted["map"] == pytest.approx(100) and corrupted["mask_map"] < 99
 
 
-def test_mask_rcnn_on_pennfudan_resumes_bit_exactly_and_predicts_masks(root: Path, tmp_path: Path,
-                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_mask_rcnn_on_pennfudan_resumes_bit_exactly_predicts_masks_and_ships(
+        root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     names = sorted(p.stem for p in (root / "JPEGImages").glob("*.jpg"))[::17]  # 10 photos: 8 train, 2 test
     data = copy_of(root, tmp_path / "pf", names)
     recipe = dataclasses.replace(PENNFUDAN_RECIPE, iterations=4, batch_size=2, warmup_iterations=2, evaluations=1,
@@ -174,3 +177,16 @@ def test_mask_rcnn_on_pennfudan_resumes_bit_exactly_and_predicts_masks(root: Pat
     scores = json.loads(capsys.readouterr().out)
     assert scores["mask_map_50"] == pytest.approx(summary["test_mask_map_50"], abs=1e-6)
     assert np.isfinite(scores["map"])
+
+    # Shipped under the one naming scheme, then found by name; its JSON holds the AP of the fp16 file itself.
+    shelf = tmp_path / "weights"
+    shelf.mkdir()
+    monkeypatch.setattr(weights_module, "pretrained_dir", lambda: shelf)
+    monkeypatch.delenv("RESNETS_WEIGHTS_DIR", raising=False)
+    path = ship_detector(whole, weights_dir=shelf)
+    assert path == shelf / "maskrcnn_resnet18-pennfudan.pt"
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["task"] == "detection" and meta["eval_split"] == "test" and meta["split"] == config["split"]
+    assert "maskrcnn_resnet18.pennfudan" not in list_pretrained()  # not a classifier: create_model never sees it
+    assert main(["detect", "eval", "--pretrained", "maskrcnn_resnet18.pennfudan", "--data", str(data)]) == 0
+    assert json.loads(capsys.readouterr().out)["mask_map"] == pytest.approx(meta["scores"]["mask_map"], abs=0.005)

@@ -77,6 +77,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--device", default="auto")
     e.set_defaults(handler=run_eval)
 
+    s = actions.add_parser("ship", help="store a finished run as a tagged pretrained detector (fp16, with its AP)")
+    s.add_argument("run", help="a complete detection run directory")
+    s.add_argument("--tag", default=None, help="default: the run's recipe (pennfudan)")
+    s.add_argument("--data", default=None, help="where its held-out split is (default: the run's data)")
+    s.set_defaults(handler=run_ship)
+
     p = actions.add_parser("predict", help="boxes (and masks) on photos, drawn to PNG files")
     p.add_argument("images", nargs="+")
     p.add_argument("--pretrained", required=True, metavar="RUN|FILE|NAME", help=detector_help)
@@ -117,6 +123,17 @@ def run_eval(args: argparse.Namespace) -> None:
     dataset = open_detection_data(data, args.split or eval_split(data))
     scores = evaluate_detector(detector, dataset, precision=args.precision)
     print(json.dumps({key: round(value, 2) for key, value in scores.items()}))
+
+
+def run_ship(args: argparse.Namespace) -> None:
+    from ..detection.ship import ship_detector
+
+    path = ship_detector(args.run, args.tag, args.data)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    scores = meta["scores"]
+    print(f"shipped {meta['model']}.{meta['pretrained']} -> {path} ({path.stat().st_size / 1e6:.1f} MB): box AP "
+          f"{scores['map']:.2f}, mask AP {scores.get('mask_map', float('nan')):.2f} on {meta['eval_images']} "
+          f"{meta['eval_split']} photos")
 
 
 def run_predict(args: argparse.Namespace) -> None:

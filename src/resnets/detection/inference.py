@@ -16,6 +16,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from ..data.folder import read_image
 from ..io import atomic_torch_save, atomic_write_bytes, load_torch_file
 from ..models import ResNet, model_config, model_from_config
+from ..models.pretrained import resolve_pretrained
 from ..runtime import autocast, resolve_device
 from .backbones import build_detector
 from .data import DetectionDataset, collate_detection
@@ -42,8 +43,9 @@ def save_detector(detector: torch.nn.Module, config: dict[str, Any], path: Path,
 
 
 def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(detector in eval mode on `device`, its config) from a detector file or a detection run directory."""
-    path = Path(path)
+    """(detector in eval mode on `device`, its config) from a detector file, a detection run directory or a shipped
+    detector's name (`maskrcnn_resnet18.pennfudan`: `resnets models --pretrained` lists them)."""
+    path = resolve_pretrained(path, task="detection").path if isinstance(path, str) else Path(path)
     path = path / "model.pt" if path.is_dir() else path
     data = load_torch_file(path, "detector file", "train one with `resnets detect train`")
     if not isinstance(data, dict) or data.get("format") != DETECTOR_FORMAT:

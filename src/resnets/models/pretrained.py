@@ -67,12 +67,20 @@ def _tag_of(meta: Mapping[str, Any]) -> str:
     return PAPER_TAG if value is True else str(value)
 
 
-def list_pretrained() -> dict[str, dict[str, Any]]:
-    """Every shipped `model.tag` (sorted) with its metadata (dataset, measured error, recipe, classes, ...); the
-    metadata's `pretrained` and `tag` say the name and the tag."""
+TASKS = ("classification", "detection")
+
+
+def list_pretrained(task: str | None = "classification") -> dict[str, dict[str, Any]]:
+    """Every shipped `model.tag` (sorted) of `task` (None: all; a detector's metadata says `"task": "detection"`) with
+    its metadata (dataset, measured error, recipe, classes, ...); the metadata's `pretrained` and `tag` say the name
+    and the tag."""
+    if task is not None and task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
     found = {}
     for meta_file in sorted(weight_files.pretrained_dir().glob("*.json")):
         meta = json.loads(meta_file.read_text())
+        if task is not None and meta.get("task", "classification") != task:
+            continue
         tag = _tag_of(meta)
         if weight_file(meta["model"], tag, meta_file.parent).stem != meta_file.stem:
             raise ValueError(f"{meta_file}: says model {meta['model']!r}, tag {tag!r}, which would be "
@@ -86,7 +94,7 @@ def write_manifest() -> Path:
     shipping weights into the package: `resnets analyze ship` does)."""
     folder = weight_files.pretrained_dir()
     return fetch.write_manifest_file({name: fetch.manifest_entry(weight_file(meta["model"], meta["tag"], folder), meta)
-                                      for name, meta in list_pretrained().items()})
+                                      for name, meta in list_pretrained(task=None).items()})
 
 
 def shipped_tags(model: str, shipped: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
@@ -155,12 +163,14 @@ def _shipped(model: str, tag: str | None, shipped: dict[str, dict[str, Any]]) ->
                      "with pretrained=PATH)")
 
 
-def resolve_pretrained(value: bool | str | Path | Pretrained, model: str | None = None) -> Pretrained:
+def resolve_pretrained(value: bool | str | Path | Pretrained, model: str | None = None,
+                       task: str = "classification") -> Pretrained:
     """Parse a `pretrained=` value / `--pretrained` argument, for `model` when given:
 
     True: `model`'s default tag; "TAG": `model`'s shipped tag; "MODEL" or "MODEL.TAG": shipped weights (MODEL must
     be `model` when both are given); a weight file (ours, torchvision's, timm's) or a run directory (its model.pt,
-    else its last checkpoint); a Pretrained passes through. Raises ValueError / FileNotFoundError with one line
+    else its last checkpoint); a Pretrained passes through. task: which shipped weights names may mean
+    ("detection": `maskrcnn_resnet18.pennfudan`). Raises ValueError / FileNotFoundError with one line
     saying what exists."""
     if isinstance(value, Pretrained):
         if model is not None and value.model is not None and value.model != model:
@@ -177,11 +187,11 @@ def resolve_pretrained(value: bool | str | Path | Pretrained, model: str | None 
             raise ValueError(f"pretrained={value!r}: give True, a tag, MODEL.TAG, a weight file or a run directory")
         if model is None:
             raise ValueError(f"pretrained=True needs a model: name the weights as MODEL.TAG ({WHERE_TO_LOOK})")
-        return _shipped(model, None, list_pretrained())
+        return _shipped(model, None, list_pretrained(task))
     value = value.strip()
     if _looks_like_path(value):
         return _from_path(Path(value).expanduser(), model)
-    shipped = list_pretrained()
+    shipped = list_pretrained(task)
     named, tag = split_name(value)
     if tag is None:  # a bare word: a model name (its default tag), or a tag of `model` when that is given
         return _shipped(model, named, shipped) if model not in (None, named) else _shipped(named, None, shipped)
