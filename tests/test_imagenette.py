@@ -114,6 +114,7 @@ def test_imagenette_experiment_and_report(tmp_path: Path, monkeypatch: pytest.Mo
     assert f"{protocols['protocols']['10crop']['top1_error']:.2f}" in text
     assert "10-crop testing is better than a single centre crop: " in text
     per_scale = protocols["protocols"]["multiscale"]["per_scale_top1_error"]
+    assert protocols["protocols"]["multiscale"]["fcn_reduction"] == "mean_then_softmax"  # the record names it
     assert list(per_scale) == ["112", "128", "192", "240", "320"]
     assert "each scale alone" in text and f"{per_scale['320']:.2f}" in text
     assert (tmp_path / "figures" / "imagenette-fig4.png").is_file()

@@ -127,10 +127,10 @@ def test_fcn_form_equals_pooled_form(resnet18: resnets.ResNet) -> None:
         views = [torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)]
         center = average_view_probabilities(resnet18, views)
         assert torch.allclose(center.sum(dim=1), torch.ones(2))
-        logits_first = average_view_probabilities(resnet18, views, fully_convolutional=True,
-                                                  fcn_reduction="mean_then_softmax")
+        logits_first = average_view_probabilities(resnet18, views, fully_convolutional=True)  # the default
         assert (logits_first - center).abs().max() < 1e-5
-        softmax_first = average_view_probabilities(resnet18, views, fully_convolutional=True)
+        softmax_first = average_view_probabilities(resnet18, views, fully_convolutional=True,
+                                                   fcn_reduction="softmax_then_mean")
         by_hand = resnet18.forward_fcn(Normalize()(views[0].float() / 255)).softmax(dim=1).mean(dim=(2, 3))
         assert torch.allclose(softmax_first, by_hand, atol=1e-6)
         assert torch.allclose(softmax_first.sum(dim=1), torch.ones(2))
@@ -138,8 +138,10 @@ def test_fcn_form_equals_pooled_form(resnet18: resnets.ResNet) -> None:
 
         # views of different sizes: each view's probabilities weigh equally
         other = [torch.randint(0, 256, (2, 3, 256, 300), dtype=torch.uint8)]
-        mixed = average_view_probabilities(resnet18, views + other + views, fully_convolutional=True)
-        alone = average_view_probabilities(resnet18, other, fully_convolutional=True)
+        mixed = average_view_probabilities(resnet18, views + other + views, fully_convolutional=True,
+                                           fcn_reduction="softmax_then_mean")
+        alone = average_view_probabilities(resnet18, other, fully_convolutional=True,
+                                           fcn_reduction="softmax_then_mean")
         assert torch.allclose(mixed, (2 * softmax_first + alone) / 3, atol=1e-6)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..evaluate.protocols import PROTOCOLS
+from ..evaluate.protocols import DEFAULT_FCN_REDUCTION, PROTOCOLS
 from ..evaluate.run import evaluate_checkpoint
 from ..io import atomic_write_json, read_json
 from ..models.specs import PAPER_IMAGENET_TOP1_10CROP
@@ -30,7 +30,9 @@ from .experiments import shallowest_and_deepest, train_or_resume
 IMAGENETTE_MODELS = ("plain18", "plain34", "resnet18", "resnet34")
 PROTOCOLS_FILE = "protocols.json"
 _COMMON_KEYS = ("top1_error", "top5_error", "images", "views_per_image", "seconds")
-PROTOCOL_KEYS = {"center": _COMMON_KEYS, "10crop": _COMMON_KEYS, "multiscale": (*_COMMON_KEYS, "per_scale_top1_error")}
+# multi-scale records name their score-map reduction; records without it used "softmax_then_mean" (issue 36)
+PROTOCOL_KEYS = {"center": _COMMON_KEYS, "10crop": _COMMON_KEYS,
+                 "multiscale": (*_COMMON_KEYS, "per_scale_top1_error", "fcn_reduction")}
 
 
 def file_sha256(path: Path) -> str:
@@ -45,7 +47,7 @@ def evaluate_protocols(run_dir: Path, data: str | Path | None = None, device: st
                        precision: str = "fp32", log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Top-1/top-5 validation error of the run's final weights under each protocol, written to protocols.json;
     each protocol's entry is reused when the file belongs to these weights (its sha256) and precision and holds all
-    its keys."""
+    its keys (multi-scale: with the default score-map reduction, recorded as fcn_reduction)."""
     weights = RunPaths(run_dir).weights
     if not weights.is_file():
         raise RunDirectoryError(f"{run_dir} has no {weights.name}: the run is not complete; finish it first")
@@ -56,7 +58,9 @@ def evaluate_protocols(run_dir: Path, data: str | Path | None = None, device: st
     record = {"weights_sha256": digest, "precision": precision, "source": previous.get("source") if same else None,
               "protocols": results}
     for protocol in PROTOCOLS:
-        if set(PROTOCOL_KEYS[protocol]) <= set(results.get(protocol, {})):
+        done = results.get(protocol, {})
+        current = done.get("fcn_reduction", DEFAULT_FCN_REDUCTION) == DEFAULT_FCN_REDUCTION  # multiscale's only
+        if set(PROTOCOL_KEYS[protocol]) <= set(done) and current:
             continue  # measured on these weights already (each protocol is saved as soon as it is done)
         result = evaluate_checkpoint(run_dir, data=None if data is None else str(data),
                                      dataset="imagenette", precision=precision, device=device, protocol=protocol,

@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..evaluate.protocols import DEFAULT_FCN_REDUCTION, FCN_REDUCTIONS
 from ..io import atomic_write_text
 from ..train.plan import RECIPE_FLAGS, RunPlan, resolve_run
 from ..train.recipes import DATASETS, RECIPES, RUN_OPTION_FIELDS, parse_assignments
@@ -78,6 +79,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--device", default="auto")
     e.add_argument("--protocol", choices=["center", "10crop", "multiscale"], default="center",
                    help="ImageNet test protocol (Sec. 3.4); CIFAR always uses the single 32x32 view")
+    e.add_argument("--fcn-reduction", choices=list(FCN_REDUCTIONS), default=DEFAULT_FCN_REDUCTION,
+                   help="multiscale: average each score map over positions, then softmax (the paper's, default), or "
+                        "softmax at every position, then average")
+    e.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+                   help="re-estimate the BatchNorm statistics on N training photos (the train/ split beside the "
+                        "test folder) at the test size, per scale for multiscale; weights untouched (beyond the "
+                        "paper; docs/results.md)")
+    e.add_argument("--eval-subset", type=int, default=None, metavar="N",
+                   help="test on N images spread evenly over the test set")
     e.add_argument("--batch-size", type=int, default=32, help="ImageNet: images per batch (center, 10crop)")
     e.add_argument("--workers", type=int, default=2, help="ImageNet: DataLoader workers")
     e.add_argument("--on-bad-image", choices=["fail", "skip"], default="fail")
@@ -106,11 +116,16 @@ def run_eval(args: argparse.Namespace) -> int:
     imagenet = {}
     if (args.dataset or "") in ("imagenet", "imagenette") or args.protocol != "center":
         imagenet = {"batch_size": args.batch_size, "num_workers": args.workers, "on_bad_image": args.on_bad_image}
+    if args.protocol == "multiscale":
+        imagenet["fcn_reduction"] = args.fcn_reduction
+    if args.eval_subset is not None:
+        imagenet["eval_subset"] = args.eval_subset
     prepare, precision = inference_preparation(args, batch_size=args.batch_size)
     source, model_name = pretrained_from_args(args)
     result = evaluate_checkpoint(source, model_name=model_name, data=args.data, dataset=args.dataset,
                                  precision=precision, device=args.device, protocol=args.protocol,
-                                 predictions=args.predictions is not None, prepare=prepare, **imagenet)
+                                 predictions=args.predictions is not None, prepare=prepare,
+                                 recalibrate_bn=args.recalibrate_bn, **imagenet)
     if args.predictions is not None:
         lines = "".join(json.dumps(entry) + "\n" for entry in result.pop("predictions"))
         atomic_write_text(Path(args.predictions), lines)

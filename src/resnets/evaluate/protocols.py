@@ -4,15 +4,20 @@
 - `10crop`: the 4 corner and the centre 224x224 crops of the 256-resized image, and their horizontal
   flips (10 views); the softmax scores are averaged over the views.
 - `multiscale`: the fully-convolutional form (`model.forward_fcn`, the FC applied as a 1x1 conv) on the
-  whole image, no crop, resized to shorter sides {224, 256, 384, 480, 640}, and its flip (10 views).
-  Order of averaging, our reading of "average the scores": softmax over classes at every position of a
-  score map, mean over the positions, then mean over flips and scales (`fcn_reduction="softmax_then_mean"`).
-  The alternative `"mean_then_softmax"` averages the logits over the map first, which for a ResNet (global
-  average pooling before a linear FC) is exactly `softmax(model(image))` on the whole resized image.
+  whole image, no crop, resized to each shorter side of `multiscale_sides(crop_size)`, and its flip (10 views).
+  The sides are the paper's {224, 256, 384, 480, 640} times crop_size / 224, rounded: for 224 crops the paper's
+  own, for the 112 px Imagenette nets (resize 128, crop 112) {112, 128, 192, 240, 320}.
+  Order of averaging (default `fcn_reduction="mean_then_softmax"`), as in VGG's dense evaluation that the paper
+  follows: each view's class score map is averaged over its positions, then turned into probabilities by a
+  softmax, and the probabilities are averaged over the flips and scales. For a ResNet (global average pooling
+  before a linear FC) a view's averaged score map is exactly `model(view)`'s logits. The option
+  `"softmax_then_mean"` takes the softmax at every position of the map first, then averages over positions
+  (the default before issue 36; multi-scale records name the reduction they used in `fcn_reduction`).
 
 Every protocol goes through `average_view_probabilities`, which maps a list of views to one probability
 vector per image. Views are built as uint8 tensors in the DataLoader workers and converted to float and
-normalised on the evaluation device.
+normalised on the evaluation device. `evaluate(..., batchnorm_per_scale=...)` runs each multi-scale scale with
+its own BN statistics (see `recalibrate.py`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +38,7 @@ from ..data.folder import BadImagePolicy, ImageFolderDataset, open_image_folder
 from ..data.transforms import Normalize, resize_shorter_side, to_float
 from ..runtime import autocast
 from .metrics import topk_correct
+from .recalibrate import BatchNormState, batchnorm_state, load_batchnorm_state
 
 PROTOCOLS = ("center", "10crop", "multiscale")
 MULTISCALE_SHORTER_SIDES = (224, 256, 384, 480, 640)
@@ -44,7 +50,8 @@ def multiscale_sides(crop_size: int = 224) -> tuple[int, ...]:
     return tuple(round(side * crop_size / 224) for side in MULTISCALE_SHORTER_SIDES)
 
 
-FCN_REDUCTIONS = ("softmax_then_mean", "mean_then_softmax")
+FCN_REDUCTIONS = ("mean_then_softmax", "softmax_then_mean")
+DEFAULT_FCN_REDUCTION = FCN_REDUCTIONS[0]  # the paper's (VGG's dense evaluation); see the module docstring
 Box = tuple[int, int, int, int]  # (top, left, height, width)
 ViewGroup = tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]  # views (n, 3, h, w) each, labels, positions
 
@@ -92,7 +99,7 @@ def multiscale_views(image: torch.Tensor, scales: Sequence[int] = MULTISCALE_SHO
 
 
 def average_view_probabilities(model: nn.Module, views: Sequence[torch.Tensor], *, fully_convolutional: bool = False,
-                               fcn_reduction: str = "softmax_then_mean", normalize: Normalize | None = None,
+                               fcn_reduction: str = DEFAULT_FCN_REDUCTION, normalize: Normalize | None = None,
                                precision: str = "fp32") -> torch.Tensor:
     """Class probabilities (N, classes), float32, averaged over `views` (each (N, 3, h, w), uint8 or float in
     [0, 1], all with the same N). Views of equal size run as one batch. With `fully_convolutional` the score
@@ -129,12 +136,19 @@ def average_view_probabilities(model: nn.Module, views: Sequence[torch.Tensor], 
     return total / len(views)
 
 
-def _per_scale_probabilities(model: nn.Module, views: Sequence[torch.Tensor], scales: int,
+def _per_scale_probabilities(model: nn.Module, views: Sequence[torch.Tensor], scales: Sequence[int],
+                             batchnorm: Mapping[int, BatchNormState] | None = None,
                              **options: Any) -> list[torch.Tensor]:
-    """Multi-scale views come scale by scale (the image, then its flip): one averaged probability per scale."""
-    per_scale = len(views) // scales
-    return [average_view_probabilities(model, views[i:i + per_scale], fully_convolutional=True, **options)
-            for i in range(0, len(views), per_scale)]
+    """Multi-scale views come scale by scale (the image, then its flip): one averaged probability per scale, each
+    scale run with its own BN statistics when `batchnorm` maps the shorter sides to them."""
+    per_scale = len(views) // len(scales)
+    out = []
+    for side, start in zip(scales, range(0, len(views), per_scale), strict=True):
+        if batchnorm is not None:
+            load_batchnorm_state(model, batchnorm[side])
+        out.append(average_view_probabilities(model, views[start:start + per_scale], fully_convolutional=True,
+                                              **options))
+    return out
 
 
 class _ViewDataset(Dataset):
@@ -180,22 +194,35 @@ def evaluate(model: nn.Module, data: Dataset | str | os.PathLike, protocol: str 
              device: str | torch.device | None = None, precision: str = "fp32", num_workers: int = 0,
              normalize: Normalize | None = None, class_to_idx: dict[str, int] | None = None,
              on_bad_image: BadImagePolicy = "fail", resize: int = 256, crop_size: int = 224,
-             scales: Sequence[int] = MULTISCALE_SHORTER_SIDES, fcn_reduction: str = "softmax_then_mean",
-             progress: bool = True, keep_predictions: bool = False) -> dict[str, Any]:
+             scales: Sequence[int] | None = None, fcn_reduction: str = DEFAULT_FCN_REDUCTION,
+             batchnorm_per_scale: Mapping[int, BatchNormState] | None = None, progress: bool = True,
+             keep_predictions: bool = False) -> dict[str, Any]:
     """Top-1/top-5 error (%) of `model` under a test protocol (`center`, `10crop` or `multiscale`).
 
     `data` is an image folder (any layout `open_image_folder` reads; `class_to_idx` maps its classes to the
     model's outputs) or a dataset of (uint8 (3, H, W) image, label) pairs. `normalize` must match training
-    (default: torchvision's ImageNet mean/std). `multiscale` batches together the images of a batch whose
-    views have the same sizes. Returns top1_error, top5_error, images, images_per_s, seconds, protocol,
-    views_per_image and skipped_images (unreadable files skipped); `multiscale` also per_scale_top1_error
-    (shorter side -> top-1 error of that scale and its flip alone); with `keep_predictions` also "predictions",
-    each image's top-1 class in dataset order.
+    (default: torchvision's ImageNet mean/std). `multiscale` runs the shorter sides `scales` (default
+    `multiscale_sides(crop_size)`), reduces score maps per `fcn_reduction`, runs each side with
+    `batchnorm_per_scale[side]`'s BN statistics when given (the model's own are restored afterwards), and batches
+    together the images of a batch whose views have the same sizes. Returns top1_error, top5_error, images,
+    images_per_s, seconds, protocol, views_per_image and skipped_images (unreadable files skipped); `multiscale`
+    also per_scale_top1_error (shorter side -> top-1 error of that scale and its flip alone) and fcn_reduction;
+    with `keep_predictions` also "predictions", each image's top-1 class in dataset order.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown test protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if fcn_reduction not in FCN_REDUCTIONS:
+        raise ValueError(f"fcn_reduction must be one of {FCN_REDUCTIONS}, got {fcn_reduction!r}")
+    scales = multiscale_sides(crop_size) if scales is None else tuple(scales)
+    if batchnorm_per_scale is not None:
+        if protocol != "multiscale":
+            raise ValueError("batchnorm_per_scale is for the multiscale protocol; for center and 10crop "
+                             "recalibrate the model itself (recalibrate_batchnorm)")
+        if not set(scales) <= set(batchnorm_per_scale):
+            raise ValueError(f"batchnorm_per_scale has statistics for sides {sorted(batchnorm_per_scale)}, not for "
+                             f"every scale of {list(scales)}")
     if isinstance(data, (str, os.PathLike)):
         data = open_image_folder(data, class_to_idx=class_to_idx, on_bad_image=on_bad_image)
     make_views = _protocol_views(protocol, resize, crop_size, scales)
@@ -212,6 +239,7 @@ def evaluate(model: nn.Module, data: Dataset | str | os.PathLike, protocol: str 
                         collate_fn=_collate_by_view_sizes if multiscale else None,
                         pin_memory=model_device.type == "cuda")
     was_training = model.training
+    own_batchnorm = None if batchnorm_per_scale is None else batchnorm_state(model)
     model.eval()
     correct1 = correct5 = images = 0
     scale_correct = [0] * len(scales)
@@ -227,8 +255,9 @@ def evaluate(model: nn.Module, data: Dataset | str | os.PathLike, protocol: str 
                 views_per_image = len(views)
                 labels = labels.to(model_device)
                 if multiscale:
-                    by_scale = _per_scale_probabilities(model, views, len(scales), fcn_reduction=fcn_reduction,
-                                                        normalize=normalize, precision=precision)
+                    by_scale = _per_scale_probabilities(model, views, scales, batchnorm_per_scale,
+                                                        fcn_reduction=fcn_reduction, normalize=normalize,
+                                                        precision=precision)
                     scale_correct = [n + topk_correct(p, labels, ks=(1,))[0]
                                      for n, p in zip(scale_correct, by_scale, strict=True)]
                     probabilities = torch.stack(by_scale).mean(dim=0)  # = the mean over all views
@@ -248,6 +277,8 @@ def evaluate(model: nn.Module, data: Dataset | str | os.PathLike, protocol: str 
             bar.set_postfix(top1_error=f"{100.0 * (1 - correct1 / images):.2f}%")
     finally:
         bar.close()
+        if own_batchnorm is not None:
+            load_batchnorm_state(model, own_batchnorm)
         model.train(was_training)
     seconds = time.perf_counter() - start
     if images == 0:
@@ -258,6 +289,7 @@ def evaluate(model: nn.Module, data: Dataset | str | os.PathLike, protocol: str 
     if multiscale:  # each scale alone (with its flip), to see which scales help
         extra["per_scale_top1_error"] = {str(side): 100.0 * (1 - n / images) for side, n in zip(scales, scale_correct,
                                                                                                  strict=True)}
+        extra["fcn_reduction"] = fcn_reduction
     return extra | {
         "protocol": protocol,
         "top1_error": 100.0 * (1 - correct1 / images),
