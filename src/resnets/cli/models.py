@@ -84,6 +84,16 @@ def run_pretrained(args: argparse.Namespace) -> int:
     print("\n* the model's default tag: what `--pretrained MODEL` and create_model(MODEL, pretrained=True) load.\n"
           "Load any with resnets.create_model(\"MODEL.TAG\") or --pretrained MODEL.TAG. Error: the run's top-1 "
           "error, from the weights' .json.")
+    detectors = {name: meta for name, meta in list_pretrained("detection").items()
+                 if not args.names or meta["model"] in args.names or name in args.names}
+    if detectors:
+        print(f"\n{'detector':<28} {'box AP':>7} {'mask AP':>8}  measured on")
+        for name, meta in detectors.items():
+            scores = meta["scores"]
+            mask = f"{scores['mask_map']:>8.2f}" if "mask_map" in scores else f"{'-':>8}"
+            print(f"{name:<28} {scores['map']:>7.2f} {mask}  {meta['eval_images']} {meta['eval_split']} photos of "
+                  f"{meta['dataset']} (AP@[.5:.95], fp16 file)")
+        print("Load with `resnets detect predict PHOTO --pretrained NAME` or resnets.detection.load_detector(NAME).")
     return 0
 
 

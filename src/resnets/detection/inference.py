@@ -37,9 +37,13 @@ def detector_config(detector: torch.nn.Module, backbone: ResNet, recipe: Any, ca
             "categories": {str(k): v for k, v in sorted(categories.items())}}
 
 
-def save_detector(detector: torch.nn.Module, config: dict[str, Any], path: Path, metrics: dict[str, Any]) -> Path:
-    return atomic_torch_save({"format": DETECTOR_FORMAT, "config": config, "state_dict": detector.state_dict(),
-                              "metrics": metrics}, path)
+def save_detector(detector: torch.nn.Module, config: dict[str, Any], path: Path, metrics: dict[str, Any],
+                  storage: torch.dtype | None = None) -> Path:
+    """The detector file; `storage` (e.g. torch.float16 for a shipped detector) rounds its floating-point tensors."""
+    state = {key: value.detach().cpu().to(storage) if storage is not None and value.is_floating_point() else value
+             for key, value in detector.state_dict().items()}
+    return atomic_torch_save({"format": DETECTOR_FORMAT, "config": config, "state_dict": state, "metrics": metrics},
+                             path)
 
 
 def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:

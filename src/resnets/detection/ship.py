@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
-from ..io import atomic_torch_save, atomic_write_text, read_json
+import torch
+
+from ..io import atomic_write_text, read_json
 from ..models.pretrained import weight_file, write_manifest
 from ..runs import RunPaths
-from .inference import DETECTOR_FORMAT, evaluate_detector, load_detector
+from .inference import evaluate_detector, load_detector, save_detector
 from .train import open_detection_data
 
 
@@ -38,16 +39,14 @@ def ship_detector(run_dir: str | Path, tag: str | None = None, data: str | Path 
                          "shipped (finish it with --resume)")
     tag = tag or summary.get("recipe", "synthetic")
     detector, detector_config = load_detector(paths.weights, device)
-    state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
-             for k, v in detector.state_dict().items()}
-    detector.load_state_dict(state)  # rounded to fp16 and back: the AP below is the shipped file's
+    detector.load_state_dict({k: v.half() if v.is_floating_point() else v  # rounded to fp16 and back: the AP
+                              for k, v in detector.state_dict().items()})  # below is the shipped file's
     split = summary["eval_split"]
     data = data or config["options"]["data"]
     scores = evaluate_detector(detector, open_detection_data(data, split), precision="fp32")
     name = detector_name(detector_config["kind"], summary["backbone"])
     path = weight_file(name, tag, weights_dir)
-    atomic_torch_save({"format": DETECTOR_FORMAT, "config": detector_config, "state_dict": state,
-                       "metrics": {"split": split, **scores}}, path)
+    save_detector(detector, detector_config, path, {"split": split, **scores}, storage=torch.float16)
     description = {
         "model": name, "pretrained": tag, "task": "detection", "dataset": Path(str(data)).name,
         "eval_split": split, "eval_images": summary[f"{split}_images"],
