@@ -43,7 +43,7 @@ def regenerate(root: Path, out_dir: Path) -> Path:
         patch.chdir(root)
         return write_report(args.run_dirs, out_dir / "REPRODUCTION.md", args.degradation, args.responses,
                             command=command, depth=args.depth, imagenette=args.imagenette,
-                            detection=args.detection, preact=args.preact)
+                            detection=args.detection, preact=args.preact, pennfudan=args.pennfudan)
 
 
 def matplotlib_of(png: Path) -> str:

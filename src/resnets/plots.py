@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,21 +61,44 @@ def plot_layer_responses(responses: Mapping[str, Sequence[float]], path: str | P
     return path
 
 
+_AP_KEY = re.compile(r"^(?P<split>[a-z]+)_map_50$")  # box AP@.5 on the held-out split: val_map_50, test_map_50
+_SEEDED = re.compile(r"^(?P<name>.+)-s\d+$")  # runs <name>-s<seed> of one backbone share a colour
+_COUNTS = {3: "three", 4: "four", 5: "five"}
+
+
 def plot_detection_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path) -> Path:
-    """Training loss (left) and validation mAP@.5 (solid) and mAP@[.5:.95] (dashed) (right), one colour per run."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for index, (label, records) in enumerate(runs.items()):
-        colour = f"C{index}"
+    """Training loss (left) and box AP@.5 (solid) and AP@[.5:.95] (dashed) on the held-out split (right), and mask
+    AP beside it when the records have it (Mask R-CNN). The split comes from the keys: `val_map` (a COCO folder's
+    validation images), `test_map` (Penn-Fudan's test photos). One colour per backbone: runs named <name>-s<seed>
+    share it and one legend entry."""
+    split = next((found["split"] for records in runs.values() for record in records for key in record
+                  if (found := _AP_KEY.match(key))), "val")
+    masks = any(f"{split}_mask_map" in record for records in runs.values() for record in records)
+    groups: dict[str, list[str]] = {}
+    for label in runs:
+        seeded = _SEEDED.match(label)
+        groups.setdefault(seeded["name"] if seeded else label, []).append(label)
+    colour = {label: f"C{index}" for index, members in enumerate(groups.values()) for label in members}
+    legend = {members[0]: members[0] if len(members) == 1 else f"{name} ({len(members)} runs)"
+              for name, members in groups.items()}
+    panels = (("", "box "), ("mask_", "mask ")) if masks else (("", ""),)
+    fig, (left, *right) = plt.subplots(1, 1 + len(panels), figsize=(5.5 * (1 + len(panels)), 4.2))
+    for label, records in runs.items():
         losses = [(r["iteration"], r["loss"]) for r in records if "loss" in r]
-        left.plot(*zip(*losses, strict=True), color=colour, linewidth=1, label=label)
-        for key, style in (("val_map_50", "-"), ("val_map", "--")):
-            points = [(r["iteration"], r[key]) for r in records if r.get(key) is not None]
-            if points:
-                right.plot(*zip(*points, strict=True), style, color=colour, marker="o", markersize=3,
-                           label=f"{label} {'mAP@.5' if key == 'val_map_50' else 'mAP@[.5:.95]'}")
-    left.set(xlabel="iteration", ylabel="training loss (sum of the four)", yscale="log")
-    right.set(xlabel="iteration", ylabel="validation mAP (%)")
-    for ax in (left, right):
+        left.plot(*zip(*losses, strict=True), color=colour[label], linewidth=1, label=legend.get(label))
+        for ax, (kind, _) in zip(right, panels, strict=True):
+            for suffix, style, name in (("_50", "-", "mAP@.5"), ("", "--", "mAP@[.5:.95]")):
+                key = f"{split}_{kind}map{suffix}"
+                points = [(r["iteration"], r[key]) for r in records if r.get(key) is not None]
+                if points:
+                    ax.plot(*zip(*points, strict=True), style, color=colour[label], marker="o", markersize=3,
+                            label=f"{legend[label]} {name}" if label in legend else None)
+    terms = len({key for records in runs.values() for r in records for key in r if key.startswith("loss_")})
+    left.set(xlabel="iteration", ylabel=f"training loss (sum of the {_COUNTS.get(terms, terms)})", yscale="log")
+    where = {"val": "validation", "test": "test-photo"}.get(split, split)
+    for ax, (_, kind) in zip(right, panels, strict=True):
+        ax.set(xlabel="iteration", ylabel=f"{where} {kind}mAP (%)")
+    for ax in (left, *right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "(Identity Mappings), e.g. results/preact")
     rep.add_argument("--detection", default=None, help="folder of <backbone>-s<seed> detection runs (Sec. 4.3 in "
                      "miniature), e.g. results/detection")
+    rep.add_argument("--pennfudan", default=None, help="folder of <backbone>-s<seed> Mask R-CNN runs on Penn-Fudan "
+                     "(Sec. 4.3 on real photos: box and mask AP), e.g. results/pennfudan")
     rep.add_argument("--degradation", default=None, help="folder of `resnets experiment degradation`")
     rep.add_argument("--responses", default=None, help="folder of `resnets analyze responses`")
     rep.add_argument("--out", default="REPRODUCTION.md")
@@ -159,7 +161,8 @@ def run_report(args: argparse.Namespace) -> int:
     from ..analysis.report import write_report
 
     path = write_report(args.run_dirs, args.out, args.degradation, args.responses, depth=args.depth,
-                        imagenette=args.imagenette, detection=args.detection, preact=args.preact)
+                        imagenette=args.imagenette, detection=args.detection, preact=args.preact,
+                        pennfudan=args.pennfudan)
     print(f"wrote {path}")
     return 0
 
