@@ -62,7 +62,7 @@ def test_a_plan_is_frozen() -> None:
      "run's schedule is onecycle); leave it out"),
     ({"recipe_name": "imagenette"},
      "recipe 'imagenette' is written for imagenet or imagenette, not cifar10: give --dataset imagenet or "
-     "imagenette, or a recipe for cifar10 (paper, fast)"),
+     "imagenette, or a recipe for cifar10 (paper, fast, cifar-fast)"),
     ({"recipe_name": "paper", "dataset": "imagenet"},
      "recipe 'paper' is written for cifar10 or cifar100, not imagenet: give --dataset cifar10 or cifar100, or a "
      "recipe for imagenet (paper-imagenet, step-90, imagenette)"),
@@ -129,5 +129,5 @@ def test_the_cli_refuses_with_one_line(capsys: pytest.CaptureFixture[str], tmp_p
     assert main(["train", "--recipe", "imagenette", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "resnets train: error: recipe 'imagenette' is written for imagenet or imagenette, not cifar10: give "
-        "--dataset imagenet or imagenette, or a recipe for cifar10 (paper, fast)"]
+        "--dataset imagenet or imagenette, or a recipe for cifar10 (paper, fast, cifar-fast)"]
     assert not (tmp_path / "x").exists()

@@ -121,6 +121,15 @@ RECIPES: dict[str, Recipe] = {
         notes="resnets fast recipe: one-cycle (peak at 15%, linear to 0), nesterov, wd 5e-4 on conv/fc weights, "
               "label smoothing 0.1, 30 epochs",
     ),
+    # `fast` squeezed to 14 epochs (about 10 minutes of ResNet-20 on 2 cores) with the peak lr doubled: chosen on
+    # 45k/5k of the training set (results/tuning-cifar14: 14 epochs at peak 0.2 -> 14.68% held-out error, 0.4 ->
+    # 14.42%, label smoothing 0.2 no better, batch 64 at 0.2 14.20% at twice the steps; 1 run each).
+    "cifar-fast": Recipe(
+        name="cifar-fast", batch_size=128, lr=0.4, nesterov=True, weight_decay=5e-4, weight_decay_on_bn=False,
+        schedule="onecycle", epochs=14, peak_fraction=0.15, milestones=(), label_smoothing=0.1,
+        notes="resnets time-to-accuracy recipe: `fast` in 14 epochs at peak lr 0.4 (one-cycle, peak at 15%, linear "
+              "to 0), nesterov, wd 5e-4 on conv/fc weights, label smoothing 0.1",
+    ),
     # Sec. 3.4: batch 256, lr 0.1 /10 on plateaus of the validation error, up to 60e4 iterations.
     "paper-imagenet": Recipe(
         name="paper-imagenet", batch_size=256, schedule="plateau", iterations=600_000, milestones=(),
