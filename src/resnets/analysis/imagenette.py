@@ -131,6 +131,9 @@ def protocol_rows(series: Mapping[str, Sequence[RunRecord]]) -> list[dict[str, A
         per_scale = [r["multiscale"].get("per_scale_top1_error") for r in results]  # absent in older records
         row["multiscale_per_scale"] = ({side: statistics.fmean(p[side] for p in per_scale) for side in per_scale[0]}
                                        if all(per_scale) else None)
+        # records written before the reduction was recorded averaged softmax over positions (then the default)
+        row["multiscale_reduction"] = sorted({r["multiscale"].get("fcn_reduction", "softmax_then_mean")
+                                              for r in results})
         rows.append(row)
     return rows
 

@@ -298,6 +298,11 @@ def _imagenette_section(writer: ReportWriter, folder: Path, series: dict[str, li
     recipe = first.config["recipe"]
     sides = multiscale_sides(recipe["crop_size"])
     scales = ", ".join(map(str, sides))
+    reductions = sorted({reduction for row in rows for reduction in row["multiscale_reduction"]})
+    reduction = {"mean_then_softmax": "each score map averaged over positions, then the softmax (VGG's dense "
+                                      "evaluation, the paper's)",
+                 "softmax_then_mean": "the softmax at each position of a score map, then averaged (not the paper's "
+                                      "order, and no longer the default: `resnets eval --fcn-reduction`)"}
     by_scale = [(net_label(row["model"]), *("-" if row["multiscale_per_scale"] is None
                                             else f"{row['multiscale_per_scale'][str(side)]:.2f}" for side in sides),
                  f"{row['multiscale_top1_error']:.2f}") for row in rows]
@@ -313,7 +318,7 @@ def _imagenette_section(writer: ReportWriter, folder: Path, series: dict[str, li
             f"Table 3 in miniature: top-1 / top-5 validation error (%) per test protocol. center: shorter side "
             f"{first.config['recipe']['eval_resize']}, one {first.config['recipe']['crop_size']} crop; 10crop: "
             f"corners and centre and their flips; multiscale: the whole image, fully convolutional, at shorter "
-            f"sides {scales} and flips.",
+            f"sides {scales} and flips; " + "; ".join(f"`{r}`: {reduction[r]}" for r in reductions) + ".",
             table(("net", *PROTOCOLS), table3),
             f"Multi-scale testing, each scale alone (the whole image and its flip): top-1 validation error (%). "
             f"Training saw shorter sides {recipe['scale_min']}-{recipe['scale_max']}, cropped to "
