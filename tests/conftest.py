@@ -134,3 +134,29 @@ def write_synthetic_imagenette(folder: Path, train_per_class: int = 12, val_per_
                 Image.fromarray(photo.permute(1, 2, 0).numpy()).save(folder / split / wnid / f"{wnid}_{index}.JPEG",
                                                                      quality=90)
     return folder
+
+
+def resume_detection_at_iteration_2(options, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A 4-iteration detection run (already trained in options.out, checkpointing every 2) restarted as if killed
+    after its checkpoint at iteration 2; asserts it resumes (announced at iteration 2, not a restart from zero, which
+    would end with the same weights in deterministic mode) and ends bit-identical to the uninterrupted run."""
+    import dataclasses
+    import shutil
+
+    from resnets.detection import load_detector, train_detector
+
+    whole = Path(options.out)
+    resumed = whole.parent / f"{whole.name}-resumed"
+    shutil.copytree(whole, resumed)
+    shutil.copy(resumed / "checkpoints" / "previous.pt", resumed / "checkpoints" / "last.pt")
+    (resumed / "model.pt").unlink()
+    assert torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 2
+    capsys.readouterr()
+    train_detector(dataclasses.replace(options, out=str(resumed), resume="auto"))
+    announced = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resumed ")]
+    assert announced == [f"resumed {resumed / 'checkpoints' / 'last.pt'} at iteration 2 of 4"]
+    a, _ = load_detector(whole)
+    b, _ = load_detector(resumed)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    return resumed

@@ -3,9 +3,7 @@ frozen BN and trainable stages, and a tiny end-to-end run that resumes bit-exact
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -22,14 +20,13 @@ from resnets.detection import (
     DetectionOptions,
     DetectionRecipe,
     build_detector,
-    load_detector,
     make_synthetic_detection,
     train_detector,
 )
 from resnets.detection.backbones import ResNetC4Head, freeze_batchnorm
 from resnets.detection.experiment import run_detection_series
 
-from .conftest import skip_without_data
+from .conftest import resume_detection_at_iteration_2, skip_without_data
 
 PHOTOS = ("n01440764_tench.JPEG", "n01530575_brambling.JPEG")
 SMALL = {"min_size": 224, "max_size": 320, "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100,
@@ -160,21 +157,7 @@ def test_training_resumes_bit_exactly_and_the_cli_predicts_boxes(tiny_detection_
     assert [r["iteration"] for r in records] == [1, 2, 3, 4] and "val_map" in records[-1]
 
     # As if killed after the checkpoint at iteration 2 (kept as previous.pt when iteration 4's replaced it).
-    resumed = tmp_path / "resumed"
-    shutil.copytree(whole, resumed)
-    shutil.copy(resumed / "checkpoints" / "previous.pt", resumed / "checkpoints" / "last.pt")
-    (resumed / "model.pt").unlink()
-    assert torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 2
-    capsys.readouterr()
-    train_detector(dataclasses.replace(options, out=str(resumed), resume="auto"))
-    # A resume, not a restart from zero (which would end with the same weights in deterministic mode): it announces
-    # the checkpoint's iteration, trains the last two iterations only, and ends where the uninterrupted run did.
-    announced = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resumed ")]
-    assert announced == [f"resumed {resumed / 'checkpoints' / 'last.pt'} at iteration 2 of 4"]
-    a, _ = load_detector(whole)
-    b, _ = load_detector(resumed)
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
-        assert torch.equal(x, y), name
+    resumed = resume_detection_at_iteration_2(options, capsys)
     assert [json.loads(line)["iteration"] for line in (resumed / "metrics.jsonl").read_text().splitlines()] == [
         1, 2, 3, 4]
 

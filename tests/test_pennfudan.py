@@ -32,7 +32,7 @@ from resnets.detection.ship import ship_detector
 from resnets.models import weights as weights_module
 from resnets.models.pretrained import list_pretrained
 
-from .conftest import skip_without_data
+from .conftest import resume_detection_at_iteration_2, skip_without_data
 
 
 @pytest.fixture(scope="module")
@@ -152,18 +152,8 @@ def test_mask_rcnn_on_pennfudan_resumes_bit_exactly_predicts_masks_and_ships(
     config = json.loads((whole / "config.json").read_text())
     assert sorted(config["split"]["train"] + config["split"]["test"]) == names
 
-    resumed = tmp_path / "resumed"
-    shutil.copytree(whole, resumed)
-    shutil.copy(resumed / "checkpoints" / "previous.pt", resumed / "checkpoints" / "last.pt")
-    (resumed / "model.pt").unlink()
-    capsys.readouterr()
-    train_detector(dataclasses.replace(options, out=str(resumed), resume="auto"))
-    announced = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resumed ")]
-    assert announced == [f"resumed {resumed / 'checkpoints' / 'last.pt'} at iteration 2 of 4"]
+    resume_detection_at_iteration_2(options, capsys)  # as if killed after its checkpoint at iteration 2
     a, _ = load_detector(whole)
-    b, _ = load_detector(resumed)
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
-        assert torch.equal(x, y), name
 
     photo = data / "JPEGImages" / f"{config['split']['test'][0]}.jpg"
     assert main(["detect", "predict", str(photo), "--pretrained", str(whole), "--out", str(tmp_path / "drawn"),
