@@ -180,3 +180,6 @@ def test_mask_rcnn_on_pennfudan_resumes_bit_exactly_predicts_masks_and_ships(
     assert "maskrcnn_resnet18.pennfudan" not in list_pretrained()  # not a classifier: create_model never sees it
     assert main(["detect", "eval", "--pretrained", "maskrcnn_resnet18.pennfudan", "--data", str(data)]) == 0
     assert json.loads(capsys.readouterr().out)["mask_map"] == pytest.approx(meta["scores"]["mask_map"], abs=0.005)
+    assert main(["models", "--pretrained"]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("maskrcnn_resnet18.pennfudan")]
+    assert len(listed) == 1 and f"{meta['scores']['map']:.2f}" in listed[0], listed
