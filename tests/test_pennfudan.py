@@ -22,6 +22,7 @@ from resnets.detection import (
     PennFudanDataset,
     detect_image,
     evaluate_detections,
+    evaluate_detector,
     load_detector,
     parse_annotation,
     pennfudan_split,
@@ -183,3 +184,18 @@ def test_mask_rcnn_on_pennfudan_resumes_bit_exactly_predicts_masks_and_ships(
     assert main(["models", "--pretrained"]) == 0
     listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("maskrcnn_resnet18.pennfudan")]
     assert len(listed) == 1 and f"{meta['scores']['map']:.2f}" in listed[0], listed
+
+
+def test_the_shipped_detector_gives_the_ap_in_its_metadata(root: Path) -> None:
+    """maskrcnn_resnet18.pennfudan on the 50 recorded test photos, as `resnets detect eval` runs it: within 0.5 AP
+    points of its .json (measured when it was shipped, on the same fp16 file)."""
+    shipped = list_pretrained("detection")
+    if "maskrcnn_resnet18.pennfudan" not in shipped:
+        pytest.fail("maskrcnn_resnet18.pennfudan is not shipped (src/resnets/assets/weights)")
+    meta = shipped["maskrcnn_resnet18.pennfudan"]
+    detector, _ = load_detector("maskrcnn_resnet18.pennfudan")
+    dataset = PennFudanDataset(root, "test")
+    assert sorted(dataset.names) == sorted(meta["split"]["test"])  # the split it was trained and measured with
+    scores = evaluate_detector(detector, dataset)
+    for key in ("map", "map_50", "mask_map", "mask_map_50"):
+        assert scores[key] == pytest.approx(meta["scores"][key], abs=0.5), key

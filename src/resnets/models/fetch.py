@@ -181,7 +181,8 @@ def manifest_entry(path: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
     if (meta.get("preprocess") or {}).get("mean_image") is not None:
         preprocess["mean_image"] = "per-pixel mean image, stored in the weight file"
     return {"file": path.name, "sha256": file_sha256(path), "size": path.stat().st_size,
-            "dataset": meta.get("dataset"), "test_top1_error": meta.get("test_top1_error"),
+            "task": meta.get("task", "classification"), "dataset": meta.get("dataset"),
+            "test_top1_error": meta.get("test_top1_error"),
             "test_images": meta.get("test_images"), "preprocess": preprocess}
 
 
