@@ -39,11 +39,14 @@ def same_tensors(model: torch.nn.Module, file_name: str) -> bool:
     return all(torch.equal(value.float(), stored[key].float()) for key, value in model.state_dict().items())
 
 
-def shipped_on_disk() -> dict[str, dict]:
-    """`model.tag` -> metadata for every .json in the folder; the paper recipe's old files say "pretrained": true."""
+def shipped_on_disk(task: str | None = "classification") -> dict[str, dict]:
+    """`model.tag` -> metadata for every .json in the folder (of `task`, None: all; a detector's says "task":
+    "detection"); the paper recipe's old files say "pretrained": true."""
     found = {}
     for path in sorted(FOLDER.glob("*.json")):
         meta = json.loads(path.read_text())
+        if task is not None and meta.get("task", "classification") != task:
+            continue
         tag = "paper" if meta["pretrained"] is True else meta["pretrained"]
         found[f"{meta['model']}.{tag}"] = meta
     return found
@@ -90,8 +93,9 @@ def test_weight_file_keeps_the_names_on_disk() -> None:
     assert weight_file("resnet20", "paper") == FOLDER / "resnet20.pt"
     assert weight_file("resnet20", "fast") == FOLDER / "resnet20-fast.pt"
     assert weight_file("resnet18", "imagenette", "/x") == Path("/x/resnet18-imagenette.pt")
-    listed = resnets.list_pretrained()
-    assert list(listed) == sorted(shipped_on_disk())
+    assert list(resnets.list_pretrained()) == sorted(shipped_on_disk())
+    listed = resnets.list_pretrained(task=None)  # classifiers and detectors: one naming scheme, one folder
+    assert list(listed) == sorted(shipped_on_disk(None)) and "maskrcnn_resnet18.pennfudan" in listed
     assert sorted(weight_file(meta["model"], meta["tag"]).name for meta in listed.values()) == sorted(
         path.name for path in FOLDER.glob("*.pt"))
 
@@ -234,7 +238,8 @@ def test_models_pretrained_lists_every_shipped_tag_with_its_error(capsys: pytest
     assert main(["models", "--pretrained"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if "." in line.split(" ")[0]}
     shipped = shipped_on_disk()
-    assert {"resnet20.paper", "resnet20.fast", "resnet18.imagenette"} <= set(shipped) == set(lines)
+    assert {"resnet20.paper", "resnet20.fast", "resnet18.imagenette"} <= set(shipped)
+    assert set(lines) == set(shipped_on_disk(None))  # the detectors in a table of their own
     for name, meta in shipped.items():
         assert f" {meta['test_top1_error']:.2f}% " in lines[name]
         assert f"{meta['test_images']:,} " in lines[name] and meta["data"] in lines[name]
