@@ -73,9 +73,6 @@ class DetectionRecipe:
                 "rpn_pre_nms_top_n_train": 2 * self.proposals_train, "rpn_post_nms_top_n_train": self.proposals_train,
                 "rpn_pre_nms_top_n_test": 2 * self.proposals_test, "rpn_post_nms_top_n_test": self.proposals_test}
 
-    def record(self) -> dict[str, Any]:
-        return asdict(self)
-
     def lr_at(self, iteration: int) -> float:
         if iteration < self.warmup_iterations:  # linear warm-up from lr/1000, as torchvision's detection recipe
             return self.lr * (0.001 + 0.999 * iteration / self.warmup_iterations)
