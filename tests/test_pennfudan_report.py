@@ -6,6 +6,7 @@ figure draws the test-split box and mask AP."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def scores(split: str, values: tuple[float, ...]) -> dict[str, float]:
 def fabricate(folder: Path, values: dict[str, list[tuple[float, ...]]] = VALUES, split: str = "test",
               photos: dict[str, list[str]] = SPLIT) -> Path:
     """Run directories as `resnets experiment detection` on Penn-Fudan writes them: summary, config, metrics."""
-    recipe = json.loads(json.dumps(PENNFUDAN_RECIPE.record()))
+    recipe = json.loads(json.dumps(asdict(PENNFUDAN_RECIPE)))
     for backbone, runs in values.items():
         for seed, run in enumerate(runs):
             run_dir = folder / f"{backbone}-s{seed}"
