@@ -1,4 +1,5 @@
-"""The paper's ImageNet transforms (Sec. 3.4): per image on uint8 CHW tensors, and batched (`ScaleCropFlip`).
+"""The paper's ImageNet transforms (Sec. 3.4): per image on uint8 CHW tensors, and batched (`ScaleCropFlip`; beyond
+the paper, `RandomResizedCropFlip`).
 
 Training: shorter side resized to a random integer in [256, 480], a random 224x224 crop, a random
 horizontal flip, conversion to float in [0, 1], AlexNet's PCA lighting noise, mean subtraction.
@@ -15,6 +16,7 @@ reseed it in a `worker_init_fn` (e.g. `transform.generator.manual_seed(torch.ini
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -280,6 +282,50 @@ class ScaleCropFlip:
         lighting = 0.0 if self.lighting is None else self.lighting.alpha_std
         return (f"ScaleCropFlip(image_size={self.image_size}, scale={self.scale}, crop_size={self.crop_size}, "
                 f"lighting_std={lighting}, normalize={self.normalize!r})")
+
+
+class RandomResizedCropFlip(ScaleCropFlip):
+    """Random-resized crops (Inception / torchvision `RandomResizedCrop`) for a batch held on the device: per image a
+    box of `area` x the image area (uniform) and aspect ratio w/h log-uniform in `ratio`, at a uniform position,
+    resized to `crop_size` and flipped half the time, by the one `grid_sample` of `ScaleCropFlip`. Where torchvision
+    retries a box that does not fit 10 times and then falls back to the centre, a box is clipped to the image here
+    (a side longer than the image becomes the image's side), so that drawing stays a few batch-wide tensor ops."""
+
+    def __init__(self, image_size: tuple[int, int], area: tuple[float, float] = (0.25, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), crop_size: int = 112, lighting_std: float = 0.0,
+                 eigval: Sequence[float] | torch.Tensor = IMAGENET_LIGHTING_EIGVAL,
+                 eigvec: Sequence[Sequence[float]] | torch.Tensor = IMAGENET_LIGHTING_EIGVEC,
+                 normalize: Normalize | None = None) -> None:
+        if not (len(area) == 2 and 0 < area[0] <= area[1] <= 1 and 0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"crop area must be two fractions 0 < low <= high <= 1 and ratio 0 < low <= high, got "
+                             f"area {tuple(area)}, ratio {tuple(ratio)}; fix --set crop_area=LOW,HIGH")
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.area, self.ratio = (float(area[0]), float(area[1])), (float(ratio[0]), float(ratio[1]))
+        self.crop_size = int(crop_size)
+        self.output_size = (self.crop_size, self.crop_size)
+        self.lighting = PCALighting(lighting_std, eigval, eigvec) if lighting_std > 0 else None
+        self.normalize = Normalize() if normalize is None else normalize
+
+    def draw(self, count: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Per image: its source box (x1, y1, x2, y2) in pixels, flip and lighting alpha."""
+        height, width = self.image_size
+        area = height * width * (self.area[0] + (self.area[1] - self.area[0]) * torch.rand(count, generator=generator))
+        log_low, log_high = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.exp(log_low + (log_high - log_low) * torch.rand(count, generator=generator))
+        box_w = torch.sqrt(area * aspect).clamp(max=width)
+        box_h = torch.sqrt(area / aspect).clamp(max=height)
+        left = torch.rand(count, generator=generator) * (width - box_w)
+        top = torch.rand(count, generator=generator) * (height - box_h)
+        flips = torch.rand(count, generator=generator) < 0.5
+        alpha = (self.lighting.sample_alpha(generator, count) if self.lighting is not None
+                 else torch.zeros(count, 3))
+        boxes = torch.stack([left, top, left + box_w, top + box_h], dim=1)
+        return {"flips": flips, "boxes": boxes.float(), "alpha": alpha}
+
+    def __repr__(self) -> str:
+        lighting = 0.0 if self.lighting is None else self.lighting.alpha_std
+        return (f"RandomResizedCropFlip(image_size={self.image_size}, area={self.area}, ratio={self.ratio}, "
+                f"crop_size={self.crop_size}, lighting_std={lighting}, normalize={self.normalize!r})")
 
 
 class EvalTransform:

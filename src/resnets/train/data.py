@@ -33,13 +33,17 @@ from ..data.loader import FolderBatchLoader, TensorBatchLoader, TrainingData
 from ..data.paths import datasets_root
 from ..data.preprocess import Preprocessing
 from ..data.transforms import (
+    IMAGENET_RGB_MEAN,
+    IMAGENET_RGB_STD,
     EvalTransform,
     Normalize,
     PaperTrainTransform,
+    RandomResizedCropFlip,
     ScaleCropFlip,
     compute_mean_image,
     compute_pca_lighting,
     pixel_pca,
+    resize_shorter_side,
 )
 from ..runtime import Runtime
 from .recipes import DATASETS, Recipe, RunOptions
@@ -109,8 +113,14 @@ def build_decoded_imagenet_data(options: RunOptions, recipe: Recipe, runtime: Ru
     root = Path(options.data) if options.data else datasets_root() / name
     train = read_image_folder(root, "train", size, kind=name)
     val = read_image_folder(root, "val", size, kind=name)
-    geometry = DecodedGeometry(size, (recipe.scale_min, recipe.scale_max), recipe.crop_size, recipe.eval_resize)
-    data = decoded_training_data(options, recipe, runtime, train, val, geometry)
+    geometry = DecodedGeometry(size, (recipe.scale_min, recipe.scale_max), recipe.crop_size, recipe.eval_resize,
+                               recipe.eval_crop or recipe.crop_size)
+    held_out = None
+    if recipe.val_split:  # tuning: a seeded part of the training photos held out, evaluated as "val"
+        train_index, val_index = train_val_split(len(train), recipe.val_split, seed=0)
+        held_out = _part(train, val_index.sort().values)
+        train = _part(train, train_index)
+    data = decoded_training_data(options, recipe, runtime, train, val, geometry, held_out=held_out)
     data.description = {"source": f"{train.source}; {val.source}", "dataset": name, **data.description}
     return data
 
@@ -118,34 +128,40 @@ def build_decoded_imagenet_data(options: RunOptions, recipe: Recipe, runtime: Ru
 @dataclass(frozen=True)
 class DecodedGeometry:
     """Sizes of a decoded photo set: images stored `image_size` square, trained on random `crop` views of shorter
-    side in `scale`, evaluated on the centre `crop` of shorter side `resize`."""
+    side in `scale` (or random-resized crops of the photo at `resize`), evaluated on the centre `eval_crop` of
+    shorter side `resize`."""
 
     image_size: int
     scale: tuple[int, int]
     crop: int
     resize: int
+    eval_crop: int
 
 
 def decoded_training_data(options: RunOptions, recipe: Recipe, runtime: Runtime, train: DecodedImages,
-                          val: DecodedImages, geometry: DecodedGeometry,
-                          preprocess: Preprocessing | None = None) -> TrainingData:
+                          val: DecodedImages, geometry: DecodedGeometry, preprocess: Preprocessing | None = None,
+                          held_out: DecodedImages | None = None) -> TrainingData:
     """Loaders over decoded photos held whole on the device: Sec. 3.4's augmentation per batch (`ScaleCropFlip`),
     evaluation on centre views made once. `preprocess` (weights' own, when fine-tuning) fixes the normalisation;
     without it, the per-pixel mean image of the training photos' centre views is subtracted (Sec. 3.4)."""
-    size, crop = geometry.image_size, geometry.crop
+    size, crop, eval_crop = geometry.image_size, geometry.crop, geometry.eval_crop
     train_images, train_labels = train.images, train.labels
     if options.subset:
         chosen = random_subset(len(train_labels), options.subset, options.seed)
         train_images, train_labels = train_images[chosen], train_labels[chosen]
     picked = spread_indices(len(val.labels), options.eval_subset)  # val folders are sorted by class
     # Evaluation sees what `preprocess` and the `center` protocol feed a network: the same uint8 resize and crop.
-    center = EvalTransform(geometry.resize, crop).geometry
+    center = EvalTransform(geometry.resize, eval_crop).geometry
     val_views = torch.cat([center(part) for part in val.images[picked].split(256)])
     train_views = torch.cat([center(part) for part in train_images.split(256)])
-    if preprocess is None:
-        # Sec. 3.4: "the per-pixel mean subtracted", of centre views (at most recipe.mean_images, spread over classes)
+    if preprocess is None and recipe.mean == "channel":  # beyond the paper: torchvision's per-channel mean and std
+        preprocess = Preprocessing("imagenet", geometry.resize, eval_crop, IMAGENET_RGB_MEAN, IMAGENET_RGB_STD)
+    elif preprocess is None:
+        # Sec. 3.4: "the per-pixel mean subtracted", of centre views (at most recipe.mean_images, spread over classes).
+        # Only a network fed crops of the mean image's own size gets it whole (train crop = test crop); otherwise
+        # Normalize subtracts its per-channel average from the training crops.
         mean_image = per_pixel_mean(train_views[spread_indices(len(train_views), recipe.mean_images)])
-        preprocess = Preprocessing("imagenet", geometry.resize, crop, tuple(mean_image.mean(dim=(1, 2)).tolist()),
+        preprocess = Preprocessing("imagenet", geometry.resize, eval_crop, tuple(mean_image.mean(dim=(1, 2)).tolist()),
                                    None, mean_image)
     normalize = preprocess.normalize
     device = runtime.device
@@ -156,25 +172,41 @@ def decoded_training_data(options: RunOptions, recipe: Recipe, runtime: Runtime,
     if recipe.lighting_pca == "computed" and recipe.lighting_std > 0:
         eigval, eigvec = pixel_pca(train_views.split(256))
         pca = {"eigval": eigval, "eigvec": eigvec}
-    augment = (ScaleCropFlip((size, size), geometry.scale, crop, recipe.lighting_std,
-                             normalize=Normalize(device_mean if normalize.per_pixel else device_mean.flatten(),
-                                                 None if device_std is None else device_std.flatten()), **pca)
-               if recipe.augment else False)
+    train_normalize = Normalize(device_mean if normalize.per_pixel and eval_crop == crop else device_mean.mean((1, 2)),
+                                None if device_std is None else device_std.flatten())
     train_source = train_images if recipe.augment else train_views
+    if recipe.augment and recipe.crop_area:
+        # Crops of the photo as the test sees it (shorter side `resize`, made once, antialiased): one source
+        # resolution for training and testing, as FixRes trains its crops.
+        train_source = torch.cat([resize_shorter_side(part, geometry.resize) for part in train_images.split(256)])
+        augment = RandomResizedCropFlip(tuple(train_source.shape[-2:]), tuple(recipe.crop_area), crop_size=crop,
+                                        lighting_std=recipe.lighting_std, normalize=train_normalize, **pca)
+    else:
+        augment = (ScaleCropFlip((size, size), geometry.scale, crop, recipe.lighting_std, normalize=train_normalize,
+                                 **pca) if recipe.augment else False)
     plain = {} if recipe.augment else {"mean": device_mean, "std": device_std}
     train_loader = TensorBatchLoader(
         train_source.to(device), train_labels.to(device), batch_size=recipe.batch_size // runtime.world_size,
         shuffle=True, augment=augment, drop_last=True, seed=options.seed, rank=runtime.rank,
         world_size=runtime.world_size, channels_last=options.channels_last, **plain)
     shard = slice(runtime.rank, None, runtime.world_size)
-    evaluation = TensorBatchLoader(val_views[shard].to(device), val.labels[picked][shard].to(device),
-                                   batch_size=IMAGENET_EVAL_BATCH * 4, mean=device_mean, std=device_std,
-                                   channels_last=options.channels_last)
+    def evaluation(views: torch.Tensor, labels: torch.Tensor) -> TensorBatchLoader:
+        return TensorBatchLoader(views[shard].to(device), labels[shard].to(device), batch_size=IMAGENET_EVAL_BATCH * 4,
+                                 mean=device_mean, std=device_std, channels_last=options.channels_last)
+
+    evals = {"test": evaluation(val_views, val.labels[picked])}
+    if held_out is not None:
+        evals["val"] = evaluation(torch.cat([center(part) for part in held_out.images.split(256)]), held_out.labels)
     description = {"train_images": len(train_labels), "test_images": len(picked), "classes": len(train.classes),
+                   **({"val_images": len(held_out)} if held_out is not None else {}),
                    "lighting": {k: v.tolist() for k, v in pca.items()} or "imagenet (AlexNet)",
                    "class_to_idx": {wnid: index for index, wnid in enumerate(train.classes)}}
-    return TrainingData(train_loader, {"test": evaluation}, list(train.classes), len(train_labels), preprocess,
-                        description)
+    return TrainingData(train_loader, evals, list(train.classes), len(train_labels), preprocess, description)
+
+
+def _part(images: DecodedImages, index: torch.Tensor) -> DecodedImages:
+    return DecodedImages(images.images[index], images.labels[index], images.classes, images.source,
+                         [images.files[i] for i in index.tolist()])
 
 
 def build_folder_data(options: RunOptions, recipe: Recipe, runtime: Runtime,
@@ -189,7 +221,10 @@ def build_folder_data(options: RunOptions, recipe: Recipe, runtime: Runtime,
                                                                                       preprocess.resize)
     factor = crop / recipe.crop_size
     scale = (max(crop, round(recipe.scale_min * factor)), max(crop, round(recipe.scale_max * factor)))
-    geometry = DecodedGeometry(scale[1], scale, crop, resize)  # stored at the largest shorter side drawn
+    eval_crop = (recipe.eval_crop or recipe.crop_size) if preprocess is None else preprocess.crop
+    if preprocess is not None:  # the weights' record holds the test crop; train crops keep the recipe's ratio to it
+        crop = round(preprocess.crop * recipe.crop_size / (recipe.eval_crop or recipe.crop_size))
+    geometry = DecodedGeometry(scale[1], scale, crop, resize, eval_crop)  # stored at the largest shorter side drawn
     has_val = (root / "val").is_dir()
     _check_fits_in_memory(root, ("train", "val") if has_val else ("train",), geometry.image_size)
     train = read_image_folder(root, "train", geometry.image_size, fit=True)
@@ -265,13 +300,9 @@ def hold_out(train: DecodedImages, root: Path) -> tuple[DecodedImages, DecodedIm
     held_mask[held] = True
     val_index, train_index = held_mask.nonzero().flatten(), (~held_mask).nonzero().flatten()  # sorted: by class
 
-    def part(index: torch.Tensor) -> DecodedImages:
-        return DecodedImages(train.images[index], train.labels[index], train.classes, train.source,
-                             [train.files[i] for i in index.tolist()])
-
     files = [Path(train.files[i]).relative_to(root).as_posix() for i in val_index.tolist()]
     record = {"fraction": FOLDER_VAL_FRACTION, "seed": FOLDER_SPLIT_SEED, "images": len(files), "files": files}
-    return part(train_index), part(val_index), record
+    return _part(train, train_index), _part(train, val_index), record
 
 
 def _find_split(root: Path, split: str) -> Path:
@@ -288,6 +319,10 @@ def build_imagenet_data(options: RunOptions, recipe: Recipe, runtime: Runtime) -
     train_set = open_image_folder(_find_split(root, "train"), on_bad_image=on_bad)
     val_set = open_image_folder(_find_split(root, "val"), class_to_idx=train_set.class_to_idx,
                                 labels_file=options.val_labels, on_bad_image=on_bad)
+    if recipe.crop_area or (recipe.eval_crop and recipe.eval_crop != recipe.crop_size):
+        raise ValueError(f"recipe {recipe.name!r}: random-resized crops (crop_area) and a test crop other than the "
+                         "training crop (eval_crop) run on decoded photo sets (imagenette, folder); for ImageNet "
+                         "folders give --set crop_area= --set eval_crop=0")
     if options.subset:
         chosen = random_subset(len(train_set), options.subset, options.seed)
         train_set = ImageFolderDataset.from_samples([train_set.samples[i] for i in chosen],

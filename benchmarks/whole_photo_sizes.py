@@ -1,0 +1,95 @@
+"""Does a net survive a change of input size? Its error on the whole validation photo resized to several sides, beside
+its `center` protocol error, on every Imagenette validation photo.
+
+Only the public path a user has: `resnets.create_model(name, pretrained=...)`, `resnets.preprocess` (the weights' own
+record: resize, centre crop, mean) and the model, no BatchNorm recalibration. For side S the photo (224x224) is
+resized whole to SxS (antialiased), then normalised as the record says (a per-pixel mean image falls back to its
+per-channel average at any other size, as `Normalize` does). Issue #36 asks for a whole-photo error at sides 128-192
+no more than 2 points above the centre error.
+
+    RESNETS_DATASETS=../shared/datasets python benchmarks/whole_photo_sizes.py resnet18.imagenette-fast runs/r34 \
+        --sides 128 160 192 [--photos N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+import resnets
+from resnets.data.folder import read_image
+from resnets.data.paths import datasets_root
+from resnets.data.preprocess import preprocessing_of
+from resnets.io import atomic_write_json
+
+BATCH = 100
+
+
+def load(name: str) -> torch.nn.Module:
+    """A shipped MODEL.TAG, or a run directory (its model named in its summary.json)."""
+    run = Path(name)
+    if run.is_dir():
+        return resnets.create_model(json.loads((run / "summary.json").read_text())["model"], pretrained=run).eval()
+    return resnets.create_model(name, pretrained=True).eval()
+
+
+def errors_by_side(model: torch.nn.Module, photos: list[Path], sides: list[int]) -> dict[str, float]:
+    """Top-1 error (%) of the `center` protocol (the weights' own preprocessing) and of the whole photo at each side."""
+    record = preprocessing_of(model)
+    classes = model.meta["classes"]
+    labels = torch.tensor([classes.index(photo.parent.name) for photo in photos])
+    channel = dataclasses.replace(record, mean_image=None)  # the mean image's per-channel average, as Normalize does
+    wrong = dict.fromkeys(["center", *map(str, sides)], 0)
+    with torch.inference_mode():
+        for start in range(0, len(photos), BATCH):
+            images = [read_image(photo) for photo in photos[start:start + BATCH]]
+            truth = labels[start:start + BATCH]
+            wrong["center"] += int((model(resnets.preprocess(model, images)).argmax(1) != truth).sum())
+            for side in sides:
+                whole = torch.stack([TF.resize(image, [side, side], antialias=True) for image in images])
+                inputs = channel.normalize(whole.float().div_(255))
+                wrong[str(side)] += int((model(inputs).argmax(1) != truth).sum())
+    return {key: 100 * count / len(photos) for key, count in wrong.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("weights", nargs="+", help="shipped MODEL.TAG names, run directories or weight files")
+    parser.add_argument("--sides", type=int, nargs="+", default=[128, 160, 192])
+    parser.add_argument("--photos", type=int, default=None, help="the first N validation photos (default: all)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
+    args = parser.parse_args()
+    folder = datasets_root() / "imagenette" / "val"
+    photos = sorted(folder.rglob("*.JPEG"))
+    if not photos:
+        parser.error(f"no *.JPEG photos under {folder}; set RESNETS_DATASETS to the folder that holds imagenette/")
+    if args.photos:  # spread over the classes (the folders are sorted by class)
+        photos = photos[::max(1, len(photos) // args.photos)][:args.photos]
+    table = {}
+    print(f"{len(photos)} Imagenette validation photos; top-1 error (%): centre protocol, then the whole photo at "
+          "each side (no BN recalibration)")
+    print("| weights | center | " + " | ".join(f"whole {side}" for side in args.sides) + " | worst - center |")
+    print("|---|---|" + "---|" * len(args.sides) + "---|")
+    for name in args.weights:
+        started = time.perf_counter()
+        try:
+            model = load(name)
+        except (ValueError, FileNotFoundError, KeyError) as error:
+            parser.error(str(error))
+        result = errors_by_side(model, photos, args.sides)
+        gap = max(result[str(side)] for side in args.sides) - result["center"]
+        table[name] = {**result, "worst_minus_center": gap, "photos": len(photos)}
+        print(f"| {name} | {result['center']:.2f} | " + " | ".join(f"{result[str(s)]:.2f}" for s in args.sides)
+              + f" | {gap:+.2f} |  ({time.perf_counter() - started:.0f} s)")
+    if args.json:
+        atomic_write_json(args.json, table)
+
+
+if __name__ == "__main__":
+    main()
