@@ -111,8 +111,9 @@ def plot_detection_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path:
 def plot_time_to_accuracy(data: Mapping[str, Any], path: str | Path) -> Path:
     """Test error against wall-clock minutes (left) and epochs (right): `data["recipes"]` recipe -> run -> points
     (epoch, minutes, test_error), one line per run and one colour per recipe; `data["reference"]`, a recipe known by
-    its final error only, as a dotted line (and a star at its minutes); `data["thresholds"]` as thin grey lines.
-    y from 10% (lower if needed) to 40%: the early epochs above it are cut, the part that decides the comparison is
+    its final error only, as a dotted line (and a star at its minutes); `data["thresholds"]` as thin grey lines;
+    `data["ylabel"]` names the error (test error by default). y from 10% (lower if the curves or a threshold need it)
+    to `data["ymax"]` (40% by default): the early epochs above it are cut, the part that decides the comparison is
     not."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     lowest = min((p["test_error"] for runs in data["recipes"].values() for points in runs.values() for p in points),
@@ -132,9 +133,9 @@ def plot_time_to_accuracy(data: Mapping[str, Any], path: str | Path) -> Path:
         for threshold in data["thresholds"]:
             ax.axhline(threshold, color="0.6", linewidth=0.6)
         ax.set_xlabel(xlabel)
-        ax.set_ylim(min(10.0, lowest - 1.0), 40.0)
+        ax.set_ylim(min(10.0, lowest - 1.0, min(data["thresholds"], default=10.0) - 1.0), data.get("ymax", 40.0))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test error (%)")
+    axes[0].set_ylabel(data.get("ylabel", "test error (%)"))
     axes[1].legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     path = Path(path)

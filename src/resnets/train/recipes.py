@@ -63,6 +63,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["milestones"] = list(self.milestones)
+        data["crop_area"] = list(self.crop_area)  # as config.json reads back: comparisons with a record hold
         return data
 
     def unused_fields(self, dataset: str, pretrained: bool = False) -> dict[str, str]:

@@ -1,0 +1,178 @@
+"""Time to accuracy on Imagenette from run directories made here with known curves: minutes and epoch of the first
+evaluation at or below 20%, 15% and 10% ("not reached" otherwise), final error as mean ± std over seeds, one row per
+recipe and network; issue #35's two targets as verdicts that flip with the numbers; a missing recipe folder skipped
+and said so; tuning probes in their own table only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from resnets.analysis.time_to_accuracy_imagenette import (
+    deeper_verdict,
+    imagenette_time_to_accuracy_section,
+    target_verdict,
+)
+from resnets.models import model_spec
+from resnets.train.recipes import get_recipe
+
+ITERATIONS_PER_EPOCH = 10
+HARDWARE = {"device": "cpu", "world_size": 1, "torch": "2.x", "cpu": "x86_64", "threads": 2,
+            "cpu_capability": "AVX512", "cpu_native_bf16": True}
+CPU = "CPU x86_64, 2 threads, torch 2.x (AVX512, native bf16)"
+
+
+def write_run(path: Path, model: str, seed: int, recipe: str, errors: dict[int, float], minutes: list[float],
+              rates: list[float], key: str = "test_error", final: float | None = None, **changes: Any) -> Path:
+    """An Imagenette run directory as `resnets train` leaves it: one metrics line per epoch (len(minutes) epochs),
+    with `key` error at the epochs `errors` names; the summary's final error is `final` (the last error if None)."""
+    epochs = len(minutes)
+    iterations = epochs * ITERATIONS_PER_EPOCH
+    held_out = 1000 if key == "val_error" else 0
+    data = {"dataset": "imagenette", "source": "synthetic", "train_images": 9469 - held_out, "test_images": 3925,
+            "val_images": held_out}
+    config = {"options": {"model": model, "dataset": "imagenette", "seed": seed, "out": str(path)},
+              "recipe": {**get_recipe(recipe).to_dict(), "epochs": epochs, "val_split": held_out, **changes},
+              "model_config": model_spec(model).to_config(), "data": data, "iterations": iterations,
+              "iterations_per_epoch": ITERATIONS_PER_EPOCH, "hardware": HARDWARE}
+    summary = {"model": model, "dataset": "imagenette", "data": data, "recipe": recipe, "iterations": iterations,
+               "scheduled_iterations": iterations, "epochs": float(epochs), "wall_seconds": minutes[-1] * 60 + 5,
+               "test_top1_error": errors[epochs] if final is None else final, "test_images": 3925,
+               "complete": True, "hardware": HARDWARE, "precision": "bf16"}
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "summary.json").write_text(json.dumps(summary))
+    lines = [{"iteration": e * ITERATIONS_PER_EPOCH, "epoch": float(e), "lr": 0.1, "train_loss": 1.0,
+              "train_error": 30.0, "images_per_s": rates[e - 1], "elapsed_s": minutes[e - 1] * 60,
+              **({key: errors[e]} if e in errors else {})} for e in range(1, epochs + 1)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    """The old recipe (evaluated every epoch): ResNet-18 seed 0 never reaches 20% (21.1 at the end), seed 1 reaches
+    it at epoch 2 (22 min); plain-18 one run. No imagenette-fast folder yet."""
+    root = tmp_path / "results"
+    old = root / "imagenette"
+    write_run(old / "resnet18-s0", "resnet18", 0, "imagenette", {1: 40.0, 2: 25.0, 3: 21.1}, [10, 20, 30], [60, 70, 80])
+    write_run(old / "resnet18-s1", "resnet18", 1, "imagenette", {1: 38.0, 2: 19.5, 3: 18.5}, [11, 22, 33], [50] * 3)
+    write_run(old / "plain18-s0", "plain18", 0, "imagenette", {1: 45.0, 2: 30.0, 3: 26.0}, [10, 20, 30], [90] * 3)
+    return root
+
+
+def fast_runs(root: Path, second_final: float = 10.6, deep_final: float = 9.5) -> None:
+    """imagenette-fast, evaluated every 2 epochs: ResNet-18 seed 0 at 16.0 then 9.0 (24 and 48 min), seed 1 at
+    exactly 20.0 then `second_final` (26 and 52 min); ResNet-34 seed 0 at 17.0 then `deep_final` (40 and 80 min)."""
+    new = root / "imagenette-fast"
+    write_run(new / "resnet18-s0", "resnet18", 0, "imagenette-fast", {2: 16.0, 4: 9.0}, [12, 24, 36, 48], [200] * 4)
+    write_run(new / "resnet18-s1", "resnet18", 1, "imagenette-fast", {2: 20.0, 4: second_final}, [13, 26, 39, 52],
+              [180] * 4)
+    write_run(new / "resnet34-s0", "resnet34", 0, "imagenette-fast", {2: 17.0, 4: deep_final}, [20, 40, 60, 80],
+              [100] * 4)
+
+
+def draw_into(folder: Path, made: dict[str, Any]) -> Any:
+    """A stand-in for ReportWriter.plot: draws the figure into `folder` and keeps its data in `made`."""
+    def plot(draw: Any, data: Any, name: str, caption: str) -> str:
+        made[name] = data
+        draw(data, folder / name)
+        return f"![{caption}](figures/{name})"
+    return plot
+
+
+def section(results: Path, tmp_path: Path, made: dict[str, Any] | None = None) -> str:
+    return "\n\n".join(imagenette_time_to_accuracy_section(results / "imagenette",
+                                                           draw_into(tmp_path, {} if made is None else made)))
+
+
+def test_rows_per_recipe_and_network(results: Path, tmp_path: Path) -> None:
+    fast_runs(results)
+    made: dict[str, Any] = {}
+    text = section(results, tmp_path, made)
+    # old ResNet-18: rates 70 and 50 (60 ± 14.1); wall (1805 + 1985) / 2 s = 31.6 min; at the median rate
+    # 30 it. x 128 images / 70 and / 50 img/s, mean 65.8 s = 1.1 min; final 21.1 and 18.5: 19.80 ± 1.84
+    assert ("| imagenette, 3 epochs | ResNet-18 | 2 (0, 1) | 3 | 60 ± 14 | 31.6 min (1.1 min) | 22.0 min (epoch 2.0); "
+            f"not reached in 1 of 2 runs | not reached | not reached | 19.80 ± 1.84 | {CPU} |") in text
+    # new ResNet-18: 20% at 24 and 26 min (seed 1 at exactly 20.0 counts), 15% at 48 and 52, 10% only seed 0;
+    # rates 200 and 180; wall (2885 + 3125) / 2 s = 50.1 min; 40 it. x 64 images / 200 and / 180, mean 13.5 s
+    assert ("| imagenette-fast, 4 epochs | ResNet-18 | 2 (0, 1) | 4 | 190 ± 14 | 50.1 min (14 s) | "
+            "25.0 ± 1.4 min (epoch 2.0 ± 0.0) | 50.0 ± 2.8 min (epoch 4.0 ± 0.0) | 48.0 min (epoch 4.0); not reached "
+            f"in 1 of 2 runs | 9.80 ± 1.13 | {CPU} |") in text
+    assert "| imagenette, 3 epochs | plain-18 | 1 (0) | 3 | 90 | 30.1 min (43 s) | not reached | not reached" in text
+    assert "| imagenette-fast, 4 epochs | ResNet-34 | 1 (0) | 4 | 100 |" in text
+    assert "`imagenette-fast` trained on random-resized 112 px crops (area 25%-100%)" in text
+    assert "tested on the centre 128x128 of the photo at shorter side 128, evaluated every 2 epochs" in text
+    assert "independent script (issue #35) | ResNet-18 |" in text and "| 8.4 (91.6% accuracy) | GPUs |" in text
+    data = made["time-to-accuracy-imagenette.png"]
+    assert list(data["recipes"]) == ["imagenette, 3 epochs: plain-18", "imagenette, 3 epochs: ResNet-18",
+                                     "imagenette-fast, 4 epochs: ResNet-18", "imagenette-fast, 4 epochs: ResNet-34"]
+    assert data["recipes"]["imagenette-fast, 4 epochs: ResNet-18"]["resnet18-s1"] == [
+        {"epoch": 2.0, "minutes": 26.0, "test_error": 20.0}, {"epoch": 4.0, "minutes": 52.0, "test_error": 10.6}]
+    assert data["ylabel"] == "validation error (%)" and "reference" not in data
+    assert (tmp_path / "time-to-accuracy-imagenette.png").stat().st_size > 10_000
+
+
+def test_targets_met_and_their_flips(results: Path, tmp_path: Path) -> None:
+    fast_runs(results)
+    text = section(results, tmp_path)
+    assert ("- ResNet-18 at most 10% validation error within 60 minutes of training (`imagenette-fast`): met (final "
+            "9.80 ± 1.13% after 50.0 ± 2.8 min, 2 runs).") in text  # the mean over seeds decides, not each run
+    assert ("- ResNet-34 lower than ResNet-18 under `imagenette-fast`: yes (ResNet-34 9.50% final, 1 run; ResNet-18 "
+            "9.80 ± 1.13% final, 2 runs).") in text
+    flipped = tmp_path / "flipped"
+    fast_runs(flipped / "results", second_final=11.4, deep_final=10.5)  # mean 10.2; ResNet-34 now above it
+    (flipped / "results" / "imagenette").mkdir()
+    text = section(flipped / "results", tmp_path)
+    assert "(`imagenette-fast`): missed by 0.20 points (final 10.20 ± 1.70% after 50.0 ± 2.8 min, 2 runs)." in text
+    assert "under `imagenette-fast`: no (ResNet-34 10.50% final, 1 run; ResNet-18 10.20 ± 1.70% final, 2 runs)." in text
+
+
+def point(minutes: float, error: float, epoch: float = 0.0) -> dict[str, float]:
+    return {"epoch": epoch, "minutes": minutes, "test_error": error}
+
+
+def test_the_time_budget_is_part_of_the_target() -> None:
+    slow = {"final_error": 9.0, "points": [point(40, 16.0, 2), point(80, 9.0, 4)]}
+    assert target_verdict([slow]) == (
+        "ResNet-18 at most 10% validation error within 60 minutes of training (`imagenette-fast`): missed by 6.00 "
+        "points (16.00% at the last evaluation within 60 min; final 9.00% after 80.0 min; 1 run).")
+    early = {"final_error": 9.0, "points": [point(55, 9.5, 2), point(80, 9.0, 4)]}
+    assert "met (9.50% at the last evaluation within 60 min; final 9.00% after 80.0 min; 1 run)." in \
+        target_verdict([early])
+    late = {"final_error": 9.0, "points": [point(61, 9.0, 40)]}
+    assert target_verdict([late]).endswith(": missed, no evaluation within 60 minutes (final 9.00% after 61.0 min, "
+                                           "1 run).")
+
+
+def test_equal_errors_are_not_lower_and_missing_runs_are_not_measured() -> None:
+    same = [{"final_error": 12.0}]
+    assert ": no (ResNet-34 12.00% final, 1 run; ResNet-18 12.00% final, 1 run)." in deeper_verdict(same, same)
+    assert deeper_verdict(same, []).endswith(": not measured yet (no finished `imagenette-fast` resnet34 run).")
+    assert target_verdict([]).endswith(": not measured yet (no finished `imagenette-fast` resnet18 run).")
+
+
+def test_missing_new_recipe_is_said_and_not_measured(results: Path, tmp_path: Path) -> None:
+    text = section(results, tmp_path)
+    assert (f"- `{results / 'imagenette-fast'}`: no finished {{plain18,plain34,resnet18,resnet34}}-s<seed> run "
+            "recorded yet; no row, no curve.") in text
+    assert "(`imagenette-fast`): not measured yet (no finished `imagenette-fast` resnet18 run)." in text
+    assert "under `imagenette-fast`: not measured yet (no finished `imagenette-fast` resnet18 or resnet34 run)." in text
+    assert "| imagenette-fast" not in text
+    assert section(tmp_path / "nothing", tmp_path) == ""
+
+
+def test_tuning_probes_stay_out_of_the_main_table(results: Path, tmp_path: Path) -> None:
+    write_run(results / "tuning-imagenette" / "lr04", "resnet18", 0, "imagenette-fast", {1: 30.0, 2: 14.0},
+              [4, 8], [190] * 2, key="val_error", final=33.33, lr=0.4)
+    made: dict[str, Any] = {}
+    text = section(results, tmp_path, made)
+    main, probes = text.split("Tuning probes (held-out 1,000 training images)")
+    assert ("| `lr04` | ResNet-18 | imagenette-fast | lr=0.4 | 2 | 8,469 / 1,000 | 190 | 8.1 min | 8.0 min (epoch "
+            "2.0) | 8.0 min (epoch 2.0) | not reached | 14.00 |") in probes
+    assert "lr04" not in main and "14.00" not in main
+    assert "33.33" not in text  # the probe's validation error (its summary) is shown nowhere
+    assert all("lr04" not in runs for runs in made["time-to-accuracy-imagenette.png"]["recipes"].values())
