@@ -133,6 +133,14 @@ def shipped_weights_agree_with_a_create_model_and_preprocess_loop(tmp_path: Path
     meta = json.loads(path.with_suffix(".json").read_text())
     assert path.name == "resnet18-imagenette.pt" and meta["check_subset"]["images"] == 6
     assert torch.load(path, weights_only=True)["model"]["conv1.weight"].dtype == torch.float16  # half the bytes
+    run = tmp_path / "runs" / "resnet18-s0"
+    rates = sorted(r["images_per_s"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                   if r.get("images_per_s"))
+    middle = len(rates) // 2  # the median logged rate, and the run's wall time in minutes, travel with the weights
+    assert meta["images_per_s"] == pytest.approx(rates[middle] if len(rates) % 2 else sum(rates[middle - 1:middle + 1])
+                                                 / 2, abs=0.05)
+    assert meta["train_minutes"] == pytest.approx(json.loads((run / "summary.json").read_text())["wall_seconds"] / 60,
+                                                  abs=0.05)
     monkeypatch.setattr(weights_module, "pretrained_dir", lambda: folder)
     model = resnets.create_model("resnet18", pretrained="imagenette").eval()
     assert (model.spec.shortcut, model.spec.num_classes) == ("A", 2)  # the shipped architecture, not the default

@@ -95,3 +95,20 @@ def test_imagenet_folders_refuse_random_resized_crops(tmp_path: Path) -> None:
                      check=False)
     assert result.returncode != 0 and "random-resized crops (crop_area)" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_the_imagenette_series_trains_with_the_fast_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`resnets experiment imagenette --recipe imagenette-fast`: every network on the fast recipe, and the `center`
+    protocol sees what the training loop's evaluation saw (the whole photo at 128, not a 112 crop)."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    data = write_synthetic_imagenette(tmp_path / "data", train_per_class=40, val_per_class=3)  # one batch of 64
+    run_cli("experiment", "imagenette", "--recipe", "imagenette-fast", "--models", "resnet18", "--data", str(data),
+            "--epochs", "1", "--out", str(tmp_path / "runs"), "--records", str(tmp_path / "records"), "--no-progress")
+    records = tmp_path / "records" / "resnet18-s0"
+    config = json.loads((records / "config.json").read_text())
+    assert config["recipe"]["name"] == "imagenette-fast" and config["options"]["shortcut"] == "A"
+    protocols = json.loads((records / "protocols.json").read_text())["protocols"]
+    summary = json.loads((records / "summary.json").read_text())
+    assert protocols["center"]["top1_error"] == pytest.approx(summary["test_top1_error"])
+    result = run_cli("experiment", "imagenette", "--recipe", "fast", "--out", str(tmp_path / "x"), check=False)
+    assert result.returncode != 0 and "invalid choice: 'fast'" in result.stderr

@@ -335,3 +335,16 @@ def test_depth_verdict_checks_the_order_at_every_depth() -> None:
     assert any(line.startswith("ResNet training error falls with every added depth: no") for line in lines)
     assert any(line.startswith("ResNet test error falls with every added depth: yes") for line in lines)
     assert any(line.startswith("deeper ResNet has lower training error: yes") for line in lines)  # 110 vs 20
+
+
+def test_the_cpu_is_named_by_its_model_where_the_record_has_it() -> None:
+    from resnets.analysis.describe import hardware_brief
+    from resnets.runtime import Runtime, hardware_description
+
+    assert hardware_brief({"cpu": "x86_64", "cpu_model": "AMD EPYC", "threads": 2, "torch": "2.x"}) == \
+        "CPU AMD EPYC, 2 threads, torch 2.x"
+    assert hardware_brief({"cpu": "x86_64", "threads": 2, "torch": "2.x"}) == "CPU x86_64, 2 threads, torch 2.x"
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.is_file() else []
+    assert hardware_description(Runtime(torch.device("cpu")))["cpu_model"] == (names[0] if names else None)

@@ -147,7 +147,8 @@ def cpu_has_vnni() -> bool:
 def hardware_description(runtime: Runtime) -> dict[str, Any]:
     info: dict[str, Any] = {
         "device": str(runtime.device), "world_size": runtime.world_size, "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "cpu_cores": usable_cores(),
+        "cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+        "cpu_cores": usable_cores(),
         "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "python": platform.python_version(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_native_bf16": cpu_has_native_bf16(),
@@ -155,6 +156,19 @@ def hardware_description(runtime: Runtime) -> dict[str, Any]:
     if runtime.device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(runtime.device)
     return info
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (`model name` in /proc/cpuinfo, e.g. "AMD EPYC"): timings name the CPU they ran on, and
+    these machines differ between sittings (Xeon with AMX, EPYC with avx512_bf16, EPYC with AVX2 only)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip() or None
+    except OSError:
+        return None
+    return None
 
 
 def usable_cores() -> list[int]:

@@ -108,7 +108,7 @@ def hardware_brief(hardware: dict[str, Any], *others: dict[str, Any]) -> str:
     """The machine a run used; given several runs' records, thread counts that differ read as a range (1-2)."""
     counts = thread_counts(hardware, *others)
     threads = "?" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-    device = hardware.get("gpu") or f"CPU {hardware.get('cpu', '?')}, {threads} threads"
+    device = hardware.get("gpu") or f"CPU {hardware.get('cpu_model') or hardware.get('cpu', '?')}, {threads} threads"
     count = hardware.get("world_size", 1)
     return f"{f'{count} x ' if count > 1 else ''}{device}, torch {hardware.get('torch', '?')}"
 

@@ -74,11 +74,12 @@ def evaluate_protocols(run_dir: Path, data: str | Path | None = None, device: st
 
 
 def train_and_test_member(member: tuple[Path, RunOptions, Path | None], data: str | Path | None, device: str,
-                          precision: str, epochs: float | None, log: Callable[[str], Any] = print) -> None:
+                          precision: str, epochs: float | None, log: Callable[[str], Any] = print,
+                          recipe: str = "imagenette") -> None:
     """One network of the series: train (or resume, or skip) it, test it with the three protocols, copy its records
     (module level: `--jobs` sends it to a worker process)."""
     run_dir, options, records = member
-    train_or_resume(run_dir, stretch(get_recipe("imagenette"), epochs), options, log)
+    train_or_resume(run_dir, stretch(get_recipe(recipe), epochs), options, log)
     evaluate_protocols(run_dir, data, device, precision, log)
     if records is not None:
         copy_records(run_dir, records, extra=(PROTOCOLS_FILE,))
@@ -88,11 +89,14 @@ def run_imagenette_series(out: str | Path, models: Sequence[str] = IMAGENETTE_MO
                           precision: str = "fp32", compile: bool = False, data: str | Path | None = None,
                           device: str = "auto", records: str | Path | None = None, epochs: float | None = None,
                           progress: bool = True, log: Callable[[str], Any] = print, jobs: int = 1,
-                          **overrides: Any) -> list[str]:
+                          recipe: str = "imagenette", **overrides: Any) -> list[str]:
     """Train (or resume, or skip when complete) every network and seed under `out`/<model>-s<seed>, `jobs` at a
     time (`depth.map_series`), test each with the three protocols, and copy the records (with protocols.json) to
     `records` (e.g. results/imagenette). `overrides` are RunOptions fields (subset, eval_subset, ... for smoke
-    runs). Returns the verdict lines."""
+    runs). `recipe`: one ImageNet-family recipe for every network (the paper-faithful `imagenette` by default, or
+    `imagenette-fast`; keep one recipe per `out` folder). Returns the verdict lines."""
+    if get_recipe(recipe).family != "imagenet":
+        raise ValueError(f"recipe {recipe!r} is not an ImageNet-family recipe; use imagenette or imagenette-fast")
     out = Path(out)
     members = []
     for run_dir, options, spec in series_members(
@@ -103,7 +107,7 @@ def run_imagenette_series(out: str | Path, models: Sequence[str] = IMAGENETTE_MO
         options = dataclasses.replace(options, shortcut="A" if spec.residual else None)
         members.append((run_dir, options, None if records is None else Path(records)))
     map_series(functools.partial(train_and_test_member, data=data, device=device, precision=precision,
-                                 epochs=epochs, log=log), members, jobs, device)
+                                 epochs=epochs, log=log, recipe=recipe), members, jobs, device)
     lines = imagenette_verdicts(load_series(out, required={run_dir.name for run_dir, *_ in members}))
     for line in lines:
         log(line)

@@ -30,6 +30,7 @@ from ..models.weights import model_from_weight_data, read_weight_file
 from ..runs import load_run
 from ..runtime import resolve_device
 from .describe import data_copy, training_command
+from .time_to_accuracy import median_rate
 
 CHECK_IMAGES = 1000
 
@@ -110,6 +111,7 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
         "train_images": summary["data"].get("train_images"), "data_source": summary["data"].get("source"),
         "precision": summary["precision"],
         "hardware": summary["hardware"], "wall_seconds": summary["wall_seconds"],
+        "train_minutes": round(summary["wall_seconds"] / 60, 1), "images_per_s": round(median_rate(run), 1),
         "command": training_command(run.config), "shipped_from": str(run.path),
         "sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
         # `resnets predict --pretrained MODEL.TAG` reads its preprocessing and class names from this JSON.

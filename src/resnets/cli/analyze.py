@@ -79,6 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_series_arguments(nette, "plain18 plain34 resnet18 resnet34", "results/imagenette", "Imagenette (train/, val/)")
     nette.add_argument("--subset", type=int, default=None, help="train on N training images (smoke runs)")
     nette.add_argument("--eval-subset", type=int, default=None, help="evaluate on N validation images while training")
+    nette.add_argument("--recipe", default="imagenette", choices=["imagenette", "imagenette-fast"],
+                       help="one recipe for every network: the paper-faithful imagenette (default) or imagenette-fast")
     nette.set_defaults(handler=run_imagenette)
     det = experiments.add_parser("detection", help="the same detector on plain and residual backbones (Sec. 4.3 in "
                                                    "miniature): Mask R-CNN on Penn-Fudan by default, resumable")
@@ -207,7 +209,7 @@ def run_imagenette(args: argparse.Namespace) -> int:
 
     run_imagenette_series(args.out, args.models, args.seeds, args.precision, args.compile, args.data, args.device,
                           args.records, args.epochs, args.progress, jobs=args.jobs, subset=args.subset,
-                          eval_subset=args.eval_subset)
+                          eval_subset=args.eval_subset, recipe=args.recipe)
     return 0
 
 

@@ -77,8 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--dataset", default=None, choices=list(DATASETS))
     add_inference_arguments(e)
     e.add_argument("--device", default="auto")
-    e.add_argument("--protocol", choices=["center", "10crop", "multiscale"], default="center",
-                   help="ImageNet test protocol (Sec. 3.4); CIFAR always uses the single 32x32 view")
+    e.add_argument("--protocol", choices=["center", "10crop", "multiscale", "flip"], default="center",
+                   help="ImageNet test protocol (Sec. 3.4); CIFAR uses the single 32x32 view (center), or with flip "
+                        "also its mirror image, softmax averaged (beyond the paper)")
     e.add_argument("--fcn-reduction", choices=list(FCN_REDUCTIONS), default=DEFAULT_FCN_REDUCTION,
                    help="multiscale: average each score map over positions, then softmax (the paper's, default), or "
                         "softmax at every position, then average")

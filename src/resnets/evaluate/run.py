@@ -4,6 +4,7 @@ ImageNet folder (Sec. 3.4)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,24 @@ def load_for_evaluation(pretrained: bool | str | Path | Pretrained,
         if dataset is not None:
             network.meta["dataset"] = dataset
     return network, source.path
+
+
+CIFAR_PROTOCOLS = ("center", "flip")  # the paper's single view; beyond it, the view and its mirror (airbench)
+
+
+class FlipAveraged(torch.nn.Module):
+    """`model` on an image and on its mirror image, the two softmaxes averaged; returns the log of that average, so
+    that the cross-entropy and argmax of evaluation read it as logits. Keeps the model's spec, meta and record."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.spec, self.meta = model.spec, model.meta
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        scores = torch.stack([self.model(images).float().log_softmax(1),
+                              self.model(images.flip(-1)).float().log_softmax(1)])
+        return torch.logsumexp(scores, 0) - math.log(2)
 
 
 def cifar_test_batches(model: torch.nn.Module, data: str | Path | None = None, images: int | None = None,
@@ -100,8 +119,15 @@ def evaluate_checkpoint(path: bool | str | Path | Pretrained, data: str | None =
     if recalibrate_bn:
         inference["recalibrate_bn"] = recalibrate_bn  # training photos the BN statistics were re-estimated on
     if dataset in ("imagenet", "imagenette", "folder"):
+        if protocol == "flip":
+            raise ValueError("--protocol flip is for CIFAR nets; image folders average flips in 10crop and multiscale")
         return (evaluate_imagenet(model, weights, data or datasets_root() / EVAL_FOLDERS[dataset], protocol,
                                   precision, predictions, **imagenet) | {"dataset": dataset} | inference)
+    if protocol not in CIFAR_PROTOCOLS:
+        raise ValueError(f"--protocol {protocol} is an ImageNet protocol; CIFAR nets are tested on the 32x32 view "
+                         f"({' or '.join(CIFAR_PROTOCOLS)})")
+    if protocol == "flip":
+        model = FlipAveraged(model)
     loader, source = cifar_test_batches(model, data, images=imagenet.get("eval_subset"), device=runtime.device)
     start = time.perf_counter()
     result = evaluate_batches(model, loader, runtime.device, precision, keep_predictions=predictions)
@@ -111,6 +137,7 @@ def evaluate_checkpoint(path: bool | str | Path | Pretrained, data: str | None =
         result["predictions"] = [{"image": index, "label": label, "top1": top1}
                                  for index, (label, top1) in enumerate(zip(labels, result["predictions"], strict=True))]
     return result | {"model": model.spec.name, "dataset": dataset, "weights": str(weights), "source": source,
+                     "protocol": protocol,
                      "images_per_s": result["images"] / seconds, "precision": precision,
                      "num_classes": model.spec.num_classes} | inference
 
