@@ -54,9 +54,9 @@ def test_a_plan_is_frozen() -> None:
     ({"dataset": "imagenet", "val_split": 5000},
      "--val-split: recipe 'paper-imagenet' on imagenet does not use val_split (a CIFAR setting; ImageNet-style runs "
      "do not read it); leave it out"),
-    ({"dataset": "imagenette", "overrides": {"mean": "channel"}},
-     "--set mean: recipe 'imagenette' on imagenette does not use mean (an ImageNet-folder setting; imagenette runs "
-     "always subtract the per-pixel mean image); leave it out"),
+    ({"recipe_name": "imagenette-fast", "dataset": "imagenette", "overrides": {"scale_min": "128"}},
+     "--set scale_min: recipe 'imagenette-fast' on imagenette does not use scale_min (the random-resized crops "
+     "(crop_area) replace the scale augmentation); leave it out"),
     ({"recipe_name": "fast", "overrides": {"milestones": "10,20"}},
      "--set milestones: recipe 'fast' on cifar10 does not use milestones (a setting of the step schedule; this "
      "run's schedule is onecycle); leave it out"),
@@ -65,7 +65,7 @@ def test_a_plan_is_frozen() -> None:
      "imagenette, or a recipe for cifar10 (paper, fast, cifar-fast)"),
     ({"recipe_name": "paper", "dataset": "imagenet"},
      "recipe 'paper' is written for cifar10 or cifar100, not imagenet: give --dataset cifar10 or cifar100, or a "
-     "recipe for imagenet (paper-imagenet, step-90, imagenette)"),
+     "recipe for imagenet (paper-imagenet, step-90, imagenette, imagenette-fast)"),
 ])
 def test_what_the_run_would_not_read_is_refused_in_one_line(kwargs: dict, line: str) -> None:
     with pytest.raises(ValueError) as error:
@@ -90,8 +90,9 @@ def test_the_recorded_recipe_holds_only_what_the_run_reads() -> None:
         assert absent not in cifar, absent
     assert (cifar["pad"], cifar["peak_fraction"], cifar["lr"], cifar["val_split"]) == (4, 0.15, 0.2, 0)
     imagenette = resolve_run(dataset="imagenette").recorded_recipe()
-    for absent in ("pad", "val_split", "mean", "peak_fraction", "plateau_patience"):
+    for absent in ("pad", "peak_fraction", "plateau_patience", "family"):
         assert absent not in imagenette, absent
+    assert (imagenette["val_split"], imagenette["mean"]) == (0, "pixel")  # imagenette reads both (held-out tuning)
     assert (imagenette["crop_size"], imagenette["scale_min"], imagenette["milestones"]) == (112, 128, [0.5, 0.75])
     assert resolve_run(dataset="imagenet").recorded_recipe()["mean"] == "pixel"
 
