@@ -19,9 +19,8 @@ from resnets.analysis.time_to_accuracy_imagenette import (
 from resnets.models import model_spec
 from resnets.train.recipes import get_recipe
 
-ITERATIONS_PER_EPOCH = 10
-HARDWARE = {"device": "cpu", "world_size": 1, "torch": "2.x", "cpu": "x86_64", "threads": 2,
-            "cpu_capability": "AVX512", "cpu_native_bf16": True}
+from .test_time_to_accuracy import HARDWARE, ITERATIONS_PER_EPOCH
+
 CPU = "CPU x86_64, 2 threads, torch 2.x (AVX512, native bf16)"
 
 

@@ -152,8 +152,11 @@ def decoded_training_data(options: RunOptions, recipe: Recipe, runtime: Runtime,
     picked = spread_indices(len(val.labels), options.eval_subset)  # val folders are sorted by class
     # Evaluation sees what `preprocess` and the `center` protocol feed a network: the same uint8 resize and crop.
     center = EvalTransform(geometry.resize, eval_crop).geometry
-    val_views = torch.cat([center(part) for part in val.images[picked].split(256)])
-    train_views = torch.cat([center(part) for part in train_images.split(256)])
+
+    def centre_views(images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([center(part) for part in images.split(256)])
+
+    val_views, train_views = centre_views(val.images[picked]), centre_views(train_images)
     if preprocess is None and recipe.mean == "channel":  # beyond the paper: torchvision's per-channel mean and std
         preprocess = Preprocessing("imagenet", geometry.resize, eval_crop, IMAGENET_RGB_MEAN, IMAGENET_RGB_STD)
     elif preprocess is None:
@@ -196,7 +199,7 @@ def decoded_training_data(options: RunOptions, recipe: Recipe, runtime: Runtime,
 
     evals = {"test": evaluation(val_views, val.labels[picked])}
     if held_out is not None:
-        evals["val"] = evaluation(torch.cat([center(part) for part in held_out.images.split(256)]), held_out.labels)
+        evals["val"] = evaluation(centre_views(held_out.images), held_out.labels)
     description = {"train_images": len(train_labels), "test_images": len(picked), "classes": len(train.classes),
                    **({"val_images": len(held_out)} if held_out is not None else {}),
                    "lighting": {k: v.tolist() for k, v in pca.items()} or "imagenet (AlexNet)",
