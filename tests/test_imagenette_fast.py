@@ -84,7 +84,7 @@ def test_imagenette_fast_trains_at_112_tests_whole_photos_and_holds_out_a_tuning
     assert config["recipe"]["crop_area"] == [0.25, 1.0] and "scale_min" not in config["recipe"]
     meta = torch.load(out / "model.pt", weights_only=True)["meta"]["preprocess"]
     # tested on the whole photo at 128 (not the 112 training crop), normalised per channel with torchvision's values
-    assert (meta["resize"], meta["crop"]) == (128, 128) and "mean_image" not in meta
+    assert (meta["resize"], meta["crop"], meta["train_crop"]) == (128, 128, 112) and "mean_image" not in meta
     assert meta["mean"] == pytest.approx(IMAGENET_RGB_MEAN) and meta["std"] == pytest.approx(IMAGENET_RGB_STD)
 
 

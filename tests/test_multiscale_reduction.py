@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 
 from resnets.data.transforms import Normalize
 from resnets.evaluate import protocols
@@ -121,6 +122,37 @@ def test_ten_crop_averages_the_softmax_of_the_ten_crops(photo: torch.Tensor) -> 
     no_flips = torch.stack([halves_logits(view).softmax(dim=0) for view in crops]).mean(dim=0)
     assert float((logits_first - expected).abs().max()) > 1e-3
     assert float((no_flips - expected).abs().max()) > 1e-3
+
+
+def test_ten_crop_of_a_record_that_tests_the_whole_photo_cuts_its_crops_at_256_over_224(photo: torch.Tensor) -> None:
+    """imagenette-fast tests the whole 128 px photo (resize = crop = 128): ten crops of 128 from the photo at 128
+    would be one view and its mirror; they are cut from the photo at shorter side 128 * 256 / 224 = 146 instead."""
+    result, probabilities = scored_probabilities(HalvesNet(), [(photo, 0)], "10crop", resize=128, crop_size=128)
+    resized = TF.resize(photo, [146], antialias=True)  # 128x160 -> 146x182 (the longer side truncated)
+    assert tuple(resized.shape[-2:]) == (146, 182)
+    # corners at rows 0 / 18 and columns 0 / 54, centre at (9, 27)
+    crops = [resized[:, top:top + 128, left:left + 128] for top, left in [(0, 0), (0, 54), (18, 0), (18, 54), (9, 27)]]
+    views = crops + [crop.flip(-1) for crop in crops]
+    expected = torch.stack([halves_logits(view).softmax(dim=0) for view in views]).mean(dim=0)
+    assert result["views_per_image"] == 10
+    assert torch.allclose(probabilities[0], expected, atol=1e-6)
+    # the paper's own geometry (256 / 224) and the imagenette records' (128 / 112) are left as they were
+    assert protocols.ten_crop_resize(256, 224) == 256 and protocols.ten_crop_resize(128, 112) == 128
+
+
+def test_the_scales_follow_the_training_crop_of_a_net_tested_at_another_size() -> None:
+    """The shipped imagenette-fast weights were trained on 112 px crops and are tested on the whole 128 px photo:
+    their record says both, and multi-scale testing uses the 112 px sides, as for the nets tested on 112 crops."""
+    from resnets.data.preprocess import Preprocessing, preprocessing_of
+    from resnets.models import create_model
+
+    record = preprocessing_of(create_model("resnet18", pretrained="imagenette-fast"))
+    assert (record.resize, record.crop, record.train_crop, record.training_crop) == (128, 128, 112, 112)
+    assert multiscale_sides(record.training_crop) == (112, 128, 192, 240, 320)
+    old = preprocessing_of(create_model("resnet18", pretrained="imagenette"))
+    assert (old.crop, old.train_crop, old.training_crop) == (112, None, 112)
+    again = Preprocessing.from_meta(record.to_meta(), "imagenet", 10)
+    assert again.train_crop == 112 and "train_crop" not in old.to_meta()
 
 
 def expected_multiscale(sides: tuple[int, ...], reduction: str) -> torch.Tensor:

@@ -33,7 +33,9 @@ CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 @dataclass(frozen=True)
 class Preprocessing:
     """uint8 RGB image -> network input: shorter side to `resize`, centre `crop`, /255, minus the mean image (or the
-    per-channel `mean`), / `std` when given."""
+    per-channel `mean`), / `std` when given. `train_crop`: the side of the training crops when the net is tested at
+    another (`imagenette-fast` trains on 112 px crops and tests the whole 128 px photo); the test protocols scale their
+    geometry from it (`training_crop`)."""
 
     kind: str  # "imagenet" or "cifar"
     resize: int
@@ -41,6 +43,7 @@ class Preprocessing:
     mean: tuple[float, ...]  # per channel, on [0, 1]; the channel average of `mean_image` when that is set
     std: tuple[float, ...] | None = None
     mean_image: torch.Tensor | None = field(default=None, repr=False, compare=False)  # (3, crop, crop) on [0, 1]
+    train_crop: int | None = None
 
     def __post_init__(self) -> None:
         if self.resize < self.crop:
@@ -48,6 +51,11 @@ class Preprocessing:
         if self.mean_image is not None and tuple(self.mean_image.shape) != (3, self.crop, self.crop):
             raise ValueError(f"preprocess mean_image has shape {tuple(self.mean_image.shape)}, expected "
                              f"(3, {self.crop}, {self.crop}) to match the crop")
+
+    @property
+    def training_crop(self) -> int:
+        """The side the net was trained at: `train_crop`, else the test `crop` (the two are one in the paper)."""
+        return self.crop if self.train_crop is None else self.train_crop
 
     @cached_property  # built once per record, not once per image (predict calls the record image by image)
     def normalize(self) -> Normalize:
@@ -67,6 +75,8 @@ class Preprocessing:
                                 "std": None if self.std is None else list(self.std)}
         if self.mean_image is not None:
             meta["mean_image"] = self.mean_image.detach().cpu().float()
+        if self.train_crop is not None:
+            meta["train_crop"] = self.train_crop
         return meta
 
     def to_json(self) -> dict[str, Any]:
@@ -113,10 +123,11 @@ class Preprocessing:
         mean_tensor = mean_tensor / scale
         std = _channels(std_value, "std", source)
         std = None if std is None else tuple(s / scale for s in std)
+        kind = str(given.get("kind", base.kind))
+        train_crop = None if given.get("train_crop") is None else int(given["train_crop"])
         if mean_tensor.dim() == 3:
-            return cls(str(given.get("kind", base.kind)), resize, crop, tuple(mean_tensor.mean(dim=(1, 2)).tolist()),
-                       std, mean_tensor)
-        return cls(str(given.get("kind", base.kind)), resize, crop, _channels(mean_tensor, "mean", source), std)
+            return cls(kind, resize, crop, tuple(mean_tensor.mean(dim=(1, 2)).tolist()), std, mean_tensor, train_crop)
+        return cls(kind, resize, crop, _channels(mean_tensor, "mean", source), std, train_crop=train_crop)
 
 
 def _channels(value: Any, what: str, source: str) -> tuple[float, ...] | None:

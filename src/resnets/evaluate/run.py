@@ -23,7 +23,7 @@ from ..models import Pretrained, load_model, resolve_pretrained
 from ..runs import run_dataset
 from ..runtime import setup_runtime
 from .metrics import evaluate_batches
-from .protocols import evaluate, multiscale_sides
+from .protocols import evaluate, multiscale_sides, ten_crop_resize
 from .recalibrate import recalibrate_for_protocol, train_folder_of
 
 CIFAR_EVAL_BATCH = 500
@@ -149,8 +149,9 @@ def recalibrated(model: torch.nn.Module, data: str | Path, protocol: str, photos
     record = preprocessing_of(model)
     folder = Path(data)
     train = train_folder_of(folder / "val" if (folder / "val").is_dir() else folder)
-    per_scale = recalibrate_for_protocol(model, train, protocol, photos, resize=record.resize, crop=record.crop,
-                                         scales=options.get("scales") or multiscale_sides(record.crop),
+    resize = ten_crop_resize(record.resize, record.crop) if protocol == "10crop" else record.resize
+    per_scale = recalibrate_for_protocol(model, train, protocol, photos, resize=resize, crop=record.crop,
+                                         scales=options.get("scales") or multiscale_sides(record.training_crop),
                                          normalize=record.normalize, batch_size=options.get("batch_size", 32),
                                          seed=RECALIBRATION_SEED)
     return {} if per_scale is None else {"batchnorm_per_scale": per_scale}
@@ -170,7 +171,7 @@ def evaluate_imagenet(model: torch.nn.Module, weights: Path, data: str | Path | 
     if subset is not None:  # photos spread evenly over the folder, which lists them class by class
         images = ImageFolderDataset.from_samples([images.samples[i] for i in spread_indices(len(images), subset)],
                                                  images.classes, root=images.root, on_bad_image=images.on_bad_image)
-    options.setdefault("scales", multiscale_sides(record.crop))
+    options.setdefault("scales", multiscale_sides(record.training_crop))
     result = evaluate(model, images, protocol, precision=precision, normalize=record.normalize,
                       resize=record.resize, crop_size=record.crop, keep_predictions=predictions, **options)
     if predictions:

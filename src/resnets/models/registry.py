@@ -151,7 +151,10 @@ def _load_into(model: ResNet, data: dict[str, Any], source: Pretrained, new_clas
     """Copy the weights into `model` (every tensor checked), with its own fresh classifier when the class count
     differs; model.meta: the file's meta over the shipped .json, named by the weights' one name."""
     state = extract_state_dict(data)
-    meta = {**source.meta, **(data.get("meta") or {})}  # the file's own meta (exact mean image tensor) wins
+    own = data.get("meta") or {}
+    meta = {**source.meta, **own}  # the file's own meta (exact mean image tensor) wins
+    if source.meta.get("preprocess") and own.get("preprocess"):  # key by key: a .json may add to a file's record
+        meta["preprocess"] = {**source.meta["preprocess"], **own["preprocess"]}
     if new_classifier:  # a trunk to fine-tune: the old classes and measured errors no longer describe the model
         state = timm_resnetv2_to_ours(state)
         state.update({k: v for k, v in model.state_dict().items() if k.startswith("fc.")})

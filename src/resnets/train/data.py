@@ -11,7 +11,7 @@ val/<wnid>/*.JPEG, or a flat val/ folder with a labels file (--val-labels FILE),
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +166,8 @@ def decoded_training_data(options: RunOptions, recipe: Recipe, runtime: Runtime,
         mean_image = per_pixel_mean(train_views[spread_indices(len(train_views), recipe.mean_images)])
         preprocess = Preprocessing("imagenet", geometry.resize, eval_crop, tuple(mean_image.mean(dim=(1, 2)).tolist()),
                                    None, mean_image)
+    # Trained at one size, tested at another: the record says so (the test protocols scale from the training crop).
+    preprocess = replace(preprocess, train_crop=None if crop == preprocess.crop else crop)
     normalize = preprocess.normalize
     device = runtime.device
     # As the loaders take them: a mean image (3 x crop x crop) or per-channel values shaped 3 x 1 x 1.
