@@ -47,6 +47,7 @@ from .experiments import label as net_label
 from .imagenette import imagenette_verdicts, protocol_rows
 from .preact import preact_panels, preact_rows, preact_verdict
 from .responses import read_responses_csv, response_verdicts
+from .shipped_protocols import shipped_protocols_section
 from .time_to_accuracy import time_to_accuracy_section
 from .time_to_accuracy_imagenette import imagenette_time_to_accuracy_section
 
@@ -191,6 +192,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path = "REPRODUCTION
     if nette is not None and nette_rows is not None:
         parts += _imagenette_section(writer, Path(imagenette), nette, nette_rows)  # type: ignore[arg-type]
         parts += imagenette_time_to_accuracy_section(Path(imagenette), writer.plot)  # imagenette-fast beside it
+        parts += shipped_protocols_section(Path(imagenette))  # imagenette-protocols beside it
     if transfer is not None:
         parts += detection_section(Path(detection), transfer, writer.plot,  # type: ignore[arg-type]
                                    real_photos=pedestrians is not None)

@@ -1,0 +1,165 @@
+"""Sec. 3.4's test protocols on the shipped Imagenette weights, measured again after issue #36 (the paper's
+multi-scale reduction, the scales of the training crop, 10-crop for nets tested on the whole photo), and how the
+nets hold up when the input size changes.
+
+Inputs, beside the report's `--imagenette` folder, in `imagenette-protocols/`:
+- `MODEL.TAG/PROTOCOL.json`: the last line of `resnets eval --pretrained MODEL.TAG --dataset imagenette --protocol
+  PROTOCOL --precision fp32 --backend none --json` (every validation photo);
+- `whole-photo-sizes.json`: `benchmarks/whole_photo_sizes.py --recalibrate-bn N --json` (the whole photo at several
+  sides, with and without BatchNorm statistics re-estimated at each side).
+A missing folder skips the section; a record that is not what its path says is refused in one line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..evaluate.protocols import DEFAULT_FCN_REDUCTION, PROTOCOLS, multiscale_sides, ten_crop_resize
+from ..io import read_json
+from ..models import list_pretrained
+from ..runs import RunDirectoryError
+from .describe import table
+from .experiments import label as net_label
+from .imagenette import protocol_verdicts
+
+FOLDER = "imagenette-protocols"
+SIZES_FILE = "whole-photo-sizes.json"
+SIZE_BAR = 2.0  # issue #36: whole-photo error at sides 128-192 at most this many points above the centre error
+_NAME = re.compile(r"^(?P<model>[a-z0-9_]+)\.(?P<tag>[a-z0-9_-]+)$")
+
+
+def read_protocol_records(folder: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """MODEL.TAG -> protocol -> its `resnets eval --json` record, each checked against its path."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for weights in sorted(path for path in folder.iterdir() if path.is_dir()):
+        match = _NAME.match(weights.name)
+        if match is None:
+            raise RunDirectoryError(f"{weights}: expected a folder named MODEL.TAG (e.g. resnet18.imagenette-fast)")
+        for protocol in PROTOCOLS:
+            path = weights / f"{protocol}.json"
+            if not path.is_file():
+                continue
+            record = read_json(path, "protocol result")
+            said = (record.get("model"), record.get("protocol"), record.get("images"))
+            if said[:2] != (match["model"], protocol) or not isinstance(said[2], int) or said[2] < 1:
+                raise RunDirectoryError(f"{path}: holds model {said[0]!r}, protocol {said[1]!r}, {said[2]!r} images; "
+                                        f"expected {match['model']} under {protocol} (rewrite it with `resnets eval "
+                                        f"--pretrained {weights.name} --protocol {protocol} --json`)")
+            if protocol == "multiscale" and record.get("fcn_reduction") != DEFAULT_FCN_REDUCTION:
+                raise RunDirectoryError(f"{path}: multi-scale with {record.get('fcn_reduction')!r}; this section "
+                                        f"shows the paper's reduction ({DEFAULT_FCN_REDUCTION})")
+            found.setdefault(weights.name, {})[protocol] = record
+    return found
+
+
+def _recipe(name: str) -> str:
+    return name.split(".", 1)[1]
+
+
+def _rows(records: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per weights with all three protocols (the shape `imagenette.protocol_verdicts` reads)."""
+    rows = []
+    for name, by_protocol in records.items():
+        if set(by_protocol) != set(PROTOCOLS):
+            continue
+        row: dict[str, Any] = {"weights": name, "model": name.split(".")[0], "recipe": _recipe(name)}
+        for protocol, record in by_protocol.items():
+            row[f"{protocol}_top1_error"], row[f"{protocol}_top5_error"] = record["top1_error"], record["top5_error"]
+        row["per_scale"] = by_protocol["multiscale"].get("per_scale_top1_error", {})
+        rows.append(row)
+    return rows
+
+
+def _cell(by_protocol: Mapping[str, Mapping[str, Any]], protocol: str) -> str:
+    record = by_protocol.get(protocol)
+    return "-" if record is None else f"{record['top1_error']:.2f} / {record['top5_error']:.2f}"
+
+
+def _deeper_verdicts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Table 2's depth claim per recipe and protocol: ResNet-34 below ResNet-18."""
+    lines = []
+    for recipe in sorted({row["recipe"] for row in rows}):
+        nets = {row["model"]: row for row in rows if row["recipe"] == recipe}
+        if {"resnet18", "resnet34"} <= set(nets):
+            deep, shallow = nets["resnet34"], nets["resnet18"]
+            each = "; ".join(f"{p} {deep[f'{p}_top1_error']:.2f}% vs {shallow[f'{p}_top1_error']:.2f}%"
+                             for p in PROTOCOLS)
+            wins = sum(deep[f"{p}_top1_error"] < shallow[f"{p}_top1_error"] for p in PROTOCOLS)
+            lines.append(f"`{recipe}`: ResNet-34 is better than ResNet-18: {'yes' if wins == len(PROTOCOLS) else 'no'}"
+                         f" (top-1, ResNet-34 vs ResNet-18: {each}; better under {wins} of {len(PROTOCOLS)} "
+                         "protocols)")
+    return lines
+
+
+def _sizes_part(path: Path) -> list[str]:
+    sizes = read_json(path, "whole-photo sizes")
+    sides = sorted({int(key) for entry in sizes.values() for key in entry if key.isdigit()})
+    rows, lines = [], []
+    for name, entry in sizes.items():
+        again = entry.get("recalibrated") or {}
+        rows.append((name, f"{entry['photos']:,}", f"{entry['center']:.2f}",
+                     *(f"{entry[str(side)]:.2f}" for side in sides), f"{entry['worst_minus_center']:+.2f}",
+                     *(f"{again[str(side)]:.2f}" if str(side) in again else "-" for side in sides),
+                     f"{again['worst_minus_center']:+.2f}" if again else "-"))
+        holds = entry["worst_minus_center"] <= SIZE_BAR
+        fixed = ("" if not again else f"; with BN statistics re-estimated at each side on "
+                 f"{again['training_photos']} training photos: {again['worst_minus_center']:+.2f}")
+        lines.append(f"`{name}`: whole-photo error at sides {sides[0]}-{sides[-1]} within {SIZE_BAR:g} points of "
+                     f"its centre error: {'yes' if holds else 'no'} (worst side {entry['worst_minus_center']:+.2f} "
+                     f"points{fixed})")
+    recalibrated = {entry["recalibrated"]["training_photos"] for entry in sizes.values() if entry.get("recalibrated")}
+    header = ("weights", "photos", "center", *(f"whole {side}" for side in sides), "worst - center",
+              *(f"whole {side}, BN re-estimated" for side in sides), "worst - center, BN re-estimated")
+    return [f"Input size (issue #36): top-1 validation error (%) of the whole photo resized to SxS, beside the centre "
+            f"protocol, through `create_model` + `preprocess` + the model; then the same with the BatchNorm statistics "
+            f"re-estimated at each side on {' / '.join(map(str, sorted(recalibrated))) or 'no'} training photos "
+            f"(weights untouched). `benchmarks/whole_photo_sizes.py`, record `{FOLDER}/{SIZES_FILE}`.",
+            table(header, rows), "Verdicts (computed from the data):\n\n" + "\n".join(f"- {line}" for line in lines)]
+
+
+def shipped_protocols_section(imagenette: Path) -> list[str]:
+    """The report section, from `imagenette-protocols/` beside `imagenette` (nothing when that folder is absent)."""
+    folder = imagenette.parent / FOLDER
+    if not folder.is_dir():
+        return []
+    records = read_protocol_records(folder)
+    shipped = list_pretrained()
+    sides = ", ".join(map(str, multiscale_sides(112)))
+    parts = ["## Test protocols on the shipped Imagenette weights, measured again (issue #36)",
+             f"Each shipped Imagenette net, tested by `resnets eval --pretrained MODEL.TAG --dataset imagenette "
+             f"--protocol P --precision fp32 --backend none` on every validation photo (records: `{FOLDER}/MODEL.TAG/"
+             f"P.json`). Multi-scale as the paper: each score map averaged over its positions, then the softmax, then "
+             f"the mean over the scales {sides} (the paper's sides for 224 crops, times 112/224: both recipes train "
+             f"on 112 px crops) and their flips. 10-crop: `imagenette` cuts 112 crops from the photo at 128; "
+             f"`imagenette-fast`, tested on the whole 128 px photo, cuts 128 crops from the photo at "
+             f"{ten_crop_resize(128, 128)} (the paper's 224/256 of the side). The shipped files are fp16 copies of the "
+             "runs' weights, so center can differ from the run's own record by a photo or two. plain-34 of the "
+             "`imagenette` budget was not shipped and is not here."]
+    rows = _rows(records)
+    parts.append(table(("weights", "recipe", "error in its .json (%)", *(f"{p} top-1 / top-5" for p in PROTOCOLS)),
+                       [(f"`{name}`", _recipe(name), "-" if name not in shipped
+                         else f"{shipped[name]['test_top1_error']:.2f}", *(_cell(by, p) for p in PROTOCOLS))
+                        for name, by in records.items()]))
+    if rows:
+        scale_keys = sorted({int(side) for row in rows for side in row["per_scale"]})
+        parts += ["Multi-scale, each scale alone (the whole photo and its flip): top-1 validation error (%).",
+                  table(("weights", *(f"side {side}" for side in scale_keys), "all five"),
+                        [(f"`{row['weights']}`", *(f"{row['per_scale'][str(s)]:.2f}" if str(s) in row["per_scale"]
+                                                   else "-" for s in scale_keys),
+                          f"{row['multiscale_top1_error']:.2f}") for row in rows])]
+        lines = []
+        for recipe in sorted({row["recipe"] for row in rows}):
+            mine = [row for row in rows if row["recipe"] == recipe]
+            lines += [f"`{recipe}` ({', '.join(net_label(row['model']) for row in mine)}): {line}"
+                      for line in protocol_verdicts(mine)]
+        lines += _deeper_verdicts(rows)
+        best = {row["weights"]: min(PROTOCOLS, key=lambda p, r=row: r[f"{p}_top1_error"]) for row in rows}
+        lines.append("best protocol per net: " + ", ".join(f"`{name}` {protocol}" for name, protocol in best.items()))
+        parts.append("Verdicts (computed from the data):\n\n" + "\n".join(f"- {line}" for line in lines))
+    if (folder / SIZES_FILE).is_file():
+        parts += _sizes_part(folder / SIZES_FILE)
+    return parts
+

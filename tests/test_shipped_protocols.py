@@ -1,0 +1,97 @@
+"""The report's section on the shipped Imagenette weights under the three protocols and at other input sizes
+(analysis/shipped_protocols.py), from records written here by hand: its verdicts follow the numbers, and a record
+that is not what its path says is refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from resnets.analysis.shipped_protocols import FOLDER, SIZES_FILE, shipped_protocols_section
+from resnets.runs import RunDirectoryError
+
+SIDES = ("112", "128", "192", "240", "320")
+
+
+def write_record(folder: Path, name: str, protocol: str, top1: float, **extra) -> Path:
+    record = {"model": name.split(".")[0], "protocol": protocol, "top1_error": top1, "top5_error": top1 / 10,
+              "images": 3925, **extra}
+    if protocol == "multiscale":
+        record = {"fcn_reduction": "mean_then_softmax",
+                  "per_scale_top1_error": {side: top1 + i for i, side in enumerate(SIDES)}} | record
+    path = folder / FOLDER / name / f"{protocol}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record) + "\n")
+    return path
+
+
+@pytest.fixture
+def records(tmp_path: Path) -> Path:
+    # imagenette-fast: multi-scale wins for both nets, ResNet-34 wins only under 10crop and multiscale;
+    # imagenette: 10-crop wins, multi-scale loses
+    numbers = {"resnet18.imagenette-fast": (13.6, 13.0, 12.0), "resnet34.imagenette-fast": (17.2, 12.9, 11.5),
+               "resnet18.imagenette": (21.1, 20.1, 27.0), "resnet34.imagenette": (24.8, 23.4, 35.0)}
+    for name, errors in numbers.items():
+        for protocol, error in zip(("center", "10crop", "multiscale"), errors, strict=True):
+            write_record(tmp_path, name, protocol, error)
+    (tmp_path / "imagenette").mkdir()
+    return tmp_path
+
+
+def verdicts(parts: list[str]) -> list[str]:
+    return [line[2:] for part in parts if part.startswith("Verdicts") for line in part.splitlines()[2:]]
+
+
+def test_the_verdicts_follow_the_records(records: Path) -> None:
+    parts = shipped_protocols_section(records / "imagenette")
+    lines = verdicts(parts)
+    assert ("`imagenette` (ResNet-18, ResNet-34): multi-scale testing is better than 10-crop: no (mean top-1 over the "
+            "2 nets 31.00% vs 21.75%; better for 0 of 2)") in lines
+    assert ("`imagenette-fast` (ResNet-18, ResNet-34): multi-scale testing is better than 10-crop: yes (mean top-1 "
+            "over the 2 nets 11.75% vs 12.95%; better for 2 of 2)") in lines
+    assert ("`imagenette-fast`: ResNet-34 is better than ResNet-18: no (top-1, ResNet-34 vs ResNet-18: center 17.20% "
+            "vs 13.60%; 10crop 12.90% vs 13.00%; multiscale 11.50% vs 12.00%; better under 2 of 3 protocols)") in lines
+    text = "\n".join(parts)
+    assert "| `resnet34.imagenette-fast` | 11.50 | 12.50 | 13.50 | 14.50 | 15.50 | 11.50 |" in text  # per scale
+    assert "| `resnet18.imagenette` | imagenette | 21.10 | 21.10 / 2.11 | 20.10 / 2.01 | 27.00 / 2.70 |" in text
+
+
+def test_a_net_with_a_protocol_missing_is_listed_but_left_out_of_the_verdicts(records: Path) -> None:
+    (records / FOLDER / "resnet34.imagenette" / "multiscale.json").unlink()
+    parts = shipped_protocols_section(records / "imagenette")
+    assert "| `resnet34.imagenette` | imagenette | 24.84 | 24.80 / 2.48 | 23.40 / 2.34 | - |" in "\n".join(parts)
+    assert any(line.startswith("`imagenette` (ResNet-18): multi-scale testing is better than 10-crop: no")
+               for line in verdicts(parts))
+
+
+def test_a_record_that_is_not_what_its_path_says_is_refused(records: Path) -> None:
+    write_record(records, "resnet18.imagenette", "10crop", 20.0) .write_text(json.dumps(
+        {"model": "resnet34", "protocol": "10crop", "top1_error": 1.0, "top5_error": 0.1, "images": 3925}))
+    with pytest.raises(RunDirectoryError, match=r"holds model 'resnet34', protocol '10crop'.*expected resnet18"):
+        shipped_protocols_section(records / "imagenette")
+    write_record(records, "resnet18.imagenette", "10crop", 20.0)
+    write_record(records, "resnet18.imagenette", "multiscale", 20.0, fcn_reduction="softmax_then_mean")
+    with pytest.raises(RunDirectoryError, match=r"multi-scale with 'softmax_then_mean'"):
+        shipped_protocols_section(records / "imagenette")
+
+
+def test_no_folder_no_section(tmp_path: Path) -> None:
+    assert shipped_protocols_section(tmp_path / "imagenette") == []
+
+
+def test_the_size_verdict_uses_the_two_point_bar(records: Path) -> None:
+    sizes = {"resnet18.imagenette-fast": {"center": 13.6, "128": 13.6, "160": 14.1, "192": 15.6,
+                                          "worst_minus_center": 2.0, "photos": 3925},
+             "resnet34.imagenette-fast": {"center": 17.2, "128": 17.2, "160": 19.4, "192": 24.6,
+                                          "worst_minus_center": 7.4, "photos": 3925,
+                                          "recalibrated": {"128": 17.0, "160": 17.5, "192": 18.3,
+                                                           "worst_minus_center": 1.1, "training_photos": 256}}}
+    (records / FOLDER / SIZES_FILE).write_text(json.dumps(sizes))
+    lines = verdicts(shipped_protocols_section(records / "imagenette"))
+    assert ("`resnet18.imagenette-fast`: whole-photo error at sides 128-192 within 2 points of its centre error: yes "
+            "(worst side +2.00 points)") in lines
+    assert ("`resnet34.imagenette-fast`: whole-photo error at sides 128-192 within 2 points of its centre error: no "
+            "(worst side +7.40 points; with BN statistics re-estimated at each side on 256 training photos: +1.10)"
+            ) in lines
