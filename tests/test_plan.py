@@ -132,3 +132,14 @@ def test_the_cli_refuses_with_one_line(capsys: pytest.CaptureFixture[str], tmp_p
         "resnets train: error: recipe 'imagenette' is written for imagenet or imagenette, not cifar10: give "
         "--dataset imagenet or imagenette, or a recipe for cifar10 (paper, fast, cifar-fast)"]
     assert not (tmp_path / "x").exists()
+
+
+def test_precision_auto_is_bf16_only_where_the_cpu_computes_it() -> None:
+    """`--precision auto` on the CPU: bf16 with avx512_bf16 or AMX in /proc/cpuinfo (read here, not by the package),
+    else fp32, where emulated bf16 is slower; the plan (and so config.json) holds the precision it resolved to."""
+    with open("/proc/cpuinfo") as cpuinfo:
+        flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    plan = resolve_run("cifar-fast", precision="auto", device="cpu")
+    assert plan.options.precision == ("bf16" if native else "fp32")
+    assert resolve_run("cifar-fast", precision="bf16", device="cpu").options.precision == "bf16"  # asked: kept

@@ -138,6 +138,15 @@ def cpu_has_native_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
+def fastest_precision(device: torch.device) -> str:
+    """`--precision auto`: bf16 where the hardware computes it (a CUDA device with bf16, a CPU with avx512_bf16 or
+    AMX), else fp32. Emulated bf16 is slower than fp32: a compiled ResNet-20 training step ran at 219 img/s in bf16
+    against 380 img/s in fp32 on an Intel Xeon with AVX-512 but no avx512_bf16, and 12x slower on AVX2."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
 def cpu_has_vnni() -> bool:
     """Whether this CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI, AMX). Without them oneDNN's int8
     kernels add u8*s8 pairs in saturating int16, so activations must use 7 bits (reduce_range) to stay exact."""

@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate for the global batch")
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--val-split", type=int, default=None, help="hold out N training images (paper: 5000)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=None,
+                   help="fp32 (default), bf16 or fp16 (CUDA) autocast; auto: bf16 where the hardware computes "
+                        "it (CUDA, a CPU with avx512_bf16 or AMX), else fp32")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda")
     p.add_argument("--deterministic", action="store_true", default=None)
     p.add_argument("--seed", type=int, default=None)

@@ -18,6 +18,7 @@ from typing import Any
 from ..models import model_spec
 from ..models.pretrained import split_name
 from ..runs import require_tensorboard
+from ..runtime import fastest_precision, resolve_device
 from .recipes import (
     DATASETS,
     RECIPES,
@@ -55,6 +56,9 @@ class RunPlan:
         model_spec(str(options.model))  # an unknown model name: one error listing the valid ones
         if options.resume not in (True, False, "auto"):
             raise ValueError(f"--resume takes no value or 'auto', got {options.resume!r}")
+        if options.precision == "auto":  # resolved here, so that config.json records what the run computes in
+            options = dataclasses.replace(options, precision=fastest_precision(resolve_device(options.device)))
+            object.__setattr__(self, "options", options)
         if options.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
         if self.pretrained:
