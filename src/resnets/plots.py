@@ -136,9 +136,9 @@ def plot_time_to_accuracy(data: Mapping[str, Any], path: str | Path) -> Path:
         ax.set_ylim(min(10.0, lowest - 1.0, min(data["thresholds"], default=10.0) - 1.0), data.get("ymax", 40.0))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(data.get("ylabel", "test error (%)"))
-    axes[1].legend(loc="upper right", fontsize=8)
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)  # beside the panels, off the curves
     fig.tight_layout()
     path = Path(path)
-    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
     return path
