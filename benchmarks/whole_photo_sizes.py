@@ -19,7 +19,6 @@ per multi-scale scale). The `center` column is never recalibrated.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -55,11 +54,10 @@ def errors_by_side(model: torch.nn.Module, photos: list[Path], sides: list[int],
                    batchnorm: dict[int, BatchNormState] | None = None) -> dict[str, float]:
     """Top-1 error (%) of the `center` protocol (the weights' own preprocessing) and of the whole photo at each side,
     run with `batchnorm[side]`'s BN statistics when given (the model's own for `center`, and restored after)."""
-    record = preprocessing_of(model)
     own = batchnorm_state(model)
     classes = model.meta["classes"]
     labels = torch.tensor([classes.index(photo.parent.name) for photo in photos])
-    channel = dataclasses.replace(record, mean_image=None)  # the mean image's per-channel average, as Normalize does
+    normalize = preprocessing_of(model).normalize_any_size
     wrong = dict.fromkeys(["center", *map(str, sides)], 0)
     with torch.inference_mode():
         for start in range(0, len(photos), BATCH):
@@ -71,7 +69,7 @@ def errors_by_side(model: torch.nn.Module, photos: list[Path], sides: list[int],
                 if batchnorm is not None:
                     load_batchnorm_state(model, batchnorm[side])
                 whole = torch.stack([TF.resize(image, [side, side], antialias=True) for image in images])
-                inputs = channel.normalize(whole.float().div_(255))
+                inputs = normalize(whole.float().div_(255))
                 wrong[str(side)] += int((model(inputs).argmax(1) != truth).sum())
     load_batchnorm_state(model, own)
     return {key: 100 * count / len(photos) for key, count in wrong.items()}
@@ -84,7 +82,8 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=None, help="the first N validation photos (default: all)")
     parser.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
                         help="also measure each side with BN statistics re-estimated there on N training photos")
-    parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the table as JSON here (added to the file's rows for other weights)")
     args = parser.parse_args()
     folder = datasets_root() / "imagenette" / "val"
     photos = sorted(folder.rglob("*.JPEG"))
@@ -111,16 +110,16 @@ def main() -> None:
         if args.recalibrate_bn:
             train = training_photos(folder.parent / "train", args.recalibrate_bn, seed=0)
             states = per_scale_batchnorm(model, [TF.resize(photo, [224, 224], antialias=True) for photo in train],
-                                         args.sides, normalize=dataclasses.replace(
-                                             preprocessing_of(model), mean_image=None).normalize)
+                                         args.sides, normalize=preprocessing_of(model).normalize_any_size)
             again = errors_by_side(model, photos, args.sides, states)
             gap = max(again[str(side)] for side in args.sides) - again["center"]
             table[name]["recalibrated"] = {**{str(s): again[str(s)] for s in args.sides}, "worst_minus_center": gap,
                                            "training_photos": len(train)}
             print(f"| {name}, BN at each side ({len(train)} photos) | {again['center']:.2f} | "
                   + " | ".join(f"{again[str(s)]:.2f}" for s in args.sides) + f" | {gap:+.2f} |", flush=True)
-    if args.json:
-        atomic_write_json(args.json, table)
+    if args.json:  # weights measured before keep their rows; a weights measured again is replaced
+        earlier = json.loads(args.json.read_text()) if args.json.is_file() else {}
+        atomic_write_json(args.json, {**earlier, **table})
 
 
 if __name__ == "__main__":

@@ -220,3 +220,14 @@ def test_predict_folder_errors_are_one_line(tmp_path: Path, capsys: pytest.Captu
     assert main(["predict", "x.jpg", "--pretrained", "resnet20.fast", "--out", "x.csv", "--json"]) == 2
     assert "give one of them" in capsys.readouterr().err
     assert not Path("x.csv").exists()
+
+
+def test_inputs_of_any_size_are_normalised_by_the_mean_image_s_channel_average() -> None:
+    image = torch.stack([torch.full((32, 32), value) for value in (0.1, 0.2, 0.3)])
+    image[0, :16] = 0.5  # channel 0: half 0.5, half 0.1 -> average 0.3
+    pre = Preprocessing.from_meta({"mean_image": image, "size": 32}, "cifar", 10)
+    whole = torch.full((1, 3, 40, 48), 0.3)
+    assert torch.allclose(pre.normalize_any_size(whole)[0, :, 0, 0], torch.tensor([0.0, 0.1, 0.0]), atol=1e-6)
+    assert torch.equal(pre.normalize(whole), pre.normalize_any_size(whole))  # what Normalize falls back to
+    assert not torch.equal(pre.normalize(torch.full((1, 3, 32, 32), 0.3)),
+                           pre.normalize_any_size(torch.full((1, 3, 32, 32), 0.3)))

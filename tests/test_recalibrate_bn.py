@@ -5,6 +5,7 @@ saw)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 import resnets
+from resnets.analysis.ship import ship_recalibrated
 from resnets.data.folder import open_image_folder
 from resnets.data.paths import datasets_root
 from resnets.data.preprocess import preprocessing_of
@@ -191,3 +193,63 @@ def test_eval_recalibrates_before_testing_and_refuses_what_it_cannot(imagenette:
                             prepare=lambda model: model, num_workers=0, progress=False)
     with pytest.raises(ValueError, match="image-folder protocols"):
         evaluate_checkpoint("resnet20.fast", recalibrate_bn=16)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_shipping_recalibrated_weights_changes_only_the_statistics(imagenette: Path, tmp_path: Path) -> None:
+    """`resnets analyze ship MODEL.TAG --recalibrate-bn N --bn-sides ...` on a small copy of Imagenette: every weight
+    is the source's bit for bit; the first BN layer's running mean is the mean of conv1's outputs over the pooled
+    views, computed here by hand; the .json's error is what a loop of create_model + preprocess measures."""
+    data = tmp_path / "nette"
+    for split, per_class in (("train", 1), ("val", 2)):
+        source = open_image_folder(imagenette / split)
+        for path, _ in source.samples[::len(source) // (10 * per_class)][:10 * per_class]:
+            target = data / split / Path(path).parent.name / Path(path).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(Path(path).read_bytes())
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    sides = (96, 144)
+    path = ship_recalibrated("resnet18.imagenette-fast", 6, sides, "test-recal", weights_dir=weights, data=data,
+                             device="cpu")
+    assert path == weights / "resnet18-test-recal.pt"
+    source = resnets.create_model("resnet18.imagenette-fast").eval()
+    shipped = resnets.create_model("resnet18", pretrained=path).eval()
+    statistics = {name for name in batchnorm_state(source) if not name.endswith("num_batches_tracked")}
+    for name, value in source.state_dict().items():
+        if name not in statistics and not name.endswith("num_batches_tracked"):
+            assert torch.equal(value, shipped.state_dict()[name]), name
+    # by hand: the photos recalibration drew, each resized whole to every side, normalised per channel
+    record = preprocessing_of(source)
+    channel = Normalize(mean=record.mean, std=record.std)
+    views = [channel(torch.nn.functional.interpolate(photo[None].float() / 255, size=(side, side), mode="bilinear",
+                                                     antialias=True)[0])
+             for photo in training_photos(data / "train", 6) for side in sides]
+    with torch.no_grad():  # each view's per-channel mean, averaged with equal weight per view
+        by_hand = torch.stack([source.conv1(view[None]).mean((0, 2, 3)) for view in views]).mean(0)
+    assert torch.allclose(shipped.bn1.running_mean, by_hand, atol=2e-3, rtol=2e-3)
+    assert not torch.allclose(source.bn1.running_mean, by_hand, atol=2e-3, rtol=2e-3)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["pretrained"] == "test-recal" and meta["batchnorm"]["recalibrated_from"] == "resnet18.imagenette-fast"
+    assert meta["batchnorm"]["sides"] == list(sides) and meta["batchnorm"]["training_photos"] == 6
+    assert meta["batchnorm"]["command"] == ("resnets analyze ship resnet18.imagenette-fast --recalibrate-bn 6 "
+                                            "--bn-sides 96 144 --tag test-recal")
+    val = open_image_folder(data / "val", class_to_idx={c: i for i, c in enumerate(meta["classes"])})
+    with torch.no_grad():
+        scores = shipped(resnets.preprocess(shipped, [val.load(i)[0] for i in range(len(val))]))
+    labels = torch.tensor([label for _, label in val.samples])
+    assert meta["test_top1_error"] == pytest.approx(100 * float((scores.argmax(1) != labels).float().mean()))
+    assert meta["test_images"] == len(val) == 20
+    with pytest.raises(ValueError, match="not shipped Imagenette weights"):
+        ship_recalibrated("resnet20.fast", 6, sides, "x", weights_dir=weights, data=data)
+    with pytest.raises(ValueError, match="a new tag"):
+        ship_recalibrated("resnet18.imagenette-fast", 6, sides, "imagenette-fast", weights_dir=weights, data=data)
+
+
+def test_ship_recalibrate_bn_needs_a_new_tag(capsys: pytest.CaptureFixture[str]) -> None:
+    from resnets.cli import main
+
+    assert main(["analyze", "ship", "resnet18.imagenette-fast", "--recalibrate-bn", "6"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == ("resnets analyze: error: --recalibrate-bn ships MODEL.TAG again under a new name: give --tag "
+                     "(e.g. --tag imagenette-fast-recal) and no --name")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resnets.analysis.shipped_protocols import FOLDER, SIZES_FILE, shipped_protocols_section
+from resnets.analysis.shipped_protocols import FOLDER, SIZES_FILE, recalibration_note, shipped_protocols_section
 from resnets.runs import RunDirectoryError
 
 SIDES = ("112", "128", "192", "240", "320")
@@ -95,3 +95,12 @@ def test_the_size_verdict_uses_the_two_point_bar(records: Path) -> None:
     assert ("`resnet34.imagenette-fast`: whole-photo error at sides 128-192 within 2 points of its centre error: no "
             "(worst side +7.40 points; with BN statistics re-estimated at each side on 256 training photos: +1.10)"
             ) in lines
+
+
+def test_weights_shipped_with_recalibrated_statistics_say_how() -> None:
+    meta = {"batchnorm": {"recalibrated_from": "resnet34.imagenette-fast", "training_photos": 1024,
+                          "sides": [128, 160, 192]}}
+    assert recalibration_note(meta) == (
+        "`resnet34.imagenette-fast` with its BN statistics re-estimated once before shipping, on 1,024 training "
+        "photos fed whole at sides 128, 160, 192 (pooled; weights untouched)")
+    assert recalibration_note({"test_top1_error": 13.6}) == ""

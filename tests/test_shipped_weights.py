@@ -4,7 +4,7 @@ accuracy on a 1,000-image test subset of the CIFAR-10 JPEG copy.
 The stated 10,000-image error cannot be held to 1 point on 1,000 images (its standard error alone is ~0.9 points
 at 10% error), so `resnets analyze ship` stores the error on a fixed 1,000-image subset (100 images per class,
 `spread_indices`) beside it: that number must be reproduced within 1 point, and the 10,000-image one within
-sampling error.
+sampling error. The Imagenette nets are checked on every validation photo in test_shipped_imagenette.py.
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ import torch
 from resnets import create_model, list_pretrained, preprocess
 from resnets.analysis.ship import subset_error
 from resnets.data.folder import read_image
-from resnets.data.paths import datasets_root
 from resnets.deploy.export import run_exported
 
-from .conftest import skip_without_data
 from .test_train import run_cli
 
 SHIPPED = list_pretrained()
@@ -31,8 +29,6 @@ NAMES = sorted(n for n in SHIPPED if SHIPPED[n]["dataset"] != "imagenette") or [
                                         "src/resnets/assets/weights)"))]
 FULLY_CHECKED = sorted(n for n in SHIPPED if "check_all" in SHIPPED[n]) or [pytest.param(
     None, marks=pytest.mark.skip(reason="no CIFAR weights shipped with a check on every test image yet"))]
-IMAGENETTE = sorted(n for n in SHIPPED if SHIPPED[n]["dataset"] == "imagenette") or [pytest.param(
-    None, marks=pytest.mark.skip(reason="no Imagenette weights shipped yet"))]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -60,29 +56,6 @@ def test_shipped_weights_give_their_error_on_every_test_image(name: str, cifar10
     assert measured["images"] == stated["test_images"] == 10000
     assert measured["top1_error"] == pytest.approx(stated["check_all"]["top1_error"], abs=1e-9), (name, measured)
     assert abs(measured["top1_error"] - stated["test_top1_error"]) <= 0.1, (name, measured, stated["test_top1_error"])
-
-
-@pytest.mark.parametrize("name", IMAGENETTE)
-def test_shipped_imagenette_weights_give_their_error_on_every_validation_photo(name: str) -> None:
-    """A loop that only uses create_model and preprocess, over all 3,925 validation photos: the error in the
-    metadata (measured on the stored fp16-rounded weights with the center protocol) within 0.2 points."""
-    stated = SHIPPED[name]
-    folder = datasets_root() / "imagenette" / "val"
-    if not folder.is_dir():
-        skip_without_data(f"{folder} not found")
-    model = create_model(name).eval()
-    photos = sorted(folder.rglob("*.JPEG"))
-    wrong = 0
-    with torch.no_grad():
-        for start in range(0, len(photos), 250):
-            batch = photos[start:start + 250]
-            scores = model(preprocess(model, [read_image(photo) for photo in batch]))
-            labels = torch.tensor([stated["classes"].index(photo.parent.name) for photo in batch])
-            wrong += int((scores.argmax(1) != labels).sum())
-    error = 100 * wrong / len(photos)
-    assert len(photos) == stated["check_subset"]["images"] == 3925
-    assert abs(error - stated["check_subset"]["top1_error"]) <= 0.2, (name, error)
-    assert abs(error - stated["test_top1_error"]) <= 0.2, (name, error)
 
 
 def test_unknown_tag_names_what_ships() -> None:

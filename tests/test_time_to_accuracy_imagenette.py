@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 
+from resnets.analysis.time_to_accuracy import last_epoch_training
 from resnets.analysis.time_to_accuracy_imagenette import (
     deeper_verdict,
     imagenette_time_to_accuracy_section,
     target_verdict,
 )
 from resnets.models import model_spec
+from resnets.runs import RunRecord
 from resnets.train.recipes import get_recipe
 
 from .test_time_to_accuracy import HARDWARE, ITERATIONS_PER_EPOCH
@@ -175,3 +177,26 @@ def test_tuning_probes_stay_out_of_the_main_table(results: Path, tmp_path: Path)
     assert "lr04" not in main and "14.00" not in main
     assert "33.33" not in text  # the probe's validation error (its summary) is shown nowhere
     assert all("lr04" not in runs for runs in made["time-to-accuracy-imagenette.png"]["recipes"].values())
+
+
+def test_last_epoch_training_is_weighted_by_the_iterations_each_row_covers(tmp_path: Path) -> None:
+    rows = [{"epoch": 0.5, "train_loss": 2.0, "train_error": 50.0, "iterations": 50},
+            {"epoch": 1.5, "train_loss": 1.0, "train_error": 10.0, "iterations": 50},
+            {"epoch": 2.0, "train_loss": 0.4, "train_error": 2.0, "iterations": 30, "test_error": 20.0}]
+    run = RunRecord(tmp_path, {"epochs": 2}, {}, rows)
+    assert last_epoch_training(run) == pytest.approx({"train_loss": 62 / 80, "train_error": 7.0})
+    assert last_epoch_training(RunRecord(tmp_path, {"epochs": 2}, {}, rows[:1])) is None
+
+
+def test_a_deeper_net_that_loses_is_called_under_trained_or_over_fitted_from_its_training_loss() -> None:
+    shallow = [{"final_error": 13.5, "last_epoch_training": {"train_loss": 0.67, "train_error": 6.0}}]
+    deep = [{"final_error": 17.0, "last_epoch_training": {"train_loss": 0.70, "train_error": 8.0}}]
+    assert deeper_verdict(shallow, deep).endswith(
+        " Why, measured: over the last epoch, training loss 0.700 vs 0.670 and training error 8.00% vs 6.00% (on the "
+        "augmented crops, label smoothing in the loss), ResNet-34 vs ResNet-18: it fits its training photos worse "
+        "too, so at this length it is under-trained; its validation error is further above its training error (9.00 "
+        "vs 7.50 points).")
+    deep = [{"final_error": 17.0, "last_epoch_training": {"train_loss": 0.60, "train_error": 4.0}}]
+    assert "it fits its training photos better and tests worse: it over-fits" in deeper_verdict(shallow, deep)
+    assert "Why" not in deeper_verdict(shallow, [{"final_error": 12.0, "last_epoch_training": None}])
+    assert "Why" not in deeper_verdict(deep, shallow)  # the deeper net wins: nothing to explain

@@ -8,12 +8,16 @@ shipping time: a check on 1,000 images cannot be held to the 10,000-image number
 error alone is ~0.9 points at 10% error), but it must reproduce the subset's own number. A CIFAR net also gets
 `check_all`, its fp32 error on every test image measured on the stored weights: the run's own test error was taken
 in its training precision (bf16 for most runs here), so the two may differ by a few images.
+
+`ship_recalibrated` ships shipped Imagenette weights again under a new tag with only their BN statistics
+re-estimated over the input sizes users feed (issue #36: a net trained on 112 px crops, fed whole photos at 128-192).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +26,11 @@ import torch
 from ..data.paths import datasets_root
 from ..data.preprocess import preprocessing_of
 from ..evaluate.metrics import evaluate_batches
+from ..evaluate.recalibrate import recalibrate_batchnorm, training_photos
 from ..evaluate.run import cifar_test_batches, evaluate_imagenet
 from ..io import atomic_torch_save, atomic_write_text
 from ..models import create_model, model_config
-from ..models.pretrained import weight_file, write_manifest
+from ..models.pretrained import WHERE_TO_LOOK, list_pretrained, split_name, weight_file, write_manifest
 from ..models.weights import model_from_weight_data, read_weight_file
 from ..runs import load_run
 from ..runtime import resolve_device
@@ -91,17 +96,12 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
     # into fp32; the error shipped with them is measured on these rounded weights, so it is the file's own error.
     storage = torch.float16 if run.summary["dataset"] == "imagenette" else torch.float32
     model = model.to(storage).float()
-    meta = model.meta
     checks: dict[str, dict[str, Any]] = {}
     if run.summary["dataset"] == "imagenette":
         checks["check_subset"] = center_error(model, run.paths.weights, data, device)
     else:
         checks["check_subset"] = subset_error(model, data, device=device)
         checks["check_all"] = subset_error(model, data, images=None, device=device)
-    weights_path = weight_file(name, tag, weights_dir)
-    state = {k: v.detach().cpu().to(storage) if v.is_floating_point() else v.detach().cpu()
-             for k, v in model.state_dict().items()}
-    atomic_torch_save({"model_config": stored["model_config"], "model": state, "meta": meta}, weights_path)
     summary = run.summary
     description = {
         "model": name, "pretrained": tag, "dataset": summary["dataset"],
@@ -113,11 +113,65 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
         "hardware": summary["hardware"], "wall_seconds": summary["wall_seconds"],
         "train_minutes": round(summary["wall_seconds"] / 60, 1), "images_per_s": round(median_rate(run), 1),
         "command": training_command(run.config), "shipped_from": str(run.path),
-        "sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
+    }
+    return _store(model, stored["model_config"], storage, weight_file(name, tag, weights_dir), description,
+                  weights_dir is None)
+
+
+def _store(model: torch.nn.Module, config: dict[str, Any], storage: torch.dtype, weights_path: Path,
+           description: dict[str, Any], package: bool) -> Path:
+    """Write the weights (floating tensors in `storage`) and their .json (`description` + the file's SHA-256, class
+    names and preprocessing record); in the package's folder, the manifest too."""
+    state = {k: v.detach().cpu().to(storage) if v.is_floating_point() else v.detach().cpu()
+             for k, v in model.state_dict().items()}
+    atomic_torch_save({"model_config": config, "model": state, "meta": model.meta}, weights_path)
+    description = {
+        **description, "sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
         # `resnets predict --pretrained MODEL.TAG` reads its preprocessing and class names from this JSON.
-        "classes": meta.get("classes"), "preprocess": preprocessing_of(model).to_json(),
+        "classes": model.meta.get("classes"), "preprocess": preprocessing_of(model).to_json(),
     }
     atomic_write_text(weights_path.with_suffix(".json"), json.dumps(description, indent=2))
-    if weights_dir is None:  # the package's weights: models/manifest.json lists them for installs without the files
+    if package:  # the package's weights: models/manifest.json lists them for installs without the files
         write_manifest()
     return weights_path
+
+
+def ship_recalibrated(source: str, photos: int, sides: Sequence[int], tag: str, *, seed: int = 0,
+                      weights_dir: str | Path | None = None, data: str | Path | None = None,
+                      device: str = "auto") -> Path:
+    """Ship the shipped Imagenette weights `source` (MODEL.TAG) again as MODEL.`tag`, with their BatchNorm running
+    statistics re-estimated once on `photos` training photos (a seeded draw from imagenette/train), each fed whole
+    at every side in `sides`, pooled into one set of statistics (`evaluate.recalibrate.recalibrate_batchnorm`);
+    every weight is untouched. A net trained on 112 px crops then meets the whole photo at 128-192 px with
+    statistics of those sizes, and a user needs no recalibration of their own. The .json is the source's, with the
+    error measured again on every validation photo (`center`, fp32, on the stored fp16 weights) and a
+    `batchnorm` entry saying how the statistics were made."""
+    model_name, source_tag = split_name(source)
+    if source_tag is None or tag == source_tag:
+        raise ValueError(f"ship_recalibrated takes shipped weights MODEL.TAG and a new tag, got {source!r} -> "
+                         f"{tag!r}")
+    if not tag.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"tag {tag!r} names a file: use letters, digits, '-' and '_'")
+    meta = list_pretrained().get(source)
+    if meta is None or meta["dataset"] != "imagenette":
+        raise ValueError(f"{source} is not shipped Imagenette weights; {WHERE_TO_LOOK}")
+    model = create_model(source).float().eval()
+    root = Path(data) if data else datasets_root() / "imagenette"
+    train = root / "train"
+    recalibrate_batchnorm(model, training_photos(train, photos, seed), sides,
+                          normalize=preprocessing_of(model).normalize_any_size)
+    storage = torch.float16  # as every Imagenette net here; the error below is the rounded file's own
+    model = model.to(storage).float()
+    check = center_error(model, Path(f"{model_name}.{tag}"), root, device)
+    description = {
+        **{key: value for key, value in meta.items() if key not in ("tag", "sha256", "classes", "preprocess")},
+        "pretrained": tag, "test_top1_error": check["top1_error"], "test_images": check["images"],
+        "check_subset": check,
+        "batchnorm": {"recalibrated_from": source, "source_test_top1_error": meta["test_top1_error"],
+                      "training_photos": photos, "seed": seed, "sides": list(sides), "source": str(train),
+                      "views": "each photo resized whole to SxS at every side S, statistics pooled over all views",
+                      "command": f"resnets analyze ship {source} --recalibrate-bn {photos} --bn-sides "
+                                 f"{' '.join(map(str, sides))} --tag {tag}" + (f" (seed {seed})" if seed else "")},
+    }
+    path = weight_file(model_name, tag, weights_dir)
+    return _store(model, model_config(model), storage, path, description, weights_dir is None)

@@ -12,7 +12,6 @@ A missing folder skips the section; a record that is not what its path says is r
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from ..evaluate.protocols import DEFAULT_FCN_REDUCTION, PROTOCOLS, multiscale_sides, ten_crop_resize
 from ..io import read_json
 from ..models import list_pretrained
+from ..models.pretrained import split_name
 from ..runs import RunDirectoryError
 from .describe import table
 from .experiments import label as net_label
@@ -28,15 +28,14 @@ from .imagenette import protocol_verdicts
 FOLDER = "imagenette-protocols"
 SIZES_FILE = "whole-photo-sizes.json"
 SIZE_BAR = 2.0  # issue #36: whole-photo error at sides 128-192 at most this many points above the centre error
-_NAME = re.compile(r"^(?P<model>[a-z0-9_]+)\.(?P<tag>[a-z0-9_-]+)$")
 
 
 def read_protocol_records(folder: Path) -> dict[str, dict[str, dict[str, Any]]]:
     """MODEL.TAG -> protocol -> its `resnets eval --json` record, each checked against its path."""
     found: dict[str, dict[str, dict[str, Any]]] = {}
     for weights in sorted(path for path in folder.iterdir() if path.is_dir()):
-        match = _NAME.match(weights.name)
-        if match is None:
+        model, tag = split_name(weights.name)
+        if not model or not tag:
             raise RunDirectoryError(f"{weights}: expected a folder named MODEL.TAG (e.g. resnet18.imagenette-fast)")
         for protocol in PROTOCOLS:
             path = weights / f"{protocol}.json"
@@ -44,9 +43,9 @@ def read_protocol_records(folder: Path) -> dict[str, dict[str, dict[str, Any]]]:
                 continue
             record = read_json(path, "protocol result")
             said = (record.get("model"), record.get("protocol"), record.get("images"))
-            if said[:2] != (match["model"], protocol) or not isinstance(said[2], int) or said[2] < 1:
+            if said[:2] != (model, protocol) or not isinstance(said[2], int) or said[2] < 1:
                 raise RunDirectoryError(f"{path}: holds model {said[0]!r}, protocol {said[1]!r}, {said[2]!r} images; "
-                                        f"expected {match['model']} under {protocol} (rewrite it with `resnets eval "
+                                        f"expected {model} under {protocol} (rewrite it with `resnets eval "
                                         f"--pretrained {weights.name} --protocol {protocol} --json`)")
             if protocol == "multiscale" and record.get("fcn_reduction") != DEFAULT_FCN_REDUCTION:
                 raise RunDirectoryError(f"{path}: multi-scale with {record.get('fcn_reduction')!r}; this section "
@@ -55,17 +54,14 @@ def read_protocol_records(folder: Path) -> dict[str, dict[str, dict[str, Any]]]:
     return found
 
 
-def _recipe(name: str) -> str:
-    return name.split(".", 1)[1]
-
-
 def _rows(records: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
     """One row per weights with all three protocols (the shape `imagenette.protocol_verdicts` reads)."""
     rows = []
     for name, by_protocol in records.items():
         if set(by_protocol) != set(PROTOCOLS):
             continue
-        row: dict[str, Any] = {"weights": name, "model": name.split(".")[0], "recipe": _recipe(name)}
+        model, tag = split_name(name)
+        row: dict[str, Any] = {"weights": name, "model": model, "recipe": tag}
         for protocol, record in by_protocol.items():
             row[f"{protocol}_top1_error"], row[f"{protocol}_top5_error"] = record["top1_error"], record["top5_error"]
         rows.append(row)
@@ -93,7 +89,17 @@ def _deeper_verdicts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def _sizes_part(path: Path) -> list[str]:
+def recalibration_note(meta: Mapping[str, Any]) -> str:
+    """How shipped weights' BN statistics were made, when `resnets analyze ship --recalibrate-bn` made them."""
+    made = meta.get("batchnorm")
+    if not made:
+        return ""
+    return (f"`{made['recalibrated_from']}` with its BN statistics re-estimated once before shipping, on "
+            f"{made['training_photos']:,} training photos fed whole at sides {', '.join(map(str, made['sides']))} "
+            f"(pooled; weights untouched)")
+
+
+def _sizes_part(path: Path, shipped: Mapping[str, Mapping[str, Any]]) -> list[str]:
     sizes = read_json(path, "whole-photo sizes")
     sides = sorted({int(key) for entry in sizes.values() for key in entry if key.isdigit()})
     rows, lines = [], []
@@ -106,9 +112,10 @@ def _sizes_part(path: Path) -> list[str]:
         holds = entry["worst_minus_center"] <= SIZE_BAR
         fixed = ("" if not again else f"; with BN statistics re-estimated at each side on "
                  f"{again['training_photos']} training photos: {again['worst_minus_center']:+.2f}")
+        made = recalibration_note(shipped.get(name, {}))
         lines.append(f"`{name}`: whole-photo error at sides {sides[0]}-{sides[-1]} within {SIZE_BAR:g} points of "
                      f"its centre error: {'yes' if holds else 'no'} (worst side {entry['worst_minus_center']:+.2f} "
-                     f"points{fixed})")
+                     f"points{fixed}{'; ' + made if made else ''})")
     recalibrated = {entry["recalibrated"]["training_photos"] for entry in sizes.values() if entry.get("recalibrated")}
     header = ("weights", "photos", "center", *(f"whole {side}" for side in sides), "worst - center",
               *(f"whole {side}, BN re-estimated" for side in sides), "worst - center, BN re-estimated")
@@ -138,11 +145,13 @@ def shipped_protocols_section(imagenette: Path) -> list[str]:
              "runs' weights, so center can differ from the run's own record by a photo or two. plain-34 of the "
              "`imagenette` budget was not shipped and is not here; a net without a center or 10-crop record here is "
              "left out of the verdicts (Table 3 above has those protocols on the run's own weights)."
+             + "".join(f" `{name}`: {note}." for name in records
+                       if (note := recalibration_note(shipped.get(name, {}))))
              + "".join(f" Measured on {cpu}." for cpu in sorted({r.get("cpu") for by in records.values()
                                                                    for r in by.values()} - {None}))]
     rows = _rows(records)
     parts.append(table(("weights", "recipe", "error in its .json (%)", *(f"{p} top-1 / top-5" for p in PROTOCOLS)),
-                       [(f"`{name}`", _recipe(name), "-" if name not in shipped
+                       [(f"`{name}`", split_name(name)[1], "-" if name not in shipped
                          else f"{shipped[name]['test_top1_error']:.2f}", *(_cell(by, p) for p in PROTOCOLS))
                         for name, by in records.items()]))
     multiscale = {name: by["multiscale"] for name, by in records.items() if "multiscale" in by}
@@ -164,6 +173,6 @@ def shipped_protocols_section(imagenette: Path) -> list[str]:
         lines.append("best protocol per net: " + ", ".join(f"`{name}` {protocol}" for name, protocol in best.items()))
         parts.append("Verdicts (computed from the data):\n\n" + "\n".join(f"- {line}" for line in lines))
     if (folder / SIZES_FILE).is_file():
-        parts += _sizes_part(folder / SIZES_FILE)
+        parts += _sizes_part(folder / SIZES_FILE, shipped)
     return parts
 

@@ -71,6 +71,18 @@ def curve(run: RunRecord, key: str = "test_error") -> list[Point]:
             if r.get(key) is not None]
 
 
+def last_epoch_training(run: RunRecord) -> dict[str, float] | None:
+    """Mean training loss and error (%) over the logged iterations of the run's last epoch (each logged row is the
+    mean over its iterations, weighted here by how many it covers); None when nothing was logged there."""
+    last = run.summary["epochs"] - 1
+    rows = [r for r in run.metrics if r.get("train_loss") is not None and r["epoch"] > last]
+    weights = [r.get("iterations", 1) for r in rows]
+    if not rows:
+        return None
+    return {key: sum(r[key] * w for r, w in zip(rows, weights, strict=True)) / sum(weights)
+            for key in ("train_loss", "train_error")}
+
+
 def reach(points: Sequence[Point], threshold: float, key: str = "test_error") -> Point | None:
     """Minutes and epoch of the first evaluation at or below `threshold`; None when no evaluation got there."""
     return next(({"minutes": p["minutes"], "epoch": p["epoch"]} for p in points if p[key] <= threshold), None)
@@ -97,6 +109,7 @@ def run_summary(run: RunRecord, thresholds: Sequence[float] = CIFAR.thresholds,
     return {"name": run.path.name, "path": run.path.as_posix(), "seed": run.config["options"].get("seed"),
             "model": run.summary["model"], "recipe": run.config["recipe"]["name"], "settings": run.config["recipe"],
             "epochs": run.summary["epochs"], "points": points, "final_error": final,
+            "last_epoch_training": last_epoch_training(run),
             "reached": {t: reach(points, t, key) for t in thresholds}, "images_per_s": median_rate(run),
             "wall_seconds": run.summary["wall_seconds"], "steady_seconds": steady_seconds(run),
             "hardware": run.summary["hardware"]}

@@ -98,7 +98,30 @@ def deeper_verdict(shallow: Sequence[Mapping[str, Any]], deep: Sequence[Mapping[
     lower = statistics.fmean(errors[DEEPER_MODEL]) < statistics.fmean(errors[TARGET_MODEL])
     values = "; ".join(f"{net_label(model)} {plus_minus(values)}% final, {len(values)} run"
                        f"{'s' if len(values) > 1 else ''}" for model, values in errors.items())
-    return f"{claim}: {'yes' if lower else 'no'} ({values})."
+    return f"{claim}: {'yes' if lower else 'no'} ({values}).{'' if lower else why_deeper_lost(shallow, deep)}"
+
+
+def why_deeper_lost(shallow: Sequence[Mapping[str, Any]], deep: Sequence[Mapping[str, Any]]) -> str:
+    """Under-trained or over-fitted? The two nets' training loss over their last epoch (`last_epoch_training`): a
+    deeper net that fits its training photos worse than the shallower one has not been trained long enough to show
+    its depth (the paper's Fig. 4: ResNet-34's training error is below ResNet-18's); one that fits them better and
+    tests worse over-fits."""
+    training = {model: [r["last_epoch_training"] for r in runs if r.get("last_epoch_training")]
+                for model, runs in ((DEEPER_MODEL, deep), (TARGET_MODEL, shallow))}
+    if not all(training.values()):
+        return ""
+    loss = {model: statistics.fmean(t["train_loss"] for t in values) for model, values in training.items()}
+    error = {model: statistics.fmean(t["train_error"] for t in values) for model, values in training.items()}
+    gap = {model: statistics.fmean(r["final_error"] for r in runs) - error[model]
+           for model, runs in ((DEEPER_MODEL, deep), (TARGET_MODEL, shallow))}
+    state = ("it fits its training photos worse too, so at this length it is under-trained"
+             if loss[DEEPER_MODEL] > loss[TARGET_MODEL] else "it fits its training photos better and tests worse: "
+             "it over-fits")
+    return (f" Why, measured: over the last epoch, training loss {loss[DEEPER_MODEL]:.3f} vs {loss[TARGET_MODEL]:.3f}"
+            f" and training error {error[DEEPER_MODEL]:.2f}% vs {error[TARGET_MODEL]:.2f}% (on the augmented crops, "
+            f"label smoothing in the loss), {net_label(DEEPER_MODEL)} vs {net_label(TARGET_MODEL)}: {state}; its "
+            f"validation error is {'further' if gap[DEEPER_MODEL] > gap[TARGET_MODEL] else 'no further'} above its "
+            f"training error ({gap[DEEPER_MODEL]:.2f} vs {gap[TARGET_MODEL]:.2f} points).")
 
 
 def contention_lines(found: Measured) -> list[str]:

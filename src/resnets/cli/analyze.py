@@ -22,7 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.set_defaults(handler=run_responses)
 
     s = analyses.add_parser("ship", help="copy a finished run's weights into the package as MODEL.TAG")
-    s.add_argument("run_dir", help="a complete CIFAR run directory")
+    s.add_argument("run_dir", help="a complete CIFAR or Imagenette run directory; or shipped Imagenette weights "
+                                   "MODEL.TAG with --recalibrate-bn")
+    s.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+                   help="ship MODEL.TAG again under --tag with its BN statistics re-estimated on N training photos "
+                        "fed whole at every --bn-sides side, pooled (weights untouched)")
+    s.add_argument("--bn-sides", type=int, nargs="+", default=[128, 160, 192], metavar="S",
+                   help="the input sides the recalibrated statistics are pooled over (default: 128 160 192)")
     s.add_argument("--name", default=None, help="model name it loads under (default: the run's model, e.g. resnet20)")
     s.add_argument("--tag", default=None, help="the tag it loads under, as MODEL.TAG (default: the recipe's name, "
                    "e.g. resnet20.paper, resnet20.fast)")
@@ -145,9 +151,16 @@ def run_responses(args: argparse.Namespace) -> int:
 def run_ship(args: argparse.Namespace) -> int:
     import json
 
-    from ..analysis.ship import ship_weights
+    from ..analysis.ship import ship_recalibrated, ship_weights
 
-    path = ship_weights(args.run_dir, args.name, args.weights_dir, args.data, args.device, args.tag)
+    if args.recalibrate_bn:
+        if args.tag is None or args.name is not None:
+            raise ValueError("--recalibrate-bn ships MODEL.TAG again under a new name: give --tag (e.g. --tag "
+                             "imagenette-fast-recal) and no --name")
+        path = ship_recalibrated(args.run_dir, args.recalibrate_bn, args.bn_sides, args.tag,
+                                 weights_dir=args.weights_dir, data=args.data, device=args.device)
+    else:
+        path = ship_weights(args.run_dir, args.name, args.weights_dir, args.data, args.device, args.tag)
     shipped = json.loads(path.with_suffix(".json").read_text())
     name = f"{shipped['model']}.{shipped['pretrained']}"
     print(f"shipped {path} (+ {path.with_suffix('.json').name}), create_model({name!r}): test error "

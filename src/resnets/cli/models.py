@@ -72,18 +72,21 @@ def run_pretrained(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(row))
         return 0
-    header = f"{'weights':<28} {'top-1 error':>11}  {'measured on':<52} {'recipe':<10} {'epochs':>6}"
+    name_width = max([28, *(len(r["name"]) + 2 for r in rows)])  # room for " *"
+    recipe_width = max([10, *(len(r["recipe"]) for r in rows)])
+    header = (f"{'weights':<{name_width}} {'top-1 error':>11}  {'measured on':<52} {'recipe':<{recipe_width}} "
+              f"{'epochs':>6}")
     print(header)
     print("-" * len(header))
     for r in rows:
         split = "validation" if r["dataset"] == "imagenette" else "test"  # Imagenette's val/ is its test set
         epochs = f"{r['epochs']:g}" if r["epochs"] is not None else "-"
         measured = f"{r['images']:,} {split} images, {r['data']}"
-        print(f"{r['name'] + (' *' if r['default'] else ''):<28} {r['top1_error']:>10.2f}%  "
-              f"{measured:<52} {r['recipe']:<10} {epochs:>6}")
+        print(f"{r['name'] + (' *' if r['default'] else ''):<{name_width}} {r['top1_error']:>10.2f}%  "
+              f"{measured:<52} {r['recipe']:<{recipe_width}} {epochs:>6}")
     print("\n* the model's default tag: what `--pretrained MODEL` and create_model(MODEL, pretrained=True) load.\n"
-          "Load any with resnets.create_model(\"MODEL.TAG\") or --pretrained MODEL.TAG. Error: the run's top-1 "
-          "error, from the weights' .json.")
+          "Load any with resnets.create_model(\"MODEL.TAG\") or --pretrained MODEL.TAG. Error: the top-1 error in "
+          "the weights' .json (the run's; weights shipped with re-estimated BN statistics: measured on the file).")
     detectors = {name: meta for name, meta in list_pretrained("detection").items()
                  if not args.names or meta["model"] in args.names or name in args.names}
     if detectors:

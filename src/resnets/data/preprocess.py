@@ -62,6 +62,12 @@ class Preprocessing:
         return Normalize(self.mean if self.mean_image is None else self.mean_image, self.std)
 
     @cached_property
+    def normalize_any_size(self) -> Normalize:
+        """The normalisation of an input of any size (whole photos, other scales): the per-channel `mean`, which a
+        per-pixel mean image falls back to at any other size than its crop (as `Normalize` does)."""
+        return Normalize(self.mean, self.std)
+
+    @cached_property
     def transform(self) -> EvalTransform:
         return EvalTransform(self.resize, self.crop, self.normalize)
 
