@@ -180,12 +180,14 @@ def test_tuning_probes_stay_out_of_the_main_table(results: Path, tmp_path: Path)
 
 
 def test_last_epoch_training_is_weighted_by_the_iterations_each_row_covers(tmp_path: Path) -> None:
-    rows = [{"epoch": 0.5, "train_loss": 2.0, "train_error": 50.0, "iterations": 50},
-            {"epoch": 1.5, "train_loss": 1.0, "train_error": 10.0, "iterations": 50},
-            {"epoch": 2.0, "train_loss": 0.4, "train_error": 2.0, "iterations": 30, "test_error": 20.0}]
-    run = RunRecord(tmp_path, {"epochs": 2}, {}, rows)
+    rows = [{"iteration": 50, "train_loss": 2.0, "train_error": 50.0, "iterations": 50},
+            {"iteration": 100, "train_loss": 1.0, "train_error": 10.0, "iterations": 50},
+            {"iteration": 130, "train_loss": 0.4, "train_error": 2.0, "iterations": 30, "test_error": 20.0}]
+    config = {"iterations_per_epoch": 80}  # the last epoch: iterations 51-130, the last two rows
+    run = RunRecord(tmp_path, {"epochs": 2}, config, rows)
     assert last_epoch_training(run) == pytest.approx({"train_loss": 62 / 80, "train_error": 7.0})
-    assert last_epoch_training(RunRecord(tmp_path, {"epochs": 2}, {}, rows[:1])) is None
+    untrained = [{"iteration": 130, "test_error": 20.0}]
+    assert last_epoch_training(RunRecord(tmp_path, {"epochs": 2}, config, untrained)) is None
 
 
 def test_a_deeper_net_that_loses_is_called_under_trained_or_over_fitted_from_its_training_loss() -> None:

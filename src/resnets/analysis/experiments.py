@@ -131,15 +131,21 @@ def run_degradation(out: str | Path = "runs/degradation", models: Sequence[str] 
     return result
 
 
-def final_train_error(records: Sequence[Mapping[str, Any]], iterations_per_epoch: int) -> float:
-    """Training error over the last epoch: the logged windows that end within it, weighted by their iterations."""
-    logged = [r for r in records if r.get("train_error") is not None]
+def last_epoch_mean(records: Sequence[Mapping[str, Any]], iterations_per_epoch: int, key: str) -> float:
+    """`key` (train_error, train_loss) over the last epoch: the logged windows that end within it, weighted by their
+    iterations."""
+    logged = [r for r in records if r.get(key) is not None]
     if not logged:
-        raise ValueError("no train_error records")
+        raise ValueError(f"no {key} records")
     last = logged[-1]["iteration"]
     window = [r for r in logged if r["iteration"] > last - iterations_per_epoch]
     weights = [r.get("iterations") or 1 for r in window]
-    return sum(r["train_error"] * w for r, w in zip(window, weights, strict=True)) / sum(weights)
+    return sum(r[key] * w for r, w in zip(window, weights, strict=True)) / sum(weights)
+
+
+def final_train_error(records: Sequence[Mapping[str, Any]], iterations_per_epoch: int) -> float:
+    """Training error over the last epoch (`last_epoch_mean`)."""
+    return last_epoch_mean(records, iterations_per_epoch, "train_error")
 
 
 def label(name: str) -> str:

@@ -63,6 +63,11 @@ def center_error(model: torch.nn.Module, weights: Path, data: str | Path | None 
             "selection": "every validation photo, center protocol"}
 
 
+def _check_tag(tag: str) -> None:
+    if not tag.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"tag {tag!r} names a file: use letters, digits, '-' and '_'")
+
+
 def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str | Path | None = None,
                  data: str | Path | None = None, device: str = "auto", tag: str | None = None) -> Path:
     """Copy RUN_DIR/model.pt to WEIGHTS_DIR (default: the package's) as `name.tag` (weights-only; fp32, fp16 for
@@ -81,8 +86,7 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
     name = name or run.summary["model"]
     recipe_name = run.config["recipe"]["name"]
     tag = tag if tag is not None else recipe_name
-    if not tag.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"tag {tag!r} names a file: use letters, digits, '-' and '_'")
+    _check_tag(tag)
     stored = read_weight_file(run.paths.weights)
     with torch.device("meta"):  # only the architecture is compared
         named = model_config(create_model(name, num_classes=stored["model_config"]["num_classes"],
@@ -150,8 +154,7 @@ def ship_recalibrated(source: str, photos: int, sides: Sequence[int], tag: str, 
     if source_tag is None or tag == source_tag:
         raise ValueError(f"ship_recalibrated takes shipped weights MODEL.TAG and a new tag, got {source!r} -> "
                          f"{tag!r}")
-    if not tag.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"tag {tag!r} names a file: use letters, digits, '-' and '_'")
+    _check_tag(tag)
     meta = list_pretrained().get(source)
     if meta is None or meta["dataset"] != "imagenette":
         raise ValueError(f"{source} is not shipped Imagenette weights; {WHERE_TO_LOOK}")

@@ -29,6 +29,7 @@ from ..runs import RunDirectoryError, RunPaths, RunRecord, load_run
 from .depth import RUN_NAME, plus_minus, steady_seconds
 from .describe import data_copy, duration, hardware_brief, table, training_command
 from .experiments import label as net_label
+from .experiments import last_epoch_mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,15 +73,13 @@ def curve(run: RunRecord, key: str = "test_error") -> list[Point]:
 
 
 def last_epoch_training(run: RunRecord) -> dict[str, float] | None:
-    """Mean training loss and error (%) over the logged iterations of the run's last epoch (each logged row is the
-    mean over its iterations, weighted here by how many it covers); None when nothing was logged there."""
-    last = run.summary["epochs"] - 1
-    rows = [r for r in run.metrics if r.get("train_loss") is not None and r["epoch"] > last]
-    weights = [r.get("iterations", 1) for r in rows]
-    if not rows:
+    """Mean training loss and error (%) over the run's last epoch (`experiments.last_epoch_mean`); None when it
+    logged no training loss."""
+    try:
+        return {key: last_epoch_mean(run.metrics, run.config["iterations_per_epoch"], key)
+                for key in ("train_loss", "train_error")}
+    except ValueError:
         return None
-    return {key: sum(r[key] * w for r, w in zip(rows, weights, strict=True)) / sum(weights)
-            for key in ("train_loss", "train_error")}
 
 
 def reach(points: Sequence[Point], threshold: float, key: str = "test_error") -> Point | None:
