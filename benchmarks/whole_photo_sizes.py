@@ -104,7 +104,11 @@ def main() -> None:
             parser.error(str(error))
         result = errors_by_side(model, photos, args.sides)
         gap = max(result[str(side)] for side in args.sides) - result["center"]
-        table[name] = {**result, "worst_minus_center": gap, "photos": len(photos)}
+        if Path(name).is_dir():  # a run: named by its folder, with what it trained on from (the report says so)
+            name = f"{model.spec.name} run {Path(name).name}"
+        table[name] = {**result, "worst_minus_center": gap, "photos": len(photos),
+                       **({"provenance": {key: model.meta[key] for key in ("started_from", "recipe")}}
+                          if "started_from" in model.meta else {})}
         print(f"| {name} | {result['center']:.2f} | " + " | ".join(f"{result[str(s)]:.2f}" for s in args.sides)
               + f" | {gap:+.2f} |  ({time.perf_counter() - started:.0f} s)", flush=True)
         if args.recalibrate_bn:

@@ -58,6 +58,17 @@ def imagenet_sample_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
+def imagenette_validation() -> list[tuple[torch.Tensor, str]]:
+    """Every Imagenette validation photo, decoded, with its class folder's name (the wnid); once per test file."""
+    from resnets.data.folder import read_image
+
+    folder = datasets_root() / "imagenette" / "val"
+    if not folder.is_dir():
+        skip_without_data(f"{folder} not found")
+    return [(read_image(photo), photo.parent.name) for photo in sorted(folder.rglob("*.JPEG"))]
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """Small batches gain nothing from intra-op threads, and on shared cores OpenMP barriers stall (up to 8x)."""
     threads = torch.get_num_threads()

@@ -45,3 +45,24 @@ def test_the_mean_border_is_zero_and_bad_borders_are_refused(probe: ModuleType) 
         probe.bordered(view, 6)
     with pytest.raises(ValueError, match="--border must be one of"):
         probe.bordered(view, 1, "wrap")
+
+
+def test_batchnorm_by_stage_replaces_one_stage_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/batchnorm_by_stage.py: each row keeps the trained statistics but one stage's (torchvision's names)."""
+    monkeypatch.syspath_prepend(str(PROBE.parent))  # it imports its sibling whole_photo_sizes.py
+    spec = importlib.util.spec_from_file_location("batchnorm_by_stage", PROBE.parent / "batchnorm_by_stage.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from resnets import create_model
+    from resnets.evaluate.recalibrate import batchnorm_state
+
+    own = batchnorm_state(create_model("resnet34", num_classes=10))
+    other = {name: value + 1 for name, value in own.items()}
+    states = module.stage_states(own, other)
+    assert list(states) == ["none", "stem", "layer1", "layer2", "layer3", "layer4", "all"]
+    assert states["none"] is own and states["all"] is other
+    for stage in ("stem", "layer1", "layer2", "layer3", "layer4"):
+        changed = {name for name, value in states[stage].items() if not torch.equal(value, own[name])}
+        assert changed == {name for name in own if name.startswith(stage if stage != "stem" else "bn1.")}, stage
+    assert module.stage_of("layer3.4.bn2.running_var") == "layer3" and module.stage_of("bn1.running_mean") == "stem"

@@ -95,6 +95,9 @@ def test_training_command_reproduces_the_run(made: dict[str, Path]) -> None:
     config["options"].update(compile=True, deterministic=True)
     options = resolve(build_parser().parse_args(shlex.split(training_command(config))[1:])).options
     assert options.compile and options.deterministic
+    # a run trained on from other weights (a fine-tune, the multi-size -multisize weights) names them
+    config["options"]["pretrained"] = "resnet8-weights.pt"
+    assert "--pretrained resnet8-weights.pt" in training_command(config)
 
 
 def test_runs_from_several_folders_are_named_by_their_paths(made: dict[str, Path]) -> None:

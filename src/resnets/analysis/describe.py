@@ -81,8 +81,8 @@ def training_command(config: dict[str, Any]) -> str:
     options, recipe = config["options"], config["recipe"]
     words = ["resnets", "train", "--model", options["model"], "--recipe", recipe["name"]]
     defaults = RunOptions()
-    for key in ("dataset", "data", "precision", "seed", "shortcut", "num_classes", "subset", "eval_subset",
-                "max_iterations"):
+    for key in ("pretrained", "dataset", "data", "precision", "seed", "shortcut", "num_classes", "subset",
+                "eval_subset", "max_iterations"):
         if options.get(key) is not None and options.get(key) != getattr(defaults, key):
             words += [f"--{key.replace('_', '-')}", str(options[key])]
     for flag in ("deterministic", "compile"):

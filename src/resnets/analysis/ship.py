@@ -117,6 +117,8 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
         "hardware": summary["hardware"], "wall_seconds": summary["wall_seconds"],
         "train_minutes": round(summary["wall_seconds"] / 60, 1), "images_per_s": round(median_rate(run), 1),
         "command": training_command(run.config), "shipped_from": str(run.path),
+        # trained on from other weights: those, so that the time and epochs above read as this run's alone
+        **({"started_from": model.meta["started_from"]} if model.meta.get("started_from") else {}),
     }
     return _store(model, stored["model_config"], storage, weight_file(name, tag, weights_dir), description,
                   weights_dir is None)

@@ -27,6 +27,7 @@ from .imagenette import protocol_verdicts
 
 FOLDER = "imagenette-protocols"
 SIZES_FILE = "whole-photo-sizes.json"
+STAGES_FILE = "batchnorm-by-stage.json"
 SIZE_BAR = 2.0  # issue #36: whole-photo error at sides 128-192 at most this many points above the centre error
 
 
@@ -89,14 +90,20 @@ def _deeper_verdicts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def recalibration_note(meta: Mapping[str, Any]) -> str:
-    """How shipped weights' BN statistics were made, when `resnets analyze ship --recalibrate-bn` made them."""
+def provenance_note(meta: Mapping[str, Any]) -> str:
+    """How shipped weights were made from other shipped weights: BN statistics re-estimated (`resnets analyze ship
+    --recalibrate-bn`) or trained on from them (a `--pretrained` run, e.g. multi-size); "" for weights of one run."""
     made = meta.get("batchnorm")
-    if not made:
+    if made:
+        return (f"`{made['recalibrated_from']}` with its BN statistics re-estimated once before shipping, on "
+                f"{made['training_photos']:,} training photos fed whole at sides "
+                f"{', '.join(map(str, made['sides']))} (pooled; weights untouched)")
+    source, recipe = meta.get("started_from"), meta.get("recipe") or {}
+    if not source:
         return ""
-    return (f"`{made['recalibrated_from']}` with its BN statistics re-estimated once before shipping, on "
-            f"{made['training_photos']:,} training photos fed whole at sides {', '.join(map(str, made['sides']))} "
-            f"(pooled; weights untouched)")
+    sides, epochs = recipe.get("crop_sizes") or [recipe.get("crop_size")], meta.get("epochs", recipe.get("epochs"))
+    return (f"`{source}` trained {epochs:g} more epochs ({recipe.get('name')}, peak lr {recipe.get('lr'):g}) "
+            f"on batches of crops at side{'s' if len(sides) > 1 else ''} {', '.join(map(str, sides))}")
 
 
 def _sizes_part(path: Path, shipped: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -112,10 +119,11 @@ def _sizes_part(path: Path, shipped: Mapping[str, Mapping[str, Any]]) -> list[st
         holds = entry["worst_minus_center"] <= SIZE_BAR
         fixed = ("" if not again else f"; with BN statistics re-estimated at each side on "
                  f"{again['training_photos']} training photos: {again['worst_minus_center']:+.2f}")
-        made = recalibration_note(shipped.get(name, {}))
+        made = provenance_note(shipped.get(name) or entry.get("provenance") or {})
         lines.append(f"`{name}`: whole-photo error at sides {sides[0]}-{sides[-1]} within {SIZE_BAR:g} points of "
                      f"its centre error: {'yes' if holds else 'no'} (worst side {entry['worst_minus_center']:+.2f} "
                      f"points{fixed}{'; ' + made if made else ''})")
+    lines += _sizes_trained_on(sizes, shipped)
     recalibrated = {entry["recalibrated"]["training_photos"] for entry in sizes.values() if entry.get("recalibrated")}
     header = ("weights", "photos", "center", *(f"whole {side}" for side in sides), "worst - center",
               *(f"whole {side}, BN re-estimated" for side in sides), "worst - center, BN re-estimated")
@@ -124,6 +132,55 @@ def _sizes_part(path: Path, shipped: Mapping[str, Mapping[str, Any]]) -> list[st
             f"re-estimated at each side on {' / '.join(map(str, sorted(recalibrated))) or 'no'} training photos "
             f"(weights untouched). `benchmarks/whole_photo_sizes.py`, record `{FOLDER}/{SIZES_FILE}`.",
             table(header, rows), "Verdicts (computed from the data):\n\n" + "\n".join(f"- {line}" for line in lines)]
+
+
+def _sizes_trained_on(sizes: Mapping[str, Mapping[str, Any]], shipped: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Issue #36's question "what makes the nets fragile", answered where the records allow it: weights trained on
+    from one source for as long at one lr, at one crop size and at several, side by side."""
+    trained: dict[tuple, dict[str, str]] = {}
+    for name in sizes:
+        meta = shipped.get(name) or sizes[name].get("provenance") or {}
+        recipe = meta.get("recipe") or {}
+        if meta.get("started_from") and not meta.get("batchnorm"):
+            key = (meta["started_from"], meta.get("epochs", recipe.get("epochs")), recipe.get("lr"))
+            trained.setdefault(key, {})["several" if recipe.get("crop_sizes") else "one"] = name
+    lines = []
+    for (source, epochs, lr), names in trained.items():
+        if {"one", "several"} <= set(names):
+            one, several = sizes[names["one"]], sizes[names["several"]]
+            lines.append(f"varied input sizes in training, measured: `{source}` trained {epochs:g} more epochs "
+                         f"(peak lr {lr:g}) at one crop size ends {one['worst_minus_center']:+.2f} points over its "
+                         f"centre error at its worst side (centre {one['center']:.2f}%), at several sizes "
+                         f"{several['worst_minus_center']:+.2f} (centre {several['center']:.2f}%): "
+                         + ("the size variation, not the extra training, removes the fragility"
+                            if several["worst_minus_center"] <= SIZE_BAR < one["worst_minus_center"] else
+                            "the fragility does not follow the size variation here"))
+    return lines
+
+
+def _stages_part(path: Path) -> list[str]:
+    """Which stage's BN statistics carry a net's loss at a larger input (`benchmarks/batchnorm_by_stage.py`)."""
+    records = read_json(path, "BN statistics by stage")
+    stages = [stage for stage in next(iter(records.values()))["stages"] if stage not in ("none", "all")]
+    rows, lines = [], []
+    for name, entry in records.items():
+        errors, side = entry["stages"], entry["side"]
+        rows.append((f"`{name}`", f"{entry['photos']:,}", f"{entry['center']:.2f}", f"{errors['none']:.2f}",
+                     *(f"{errors[stage]:.2f}" for stage in stages), f"{errors['all']:.2f}"))
+        recovered = {stage: errors["none"] - errors[stage] for stage in stages}
+        best = max(stages, key=recovered.__getitem__)
+        lines.append(f"`{name}` at side {side}: {errors['none'] - entry['center']:+.2f} points over its centre view; "
+                     f"re-estimating every stage's statistics recovers {errors['none'] - errors['all']:.2f}, {best}'s "
+                     f"alone {recovered[best]:.2f} (the most of any stage; the others: "
+                     + ", ".join(f"{stage} {recovered[stage]:.2f}" for stage in stages if stage != best) + ")")
+    sides = sorted({entry["side"] for entry in records.values()})
+    first = next(iter(records.values()))
+    header = ("weights", "photos", "center", "as trained", *(f"{stage} only" for stage in stages), "all stages")
+    return [f"Where the size loss lives: top-1 error (%) of the whole photo at side {'/'.join(map(str, sides))} with "
+            f"the BN statistics re-estimated there ({first['training_photos']} training photos) in one stage only, "
+            f"the others as trained; the same {first['photos']:,} validation photos (spread over the classes) in "
+            f"every column. `benchmarks/batchnorm_by_stage.py`, record `{FOLDER}/{STAGES_FILE}`.",
+            table(header, rows), "Computed from the data:\n\n" + "\n".join(f"- {line}" for line in lines)]
 
 
 def shipped_protocols_section(imagenette: Path) -> list[str]:
@@ -146,7 +203,7 @@ def shipped_protocols_section(imagenette: Path) -> list[str]:
              "`imagenette` budget was not shipped and is not here; a net without a center or 10-crop record here is "
              "left out of the verdicts (Table 3 above has those protocols on the run's own weights)."
              + "".join(f" `{name}`: {note}." for name in records
-                       if (note := recalibration_note(shipped.get(name, {}))))
+                       if (note := provenance_note(shipped.get(name, {}))))
              + "".join(f" Measured on {cpu}." for cpu in sorted({r.get("cpu") for by in records.values()
                                                                    for r in by.values()} - {None}))]
     rows = _rows(records)
@@ -174,5 +231,7 @@ def shipped_protocols_section(imagenette: Path) -> list[str]:
         parts.append("Verdicts (computed from the data):\n\n" + "\n".join(f"- {line}" for line in lines))
     if (folder / SIZES_FILE).is_file():
         parts += _sizes_part(folder / SIZES_FILE, shipped)
+    if (folder / STAGES_FILE).is_file():
+        parts += _stages_part(folder / STAGES_FILE)
     return parts
 

@@ -263,8 +263,9 @@ class ScaleCropFlip:
         return {"shorter": shorter, "top": top.long(), "left": left.long(), "flips": flips, "boxes": boxes.float(),
                 "alpha": alpha}
 
-    def __call__(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Float (N, 3, H, W) in [0, 1] -> normalised (N, 3, crop, crop)."""
+    def __call__(self, images: torch.Tensor, params: dict[str, torch.Tensor],
+                 output_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Float (N, 3, H, W) in [0, 1] -> normalised (N, 3, crop, crop) (or `output_size`)."""
         height, width = images.shape[-2:]
         x1, y1, x2, y2 = params["boxes"].to(images.device, torch.float32).unbind(1)
         mirror = 1.0 - 2.0 * params["flips"].to(images.device, torch.float32)
@@ -272,7 +273,8 @@ class ScaleCropFlip:
         # normalised output coordinates [-1, 1] -> the box in normalised input coordinates (align_corners=False)
         theta = torch.stack([torch.stack([mirror * (x2 - x1) / width, zero, (x1 + x2) / width - 1], dim=1),
                              torch.stack([zero, (y2 - y1) / height, (y1 + y2) / height - 1], dim=1)], dim=1)
-        grid = F.affine_grid(theta, [len(images), images.shape[1], *self.output_size], align_corners=False)
+        grid = F.affine_grid(theta, [len(images), images.shape[1], *(output_size or self.output_size)],
+                             align_corners=False)
         out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
         if self.lighting is not None:
             out = out + self.lighting.rgb_shift(params["alpha"]).to(out.device, out.dtype)[:, :, None, None]
@@ -289,20 +291,28 @@ class RandomResizedCropFlip(ScaleCropFlip):
     box of `area` x the image area (uniform) and aspect ratio w/h log-uniform in `ratio`, at a uniform position,
     resized to `crop_size` and flipped half the time, by the one `grid_sample` of `ScaleCropFlip`. Where torchvision
     retries a box that does not fit 10 times and then falls back to the centre, a box is clipped to the image here
-    (a side longer than the image becomes the image's side), so that drawing stays a few batch-wide tensor ops."""
+    (a side longer than the image becomes the image's side), so that drawing stays a few batch-wide tensor ops.
+
+    Multi-size training (beyond the paper): with `sizes`, every batch of `batch_size` consecutive places of the
+    epoch is resized to one side drawn uniformly from `sizes` (the same for all DDP ranks at a step), so that BN
+    statistics and the last stage's border-dominated maps meet every test size in training."""
 
     def __init__(self, image_size: tuple[int, int], area: tuple[float, float] = (0.25, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), crop_size: int = 112, lighting_std: float = 0.0,
                  eigval: Sequence[float] | torch.Tensor = IMAGENET_LIGHTING_EIGVAL,
                  eigvec: Sequence[Sequence[float]] | torch.Tensor = IMAGENET_LIGHTING_EIGVEC,
-                 normalize: Normalize | None = None) -> None:
+                 normalize: Normalize | None = None, sizes: Sequence[int] = (), batch_size: int = 0) -> None:
         if not (len(area) == 2 and 0 < area[0] <= area[1] <= 1 and 0 < ratio[0] <= ratio[1]):
             raise ValueError(f"crop area must be two fractions 0 < low <= high <= 1 and ratio 0 < low <= high, got "
                              f"area {tuple(area)}, ratio {tuple(ratio)}; fix --set crop_area=LOW,HIGH")
+        if sizes and (batch_size < 1 or min(sizes) < 1):
+            raise ValueError(f"multi-size crops need positive sides and the global batch size, got sizes "
+                             f"{tuple(sizes)}, batch_size {batch_size}")
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.area, self.ratio = (float(area[0]), float(area[1])), (float(ratio[0]), float(ratio[1]))
         self.crop_size = int(crop_size)
         self.output_size = (self.crop_size, self.crop_size)
+        self.sizes, self.batch_size = tuple(int(side) for side in sizes), int(batch_size)
         self.lighting = PCALighting(lighting_std, eigval, eigvec) if lighting_std > 0 else None
         self.normalize = Normalize() if normalize is None else normalize
 
@@ -320,12 +330,25 @@ class RandomResizedCropFlip(ScaleCropFlip):
         alpha = (self.lighting.sample_alpha(generator, count) if self.lighting is not None
                  else torch.zeros(count, 3))
         boxes = torch.stack([left, top, left + box_w, top + box_h], dim=1)
-        return {"flips": flips, "boxes": boxes.float(), "alpha": alpha}
+        drawn = {"flips": flips, "boxes": boxes.float(), "alpha": alpha}
+        if self.sizes:  # one side per global batch, repeated for each of its places
+            steps = -(-count // self.batch_size)
+            side = torch.tensor(self.sizes)[torch.randint(len(self.sizes), (steps,), generator=generator)]
+            drawn["side"] = side.repeat_interleave(self.batch_size)[:count]
+        return drawn
+
+    def __call__(self, images: torch.Tensor, params: dict[str, torch.Tensor],
+                 output_size: tuple[int, int] | None = None) -> torch.Tensor:
+        if "side" in params and output_size is None:
+            side = int(params["side"][0])  # every place of a batch holds its batch's side
+            output_size = (side, side)
+        return super().__call__(images, params, output_size)
 
     def __repr__(self) -> str:
         lighting = 0.0 if self.lighting is None else self.lighting.alpha_std
+        sizes = f", sizes={self.sizes}, batch_size={self.batch_size}" if self.sizes else ""
         return (f"RandomResizedCropFlip(image_size={self.image_size}, area={self.area}, ratio={self.ratio}, "
-                f"crop_size={self.crop_size}, lighting_std={lighting}, normalize={self.normalize!r})")
+                f"crop_size={self.crop_size}{sizes}, lighting_std={lighting}, normalize={self.normalize!r})")
 
 
 class EvalTransform:

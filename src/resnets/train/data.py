@@ -177,15 +177,19 @@ def decoded_training_data(options: RunOptions, recipe: Recipe, runtime: Runtime,
     if recipe.lighting_pca == "computed" and recipe.lighting_std > 0:
         eigval, eigvec = pixel_pca(train_views.split(256))
         pca = {"eigval": eigval, "eigvec": eigvec}
-    train_normalize = Normalize(device_mean if normalize.per_pixel and eval_crop == crop else device_mean.mean((1, 2)),
+    whole_mean = normalize.per_pixel and eval_crop == crop and not recipe.crop_sizes
+    train_normalize = Normalize(device_mean if whole_mean else device_mean.mean((1, 2)),
                                 None if device_std is None else device_std.flatten())
     train_source = train_images if recipe.augment else train_views
     if recipe.augment and recipe.crop_area:
         # Crops of the photo as the test sees it (shorter side `resize`, made once, antialiased): one source
-        # resolution for training and testing, as FixRes trains its crops.
-        train_source = torch.cat([resize_shorter_side(part, geometry.resize) for part in train_images.split(256)])
+        # resolution for training and testing, as FixRes trains its crops; multi-size crops larger than that are cut
+        # from the photo at their largest side, not enlarged.
+        source_side = max((geometry.resize, *recipe.crop_sizes))
+        train_source = torch.cat([resize_shorter_side(part, source_side) for part in train_images.split(256)])
         augment = RandomResizedCropFlip(tuple(train_source.shape[-2:]), tuple(recipe.crop_area), crop_size=crop,
-                                        lighting_std=recipe.lighting_std, normalize=train_normalize, **pca)
+                                        lighting_std=recipe.lighting_std, normalize=train_normalize, **pca,
+                                        sizes=recipe.crop_sizes, batch_size=recipe.batch_size)
     else:
         augment = (ScaleCropFlip((size, size), geometry.scale, crop, recipe.lighting_std, normalize=train_normalize,
                                  **pca) if recipe.augment else False)

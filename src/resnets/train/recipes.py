@@ -48,6 +48,9 @@ class Recipe:
     # Beyond the paper: random-resized crops (area fraction range, aspect 3/4-4/3) of the photo at eval_resize instead
     # of the scale augmentation; empty: the paper's. Decoded photo sets only (imagenette, folder).
     crop_area: tuple[float, ...] = ()
+    # Beyond the paper, with crop_area: each batch's crops at a side drawn from these (multi-size training, cut from
+    # the photo at the largest side); empty: every batch at crop_size.
+    crop_sizes: tuple[int, ...] = ()
     eval_resize: int = 256  # evaluation during training: shorter side, then the centre crop
     eval_crop: int = 0  # that centre crop's side; 0: crop_size (train at 112, test the whole 128 photo: FixRes)
     lighting_std: float = 0.1  # AlexNet PCA lighting noise, 0 turns it off
@@ -64,6 +67,7 @@ class Recipe:
         data = dataclasses.asdict(self)
         data["milestones"] = list(self.milestones)
         data["crop_area"] = list(self.crop_area)  # as config.json reads back: comparisons with a record hold
+        data["crop_sizes"] = list(self.crop_sizes)
         return data
 
     def unused_fields(self, dataset: str, pretrained: bool = False) -> dict[str, str]:
@@ -114,6 +118,10 @@ class Recipe:
         if self.crop_area and not (len(self.crop_area) == 2 and 0 < self.crop_area[0] <= self.crop_area[1] <= 1):
             raise ValueError(f"recipe {self.name!r}: crop_area must be two fractions 0 < low <= high <= 1 of the photo "
                              f"area, got {self.crop_area}; fix --set crop_area=LOW,HIGH (e.g. 0.25,1)")
+        if self.crop_sizes and not (self.crop_area and all(8 <= side <= 1024 for side in self.crop_sizes)):
+            raise ValueError(f"recipe {self.name!r}: crop_sizes (sides from 8 to 1024 px, got {list(self.crop_sizes)}) "
+                             "vary the random-resized crops and need crop_area; fix --set crop_sizes=112,144,176 "
+                             "--set crop_area=0.25,1")
         if self.eval_crop and self.eval_crop > self.eval_resize:
             raise ValueError(f"recipe {self.name!r}: eval_crop ({self.eval_crop}) must be at most eval_resize "
                              f"({self.eval_resize}); fix --set eval_crop=...")
@@ -193,8 +201,8 @@ RECIPES: dict[str, Recipe] = {
 # Which recipe fields only some datasets read (train/data.py): every other field is read by every run, the schedule's
 # own fields (SCHEDULE_FIELDS) by runs of that schedule.
 CIFAR_FIELDS = ("pad", "val_split")  # imagenette reads val_split too (DATASETS)
-IMAGENET_FIELDS = ("scale_min", "scale_max", "crop_size", "crop_area", "eval_resize", "eval_crop", "lighting_std",
-                   "lighting_pca", "mean", "mean_images")
+IMAGENET_FIELDS = ("scale_min", "scale_max", "crop_size", "crop_area", "crop_sizes", "eval_resize", "eval_crop",
+                   "lighting_std", "lighting_pca", "mean", "mean_images")
 SCHEDULE_FIELDS = {"step": ("milestones", "gamma"), "cosine": ("warmup_iterations",), "onecycle": ("peak_fraction",),
                    "plateau": ("gamma", "plateau_patience")}
 _IMAGENET_ONLY = "an ImageNet-style setting; CIFAR runs do not read it"
@@ -278,7 +286,10 @@ def _coerce(recipe: Recipe, key: str, value: Any) -> Any:
         return None
     if kind.startswith("tuple"):
         items = value if isinstance(value, list | tuple) else [v for v in str(value).split(",") if v.strip()]
-        return tuple(float(v) for v in items)
+        try:
+            return tuple((int if kind.startswith("tuple[int") else float)(v) for v in items)
+        except ValueError:
+            raise ValueError(f"recipe field {key!r} takes comma-separated numbers, got {value!r}") from None
     if kind.startswith("bool"):
         if isinstance(value, str):
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
