@@ -244,6 +244,11 @@ def test_models_pretrained_lists_every_shipped_tag_with_its_error(capsys: pytest
         assert f" {meta['test_top1_error']:.2f}% " in lines[name]
         assert f"{meta['test_images']:,} " in lines[name] and meta["data"] in lines[name]
     assert "*" in lines["resnet20.paper"] and "*" not in lines["resnet20.fast"]
+    for name, meta in shipped.items():  # weights trained on from other shipped weights: both runs' epochs
+        source = meta.get("started_from")
+        epochs = f"{shipped[source]['epochs']:g}+{meta['epochs']:g}" if source else f"{meta['epochs']:g}"
+        assert lines[name].endswith(f" {epochs}"), (name, lines[name])
+    assert any(meta.get("started_from") for meta in shipped.values())
     assert main(["models", "--pretrained", "--json", "resnet20"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["name"], r["top1_error"]) for r in rows] == [

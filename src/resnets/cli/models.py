@@ -55,14 +55,16 @@ def model_rows(names: list[str], shortcut: str | None = None, v15: bool = False)
 def pretrained_rows(names: list[str]) -> list[dict]:
     """One row per shipped `model.tag` (of `names`, or all): the error its metadata states and what it was measured
     on."""
-    rows = []
-    for name, meta in list_pretrained().items():
+    rows, shipped = [], list_pretrained()
+    for name, meta in shipped.items():
         if names and meta["model"] not in names and name not in names:
             continue
+        source = meta.get("started_from")  # trained on from other shipped weights: their epochs come first
         rows.append({"name": name, "default": shipped_tags(meta["model"])[0] == meta["tag"],
                      "dataset": meta["dataset"], "top1_error": meta["test_top1_error"],
                      "images": meta["test_images"], "data": meta.get("data") or meta["dataset"],
-                     "recipe": meta["recipe"]["name"], "epochs": meta.get("epochs")})
+                     "recipe": meta["recipe"]["name"], "epochs": meta.get("epochs"), "started_from": source,
+                     "epochs_before": (shipped.get(source) or {}).get("epochs") if source else None})
     return rows
 
 
@@ -81,12 +83,15 @@ def run_pretrained(args: argparse.Namespace) -> int:
     for r in rows:
         split = "validation" if r["dataset"] == "imagenette" else "test"  # Imagenette's val/ is its test set
         epochs = f"{r['epochs']:g}" if r["epochs"] is not None else "-"
+        if r["epochs_before"] is not None:
+            epochs = f"{r['epochs_before']:g}+{epochs}"
         measured = f"{r['images']:,} {split} images, {r['data']}"
         print(f"{r['name'] + (' *' if r['default'] else ''):<{name_width}} {r['top1_error']:>10.2f}%  "
               f"{measured:<52} {r['recipe']:<{recipe_width}} {epochs:>6}")
     print("\n* the model's default tag: what `--pretrained MODEL` and create_model(MODEL, pretrained=True) load.\n"
           "Load any with resnets.create_model(\"MODEL.TAG\") or --pretrained MODEL.TAG. Error: the top-1 error in "
-          "the weights' .json (the run's; weights shipped with re-estimated BN statistics: measured on the file).")
+          "the weights' .json (the run's; weights shipped with re-estimated BN statistics: measured on the file).\n"
+          "Epochs A+B: B more epochs from other shipped weights trained A (the .json's started_from).")
     detectors = {name: meta for name, meta in list_pretrained("detection").items()
                  if not args.names or meta["model"] in args.names or name in args.names}
     if detectors:
