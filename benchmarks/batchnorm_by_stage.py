@@ -15,16 +15,17 @@ row sees the same photos).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from torchvision.transforms.v2 import functional as TF
 
+from resnets.data.decoded import spread_indices
 from resnets.data.paths import datasets_root
 from resnets.data.preprocess import preprocessing_of
 from resnets.evaluate.recalibrate import BatchNormState, batchnorm_state, per_scale_batchnorm, training_photos
-from resnets.io import atomic_write_json
+from resnets.io import update_json
+from resnets.runtime import cpu_model
 
 # a sibling script: run this one as python benchmarks/batchnorm_by_stage.py
 from whole_photo_sizes import errors_by_side, load
@@ -57,7 +58,7 @@ def main() -> None:
     photos = sorted(folder.rglob("*.JPEG"))
     if not photos:
         parser.error(f"no *.JPEG photos under {folder}; set RESNETS_DATASETS to the folder that holds imagenette/")
-    photos = photos[::max(1, len(photos) // args.photos)][:args.photos]
+    photos = [photos[i] for i in spread_indices(len(photos), args.photos)]
     train = training_photos(folder.parent / "train", args.recalibrate_bn, seed=0)
     train = [TF.resize(photo, [224, 224], antialias=True) for photo in train]
     table = {}
@@ -69,17 +70,16 @@ def main() -> None:
         own = batchnorm_state(model)
         normalize = preprocessing_of(model).normalize_any_size
         recalibrated = per_scale_batchnorm(model, train, [args.side], normalize=normalize)[args.side]
-        errors = {}
-        for stage, state in stage_states(own, recalibrated).items():
-            result = errors_by_side(model, photos, [args.side], {args.side: state})
-            errors[stage], center = result[str(args.side)], result["center"]
+        errors, center = {}, None
+        for stage, state in stage_states(own, recalibrated).items():  # the centre view once, with the first row
+            result = errors_by_side(model, photos, [args.side], {args.side: state}, center=center is None)
+            errors[stage], center = result[str(args.side)], result.get("center", center)
             print(f"{name}: {stage:>6}: {errors[stage]:.2f}", flush=True)
         table[name] = {"side": args.side, "photos": len(photos), "training_photos": len(train), "center": center,
-                       "stages": errors}
+                       "stages": errors, "cpu": cpu_model()}
         print(f"{name}: center {center:.2f} ({time.perf_counter() - started:.0f} s)", flush=True)
     if args.json:
-        earlier = json.loads(args.json.read_text()) if args.json.is_file() else {}
-        atomic_write_json(args.json, {**earlier, **table})
+        update_json(args.json, table)
 
 
 if __name__ == "__main__":

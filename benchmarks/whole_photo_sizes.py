@@ -27,6 +27,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 import resnets
+from resnets.data.decoded import spread_indices
 from resnets.data.folder import read_image
 from resnets.data.paths import datasets_root
 from resnets.data.preprocess import preprocessing_of
@@ -37,7 +38,7 @@ from resnets.evaluate.recalibrate import (
     per_scale_batchnorm,
     training_photos,
 )
-from resnets.io import atomic_write_json
+from resnets.io import update_json
 
 BATCH = 100
 
@@ -51,20 +52,22 @@ def load(name: str) -> torch.nn.Module:
 
 
 def errors_by_side(model: torch.nn.Module, photos: list[Path], sides: list[int],
-                   batchnorm: dict[int, BatchNormState] | None = None) -> dict[str, float]:
-    """Top-1 error (%) of the `center` protocol (the weights' own preprocessing) and of the whole photo at each side,
-    run with `batchnorm[side]`'s BN statistics when given (the model's own for `center`, and restored after)."""
+                   batchnorm: dict[int, BatchNormState] | None = None, center: bool = True) -> dict[str, float]:
+    """Top-1 error (%) of the `center` protocol (the weights' own preprocessing; left out when not `center`) and of
+    the whole photo at each side, run with `batchnorm[side]`'s BN statistics when given (the model's own for `center`,
+    and restored after)."""
     own = batchnorm_state(model)
     classes = model.meta["classes"]
     labels = torch.tensor([classes.index(photo.parent.name) for photo in photos])
     normalize = preprocessing_of(model).normalize_any_size
-    wrong = dict.fromkeys(["center", *map(str, sides)], 0)
+    wrong = dict.fromkeys(["center"] * center + [str(side) for side in sides], 0)
     with torch.inference_mode():
         for start in range(0, len(photos), BATCH):
             images = [read_image(photo) for photo in photos[start:start + BATCH]]
             truth = labels[start:start + BATCH]
-            load_batchnorm_state(model, own)
-            wrong["center"] += int((model(resnets.preprocess(model, images)).argmax(1) != truth).sum())
+            if center:
+                load_batchnorm_state(model, own)
+                wrong["center"] += int((model(resnets.preprocess(model, images)).argmax(1) != truth).sum())
             for side in sides:
                 if batchnorm is not None:
                     load_batchnorm_state(model, batchnorm[side])
@@ -90,7 +93,7 @@ def main() -> None:
     if not photos:
         parser.error(f"no *.JPEG photos under {folder}; set RESNETS_DATASETS to the folder that holds imagenette/")
     if args.photos:  # spread over the classes (the folders are sorted by class)
-        photos = photos[::max(1, len(photos) // args.photos)][:args.photos]
+        photos = [photos[i] for i in spread_indices(len(photos), args.photos)]
     table = {}
     print(f"{len(photos)} Imagenette validation photos; top-1 error (%): centre protocol, then the whole photo at "
           "each side (no BN recalibration)")
@@ -122,8 +125,7 @@ def main() -> None:
             print(f"| {name}, BN at each side ({len(train)} photos) | {again['center']:.2f} | "
                   + " | ".join(f"{again[str(s)]:.2f}" for s in args.sides) + f" | {gap:+.2f} |", flush=True)
     if args.json:  # weights measured before keep their rows; a weights measured again is replaced
-        earlier = json.loads(args.json.read_text()) if args.json.is_file() else {}
-        atomic_write_json(args.json, {**earlier, **table})
+        update_json(args.json, table)
 
 
 if __name__ == "__main__":

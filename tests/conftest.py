@@ -3,8 +3,11 @@ when it is unset, the tests point it at ../shared/datasets beside the repository
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -27,6 +30,19 @@ os.environ["OMP_NUM_THREADS"] = str(THREADS)  # inherited by the `resnets` subpr
 torch.set_num_threads(THREADS)
 
 REQUIRE_DATA_ENV = "RESNETS_REQUIRE_DATA"
+BENCHMARKS = REPOSITORY / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """benchmarks/NAME.py as a module. Its folder goes last on sys.path, for the siblings a benchmark imports
+    (`from whole_photo_sizes import ...`), so that its generic file names never shadow an installed module."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.append(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None, name
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def skip_without_data(reason: str) -> None:
@@ -55,17 +71,6 @@ def imagenet_sample_dir() -> Path:
         skip_without_data(f"imagenet-sample not found at {folder.resolve()}; set {DATASETS_ENV} to the folder "
                            "that holds imagenet-sample/ to run this test")
     return folder
-
-
-@pytest.fixture(scope="module")
-def imagenette_validation() -> list[tuple[torch.Tensor, str]]:
-    """Every Imagenette validation photo, decoded, with its class folder's name (the wnid); once per test file."""
-    from resnets.data.folder import read_image
-
-    folder = datasets_root() / "imagenette" / "val"
-    if not folder.is_dir():
-        skip_without_data(f"{folder} not found")
-    return [(read_image(photo), photo.parent.name) for photo in sorted(folder.rglob("*.JPEG"))]
 
 
 @pytest.fixture(scope="module")

@@ -3,23 +3,17 @@ pixels mirrored at its edges), not a flat one; the flat mean border stays an opt
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
-PROBE = Path(__file__).resolve().parents[1] / "benchmarks" / "input_size_probe.py"
+from .conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def probe() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("input_size_probe", PROBE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("input_size_probe")
 
 
 def test_the_default_border_mirrors_the_view(probe: ModuleType) -> None:
@@ -47,13 +41,9 @@ def test_the_mean_border_is_zero_and_bad_borders_are_refused(probe: ModuleType) 
         probe.bordered(view, 1, "wrap")
 
 
-def test_batchnorm_by_stage_replaces_one_stage_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_batchnorm_by_stage_replaces_one_stage_at_a_time() -> None:
     """benchmarks/batchnorm_by_stage.py: each row keeps the trained statistics but one stage's (torchvision's names)."""
-    monkeypatch.syspath_prepend(str(PROBE.parent))  # it imports its sibling whole_photo_sizes.py
-    spec = importlib.util.spec_from_file_location("batchnorm_by_stage", PROBE.parent / "batchnorm_by_stage.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("batchnorm_by_stage")
     from resnets import create_model
     from resnets.evaluate.recalibrate import batchnorm_state
 

@@ -49,6 +49,17 @@ def test_a_batch_is_cut_at_its_side_from_the_same_boxes() -> None:
     assert seen == {64, 144}
 
 
+def test_the_side_stays_on_the_host_where_the_rest_goes_to_the_batch_device() -> None:
+    """`int(side)` per batch must not wait for the device (a sync per step on CUDA): the loader keeps a
+    BatchAugment's `host_params` on the CPU. The meta device stands in for a GPU here."""
+    augment = RandomResizedCropFlip((32, 32), sizes=(16, 24), batch_size=4, normalize=PLAIN)
+    images = torch.zeros(8, 3, 32, 32, dtype=torch.uint8, device="meta")
+    loader = TensorBatchLoader(images, torch.zeros(8, dtype=torch.long, device="meta"), 4, augment=augment)
+    params = loader.plan(0).params
+    assert params["side"].device.type == "cpu"
+    assert {value.device.type for name, value in params.items() if name != "side"} == {"meta"}
+
+
 def test_crop_sizes_are_whole_sides_and_need_random_resized_crops() -> None:
     recipe = apply_overrides(get_recipe("imagenette-fast"), {"crop_sizes": "112,144, 176"}).validate()
     assert recipe.crop_sizes == (112, 144, 176) and all(isinstance(side, int) for side in recipe.crop_sizes)

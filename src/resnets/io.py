@@ -110,3 +110,14 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise FileNotFoundError(f"{what} {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UnreadableFileError(f"{path} is not valid JSON ({error})") from None
+
+
+def update_json(path: str | Path, entries: dict[str, Any]) -> Path:
+    """Add `entries` to the JSON object in `path` (created if absent; an entry of the same key is replaced), written
+    atomically: records that grow one measurement at a time keep everything measured before."""
+    path = Path(path)
+    earlier = read_json(path, "record") if path.is_file() else {}
+    if not isinstance(earlier, dict):
+        raise UnreadableFileError(f"{path} holds a JSON {type(earlier).__name__}, not an object of entries; move it "
+                                  "aside or name another file")
+    return atomic_write_json(path, {**earlier, **entries})

@@ -47,6 +47,7 @@ from .experiments import label as net_label
 from .imagenette import imagenette_verdicts, protocol_rows
 from .preact import preact_panels, preact_rows, preact_verdict
 from .responses import read_responses_csv, response_verdicts
+from .shipped_check import shipped_check_section
 from .shipped_protocols import shipped_protocols_section
 from .time_to_accuracy import time_to_accuracy_section
 from .time_to_accuracy_imagenette import imagenette_time_to_accuracy_section
@@ -198,6 +199,9 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path = "REPRODUCTION
                                    real_photos=pedestrians is not None)
     if pedestrians is not None:
         parts += pennfudan_section(Path(pennfudan), pedestrians, writer.plot)  # type: ignore[arg-type]
+    results = next((Path(folder).parent for folder in (depth, imagenette) if folder is not None), None)
+    if results is not None:
+        parts += shipped_check_section(results)  # results/shipped-check.json beside the series
     if runs:  # `resnet20-paper` and `degradation/resnet20`, not two runs both called `resnet20`
         common = Path(os.path.commonpath([run.path.resolve().parent for run in runs]))
         for run in runs:

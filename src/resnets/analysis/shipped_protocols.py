@@ -90,6 +90,19 @@ def _deeper_verdicts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _trained_on(meta: Mapping[str, Any]) -> tuple[str, float, Mapping[str, Any]] | None:
+    """(source weights, epochs trained on from them, recipe) of weights trained on from other shipped weights."""
+    source, recipe = meta.get("started_from"), meta.get("recipe") or {}
+    if not source or meta.get("batchnorm"):
+        return None
+    return source, meta.get("epochs", recipe.get("epochs")), recipe
+
+
+def _meta_of(name: str, entry: Mapping[str, Any], shipped: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
+    """A measured row's weights: the shipped file's metadata, else the provenance its record keeps (a run)."""
+    return shipped.get(name) or entry.get("provenance") or {}
+
+
 def provenance_note(meta: Mapping[str, Any]) -> str:
     """How shipped weights were made from other shipped weights: BN statistics re-estimated (`resnets analyze ship
     --recalibrate-bn`) or trained on from them (a `--pretrained` run, e.g. multi-size); "" for weights of one run."""
@@ -98,10 +111,11 @@ def provenance_note(meta: Mapping[str, Any]) -> str:
         return (f"`{made['recalibrated_from']}` with its BN statistics re-estimated once before shipping, on "
                 f"{made['training_photos']:,} training photos fed whole at sides "
                 f"{', '.join(map(str, made['sides']))} (pooled; weights untouched)")
-    source, recipe = meta.get("started_from"), meta.get("recipe") or {}
-    if not source:
+    trained = _trained_on(meta)
+    if trained is None:
         return ""
-    sides, epochs = recipe.get("crop_sizes") or [recipe.get("crop_size")], meta.get("epochs", recipe.get("epochs"))
+    source, epochs, recipe = trained
+    sides = recipe.get("crop_sizes") or [recipe.get("crop_size")]
     return (f"`{source}` trained {epochs:g} more epochs ({recipe.get('name')}, peak lr {recipe.get('lr'):g}) "
             f"on batches of crops at side{'s' if len(sides) > 1 else ''} {', '.join(map(str, sides))}")
 
@@ -119,7 +133,7 @@ def _sizes_part(path: Path, shipped: Mapping[str, Mapping[str, Any]]) -> list[st
         holds = entry["worst_minus_center"] <= SIZE_BAR
         fixed = ("" if not again else f"; with BN statistics re-estimated at each side on "
                  f"{again['training_photos']} training photos: {again['worst_minus_center']:+.2f}")
-        made = provenance_note(shipped.get(name) or entry.get("provenance") or {})
+        made = provenance_note(_meta_of(name, entry, shipped))
         lines.append(f"`{name}`: whole-photo error at sides {sides[0]}-{sides[-1]} within {SIZE_BAR:g} points of "
                      f"its centre error: {'yes' if holds else 'no'} (worst side {entry['worst_minus_center']:+.2f} "
                      f"points{fixed}{'; ' + made if made else ''})")
@@ -138,12 +152,11 @@ def _sizes_trained_on(sizes: Mapping[str, Mapping[str, Any]], shipped: Mapping[s
     """Issue #36's question "what makes the nets fragile", answered where the records allow it: weights trained on
     from one source for as long at one lr, at one crop size and at several, side by side."""
     trained: dict[tuple, dict[str, str]] = {}
-    for name in sizes:
-        meta = shipped.get(name) or sizes[name].get("provenance") or {}
-        recipe = meta.get("recipe") or {}
-        if meta.get("started_from") and not meta.get("batchnorm"):
-            key = (meta["started_from"], meta.get("epochs", recipe.get("epochs")), recipe.get("lr"))
-            trained.setdefault(key, {})["several" if recipe.get("crop_sizes") else "one"] = name
+    for name, entry in sizes.items():
+        if (made := _trained_on(_meta_of(name, entry, shipped))) is not None:
+            source, epochs, recipe = made
+            trained.setdefault((source, epochs, recipe.get("lr")), {})["several" if recipe.get("crop_sizes")
+                                                                     else "one"] = name
     lines = []
     for (source, epochs, lr), names in trained.items():
         if {"one", "several"} <= set(names):

@@ -66,7 +66,9 @@ def pad_crop_flip(images: torch.Tensor, pad: int = 4, generator: torch.Generator
 class BatchAugment(Protocol):
     """Random augmentation of a whole batch on the training device: `draw` makes every image's random parameters up
     front (on the CPU generator, so a seed means the same views on any device), `__call__` turns a float batch in
-    [0, 1] and its parameters into normalised network inputs."""
+    [0, 1] and its parameters into normalised network inputs. Parameters are moved to the batch's device, but those
+    named in an optional `host_params` attribute stay on the CPU: values `__call__` reads as Python numbers (e.g. a
+    batch's output side), where a device tensor would cost a host synchronisation at every step."""
 
     def draw(self, count: int, generator: torch.Generator) -> dict[str, torch.Tensor]: ...
     def __call__(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor: ...
@@ -229,7 +231,9 @@ class TensorBatchLoader(ResumablePosition):
         params = None
         if self.augment is not None:
             drawn = self.augment.draw(total, generator)
-            params = {name: value[self.rank::self.world_size].to(self.images.device) for name, value in drawn.items()}
+            host = getattr(self.augment, "host_params", frozenset())
+            params = {name: value[self.rank::self.world_size].to("cpu" if name in host else self.images.device)
+                      for name, value in drawn.items()}
         indices = order[self.rank::self.world_size].to(self.images.device)
         self._plan = EpochPlan(epoch, indices, params)
         return self._plan

@@ -297,6 +297,8 @@ class RandomResizedCropFlip(ScaleCropFlip):
     epoch is resized to one side drawn uniformly from `sizes` (the same for all DDP ranks at a step), so that BN
     statistics and the last stage's border-dominated maps meet every test size in training."""
 
+    host_params = frozenset({"side"})  # read as a number per batch: kept off the device (no sync per step)
+
     def __init__(self, image_size: tuple[int, int], area: tuple[float, float] = (0.25, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), crop_size: int = 112, lighting_std: float = 0.0,
                  eigval: Sequence[float] | torch.Tensor = IMAGENET_LIGHTING_EIGVAL,
@@ -340,7 +342,7 @@ class RandomResizedCropFlip(ScaleCropFlip):
     def __call__(self, images: torch.Tensor, params: dict[str, torch.Tensor],
                  output_size: tuple[int, int] | None = None) -> torch.Tensor:
         if "side" in params and output_size is None:
-            side = int(params["side"][0])  # every place of a batch holds its batch's side
+            side = int(params["side"][0])  # every place of a batch holds its batch's side (a host tensor)
             output_size = (side, side)
         return super().__call__(images, params, output_size)
 
