@@ -80,6 +80,10 @@ def test_imagenette_fast_trains_at_112_tests_whole_photos_and_holds_out_a_tuning
     evaluations = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val_error" in r]
     assert evaluations and math.isfinite(evaluations[-1]["val_error"])  # chosen on the held-out photos, not test
     assert not any("test_error" in r for r in evaluations)
+    # ... and so does the run's final number: the test (official validation) photos stay unseen by tuning runs
+    assert summary["val_images"] == 6 and math.isfinite(summary["val_top1_error"]) and "test_top1_error" not in summary
+    refused = run_cli("analyze", "ship", str(out), "--weights-dir", str(tmp_path / "shipped"), check=False)
+    assert refused.returncode != 0 and "is a tuning run (6 training images held out" in refused.stderr
     config = json.loads((out / "config.json").read_text())
     assert config["recipe"]["crop_area"] == [0.25, 1.0] and "scale_min" not in config["recipe"]
     meta = torch.load(out / "model.pt", weights_only=True)["meta"]["preprocess"]

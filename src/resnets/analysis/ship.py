@@ -83,6 +83,9 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
     if run.summary["dataset"] not in ("cifar10", "cifar100", "imagenette"):
         raise ValueError(f"{run.path} is a {run.summary['dataset']} run; shipped weights are CIFAR or Imagenette "
                          "networks")
+    if "val_top1_error" in run.summary:
+        raise ValueError(f"{run.path} is a tuning run ({run.summary['val_images']:,} training images held out, the "
+                         "test set never seen); ship a run of the chosen recipe on the whole training set")
     name = name or run.summary["model"]
     recipe_name = run.config["recipe"]["name"]
     tag = tag if tag is not None else recipe_name

@@ -178,10 +178,12 @@ class ClassificationTask(Task):
             self.ema.load_state_dict(state["ema"])
 
     def finish(self, run: Run) -> dict[str, Any]:
-        """Final test (once), the weights-only file with its measured accuracy, curves, summary.json."""
+        """Final test (once), the weights-only file with its measured accuracy, curves, summary.json. A tuning run
+        (a held-out part of the training set) ends on that part instead: the test set stays for the final number."""
         wall = run.elapsed
         final_model = self.ema.module if self.ema is not None else self.model
-        test = self.test("test")
+        split = self.eval_split
+        final = self.test(split)
         distributed = self.runtime.distributed
         identical = distributed and same_on_all_ranks(parameter_fingerprint(self.model), self.runtime)  # one model?
         if not self.runtime.is_main:
@@ -192,7 +194,8 @@ class ClassificationTask(Task):
         summary: dict[str, Any] = {
             "model": options.model, "dataset": options.dataset, "data": described, "recipe": self.recipe.name,
             "iterations": at, "scheduled_iterations": run.total, "epochs": epochs, "wall_seconds": round(wall, 1),
-            "test_top1_error": test["top1_error"], "test_top5_error": test["top5_error"], "test_images": test["images"],
+            f"{split}_top1_error": final["top1_error"], f"{split}_top5_error": final["top5_error"],
+            f"{split}_images": final["images"],
             "complete": at >= run.total, "hardware": hardware_description(self.runtime),
             "precision": options.precision, "skipped_images": data.bad_images()}
         if distributed:
@@ -201,17 +204,18 @@ class ClassificationTask(Task):
                 run.log_line("warning: the processes ended with different weights (gradient sync failed?); model.pt "
                              "holds rank 0's")
         save_weights(final_model, paths.weights,
-                     {**self.meta, "recipe": self.plan.recorded_recipe(), "test_top1_error": test["top1_error"],
-                      "test_top5_error": test["top5_error"], "iterations": at, "data": described})
+                     {**self.meta, "recipe": self.plan.recorded_recipe(), f"{split}_top1_error": final["top1_error"],
+                      f"{split}_top5_error": final["top5_error"], "iterations": at, "data": described})
         atomic_write_json(paths.summary, summary)
         if run.metrics is not None and run.metrics.records:
             plot_error_curves({options.model: {options.model: run.metrics.records}}, paths.curves,
                               eval_key=f"{self.eval_split}_error")
         if summary["skipped_images"]:
             run.log_line(f"skipped {len(summary['skipped_images'])} unreadable images (listed in {paths.summary.name})")
-        top5 = f", top-5 {test['top5_error']:.2f}%" if data.num_classes > 10 else ""
-        run.log_line(f"test error: {test['top1_error']:.2f}% (top-1{top5}) on {test['images']} images after {at} "
-                     f"iterations ({epochs} epochs), {wall / 60:.1f} min -> {paths.root}")
+        top5 = f", top-5 {final['top5_error']:.2f}%" if data.num_classes > 10 else ""
+        images = f"{final['images']}{' held-out training' if split == 'val' else ''} images"
+        run.log_line(f"{split} error: {final['top1_error']:.2f}% (top-1{top5}) on {images} after {at} iterations "
+                     f"({epochs} epochs), {wall / 60:.1f} min -> {paths.root}")
         return summary
 
 
