@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from resnets.analysis.time_to_accuracy import (
+    contention_notes,
     load_test_series,
     reach_cell,
     run_summary,
@@ -135,3 +136,20 @@ def test_a_finished_new_recipe_gets_its_row_and_curve(results: Path, tmp_path: P
             "12.50 |") in text
     assert list(made["time-to-accuracy.png"]["recipes"]) == ["fast, 4 epochs", "cifar-fast, 2 epochs"]
     assert "no finished resnet20" not in text
+
+
+def test_rates_are_compared_only_on_one_kind_of_machine() -> None:
+    """A run at half the rate of another on the same CPU and precision shared its CPU; a run on another CPU (or in
+    another precision) is slower for its own reasons and is not called contended."""
+    xeon = {"cpu_model": "Intel Xeon", "cpu_capability": "AVX512", "cpu_native_bf16": False}
+    epyc = {"cpu_capability": "AVX512", "cpu_native_bf16": True}  # an older record: no CPU model
+    records = {"fast": {"images_per_s": 1000, "hardware": epyc, "precision": "bf16"},
+               "shared": {"images_per_s": 500, "hardware": epyc, "precision": "bf16"},
+               "xeon-fp32": {"images_per_s": 460, "hardware": xeon, "precision": "fp32"},
+               "xeon-bf16": {"images_per_s": 40, "hardware": xeon, "precision": "bf16"}}
+    notes = contention_notes(records)
+    assert len(notes) == 1 and "shared (500)" in notes[0] and "xeon" not in notes[0]
+    assert "on a CPU of unrecorded model (AVX512, native bf16), bf16 (1,000 img/s, fast)" in notes[0]
+    records["slower"] = {"images_per_s": 300, "hardware": xeon, "precision": "fp32"}
+    assert any("on Intel Xeon, fp32 (460 img/s, xeon-fp32)" in note and "slower (300)" in note
+               for note in contention_notes(records))

@@ -111,7 +111,7 @@ def run_summary(run: RunRecord, thresholds: Sequence[float] = CIFAR.thresholds,
             "last_epoch_training": last_epoch_training(run),
             "reached": {t: reach(points, t, key) for t in thresholds}, "images_per_s": median_rate(run),
             "wall_seconds": run.summary["wall_seconds"], "steady_seconds": steady_seconds(run),
-            "hardware": run.summary["hardware"]}
+            "hardware": run.summary["hardware"], "precision": run.summary.get("precision")}
 
 
 def finished_runs(folder: Path, task: Task = CIFAR, by_seed: bool = True) -> tuple[list[RunRecord], list[str]]:
@@ -168,7 +168,8 @@ def paper_point() -> dict[str, Any] | None:
     images = meta["iterations"] * meta["recipe"]["batch_size"]
     return {"label": f"paper, {meta['epochs']:g} epochs: final only (no curve recorded)", "epochs": meta["epochs"],
             "minutes": meta["wall_seconds"] / 60, "test_error": meta["test_top1_error"],
-            "images_per_s": images / meta["wall_seconds"], "hardware": meta["hardware"]}
+            "images_per_s": images / meta["wall_seconds"], "hardware": meta["hardware"],
+            "precision": meta.get("precision")}
 
 
 def aggregate(key: Key, runs: Sequence[Mapping[str, Any]], thresholds: Sequence[float] = CIFAR.thresholds
@@ -218,16 +219,35 @@ def figure_data(summaries: Mapping[Key, Sequence[Mapping[str, Any]]], paper: Map
     return data
 
 
-def contention_note(rates: Mapping[str, float], what: str = net_label(MODEL)) -> str:
-    """The records (`rates`: what -> images/s) well below the fastest `what` record here: they shared their CPU."""
-    where, fastest = max(rates.items(), key=lambda item: item[1])
+def machine(record: Mapping[str, Any]) -> str:
+    """The kind of machine a record ran on, as far as it says (CPU model, precision): rates compare only within one,
+    since these sittings' CPUs differ several-fold (bf16 is native on some and emulated on others)."""
+    hardware = record.get("hardware") or {}
+    traits = [hardware.get("cpu_capability")] + ["native bf16"] * bool(hardware.get("cpu_native_bf16"))
+    device = (hardware.get("gpu") or hardware.get("cpu_model")
+              or "a CPU of unrecorded model" + (f" ({', '.join(t for t in traits if t)})" if any(traits) else ""))
+    return f"{device}, {record.get('precision') or 'unrecorded precision'}"
+
+
+def contention_note(rates: Mapping[str, float], what: str = net_label(MODEL), where: str = "") -> str:
+    """The records (`rates`: what -> images/s) well below the fastest `what` record of the same machine (`where`):
+    they shared their CPU."""
+    fastest_record, fastest = max(rates.items(), key=lambda item: item[1])
     slow = [f"{record} ({rate:,.0f})" for record, rate in rates.items() if rate < CONTENDED * fastest]
     if not slow:
         return ""
-    return (f"Contention: these records ran under {CONTENDED:.0%} of the fastest {what} record's rate here "
-            f"({fastest:,.0f} img/s, {where}), so they shared their CPU with other jobs: {', '.join(slow)}. Their "
-            "minutes are as recorded and overstate what the recipe takes alone; a wall time's bracket takes out "
-            "pauses, not a slowdown that lasted the whole run.")
+    return (f"Contention: these records ran under {CONTENDED:.0%} of the fastest {what} record's rate "
+            f"{f'on {where} ' if where else 'here '}({fastest:,.0f} img/s, {fastest_record}), so they shared their "
+            f"CPU with other jobs: {', '.join(slow)}. Their minutes are as recorded and overstate what the recipe "
+            "takes alone; a wall time's bracket takes out pauses, not a slowdown that lasted the whole run.")
+
+
+def contention_notes(records: Mapping[str, Mapping[str, Any]], what: str = net_label(MODEL)) -> list[str]:
+    """`contention_note` within each kind of machine (`machine`) of `records` (name -> a `run_summary`)."""
+    groups: dict[str, dict[str, float]] = {}
+    for name, record in records.items():
+        groups.setdefault(machine(record), {})[name] = record["images_per_s"]
+    return [note for where, rates in groups.items() if (note := contention_note(rates, what, where))]
 
 
 def tuning_table(folder: Path, task: Task = CIFAR) -> tuple[str, list[dict[str, Any]], list[str]]:
@@ -321,16 +341,16 @@ def time_to_accuracy_section(depth: Path, plot: Plot) -> list[str]:
     if found is None:
         return []
     paper = paper_point()
-    rates = {f"`{run['path']}`": run["images_per_s"] for runs in found.summaries.values() for run in runs}
-    rates.update({f"probe `{probe['path']}`": probe["images_per_s"] for probe in found.probes})
+    records = {f"`{run['path']}`": run for runs in found.summaries.values() for run in runs}
+    records.update({f"probe `{probe['path']}`": probe for probe in found.probes})
     if paper is not None:
-        rates[f"`{PAPER_WEIGHTS}`, whole run"] = paper["images_per_s"]
+        records[f"`{PAPER_WEIGHTS}`, whole run"] = paper
     gap = ([f"Final test error against the paper recipe's {paper['test_error']:.2f}% (mean): "
             + "; ".join(f"{row['label']} {statistics.fmean(row['final_errors']) - paper['test_error']:+.2f} points"
                         for row in found.rows) + "."] if paper is not None else [])
     figure = plot(plot_time_to_accuracy, figure_data(found.summaries, paper), CIFAR.figure,
                   "Time to accuracy: ResNet-20 test error against wall-clock minutes and epochs, by recipe")
-    lines = [line for line in (contention_note(rates), *found.notes, *gap, *found.tuning_notes) if line]
+    lines = [line for line in (*contention_notes(records), *found.notes, *gap, *found.tuning_notes) if line]
     return [f"## Time to accuracy: {net_label(MODEL)} on CIFAR-10, by recipe",
             f"{net_label(MODEL)} runs of each recipe, "
             + ", ".join(f"`{folder}/{MODEL}-s<seed>`" for folder in found.folders)

@@ -22,7 +22,7 @@ from .depth import plus_minus
 from .describe import table
 from .experiments import label as net_label
 from .imagenette import IMAGENETTE_MODELS
-from .time_to_accuracy import Measured, Plot, Point, Task, cadence, contention_note, figure_data, measure
+from .time_to_accuracy import Measured, Plot, Point, Task, cadence, contention_notes, figure_data, measure
 
 NEW_RECIPE = "imagenette-fast"
 IMAGENETTE = Task(models=IMAGENETTE_MODELS, thresholds=(20.0, 15.0, 10.0), beside=(NEW_RECIPE,),
@@ -125,15 +125,15 @@ def why_deeper_lost(shallow: Sequence[Mapping[str, Any]], deep: Sequence[Mapping
 
 
 def contention_lines(found: Measured) -> list[str]:
-    """`contention_note` within each recipe and network (probes with their recipe's runs): the networks and
+    """`contention_notes` within each recipe and network (probes with their recipe's runs): the networks and
     recipes run at their own rates, so only records of the same pair are compared."""
-    groups: dict[tuple[str, str], dict[str, float]] = {}
+    groups: dict[tuple[str, str], dict[str, Mapping[str, Any]]] = {}
     for run in (run for runs in found.summaries.values() for run in runs):
-        groups.setdefault((run["recipe"], run["model"]), {})[f"`{run['path']}`"] = run["images_per_s"]
+        groups.setdefault((run["recipe"], run["model"]), {})[f"`{run['path']}`"] = run
     for probe in found.probes:
-        groups.setdefault((probe["recipe"], probe["model"]), {})[f"probe `{probe['path']}`"] = probe["images_per_s"]
-    return [note for (recipe, model), rates in groups.items()
-            if (note := contention_note(rates, f"{net_label(model)} `{recipe}`"))]
+        groups.setdefault((probe["recipe"], probe["model"]), {})[f"probe `{probe['path']}`"] = probe
+    return [note for (recipe, model), records in groups.items()
+            for note in contention_notes(records, f"{net_label(model)} `{recipe}`")]
 
 
 def setting(recipe: Mapping[str, Any]) -> str:
