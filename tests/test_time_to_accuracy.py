@@ -115,8 +115,8 @@ def test_tuning_probes_are_listed_apart(results: Path, tmp_path: Path) -> None:
               key="val_error", lr=0.4)
     text = "\n\n".join(time_to_accuracy_section(results / "depth", draw_into(tmp_path, {})))
     _, probes = text.split("Tuning probes (held-out 5,000 training images)")
-    assert ("| `lr04` | fast | lr=0.4 | 3 | 45,000 / 5,000 | 1,400 | 3.1 min | 3.0 min (epoch 3.0) | not reached | "
-            "14.90 |") in probes
+    assert ("| `lr04` | fast | lr=0.4 | 3 | 45,000 / 5,000 | 1,400 | a CPU of unrecorded model (AVX512, native bf16), "
+            "bf16 | 3.1 min | 3.0 min (epoch 3.0) | not reached | 14.90 |") in probes
     assert "15.40" not in text  # the probe's test error (its summary) is shown nowhere
 
 

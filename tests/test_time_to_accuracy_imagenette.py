@@ -172,8 +172,9 @@ def test_tuning_probes_stay_out_of_the_main_table(results: Path, tmp_path: Path)
     made: dict[str, Any] = {}
     text = section(results, tmp_path, made)
     main, probes = text.split("Tuning probes (held-out 1,000 training images)")
-    assert ("| `lr04` | ResNet-18 | imagenette-fast | lr=0.4 | 2 | 8,469 / 1,000 | 190 | 8.1 min | 8.0 min (epoch "
-            "2.0) | 8.0 min (epoch 2.0) | not reached | 14.00 |") in probes
+    assert ("| `lr04` | ResNet-18 | imagenette-fast | lr=0.4 | 2 | 8,469 / 1,000 | 190 | a CPU of unrecorded model "
+            "(AVX512, native bf16), bf16 | 8.1 min | 8.0 min (epoch 2.0) | 8.0 min (epoch 2.0) | not reached | 14.00 |"
+            ) in probes
     assert "lr04" not in main and "14.00" not in main
     assert "33.33" not in text  # the probe's validation error (its summary) is shown nowhere
     assert all("lr04" not in runs for runs in made["time-to-accuracy-imagenette.png"]["recipes"].values())

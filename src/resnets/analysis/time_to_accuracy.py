@@ -266,7 +266,7 @@ def tuning_table(folder: Path, task: Task = CIFAR) -> tuple[str, list[dict[str, 
         rows.append((f"`{run.path.name}`", *([net_label(row["model"])] if several else []),
                      run.config["recipe"]["name"], ", ".join(changes) or "-",
                      f"{row['epochs']:g}", f"{data['train_images']:,} / {data['val_images']:,}",
-                     f"{row['images_per_s']:,.0f}", duration(row["wall_seconds"]),
+                     f"{row['images_per_s']:,.0f}", machine(row), duration(row["wall_seconds"]),
                      *(reach_cell([row["reached"][t]]) for t in task.thresholds), f"{row['final_error']:.2f}"))
     held_out = sorted({f"{run.summary['data']['val_images']:,}" for run in runs})
     every = sorted({cadence(row["points"]) for row in summaries})
@@ -274,7 +274,7 @@ def tuning_table(folder: Path, task: Task = CIFAR) -> tuple[str, list[dict[str, 
             f"{' or '.join(every)} on training images kept out of its training. They chose the recipe; they are not "
             f"{task.error} and are not in the figure.\n\n"
             + table(("probe", *(["net"] if several else []), "recipe", "changed (--set)", "epochs",
-                     "train / held-out images", "images/s (median)", "wall time",
+                     "train / held-out images", "images/s (median)", "on", "wall time",
                      *(f"to {t:g}% held-out error" for t in task.thresholds), "final held-out error (%)"),
                     rows)) if runs else ""
     return text, summaries, [f"`{folder}`: {', '.join(unfinished)} not finished, left out."] if unfinished else []
