@@ -84,6 +84,9 @@ def test_imagenette_fast_trains_at_112_tests_whole_photos_and_holds_out_a_tuning
     assert summary["val_images"] == 6 and math.isfinite(summary["val_top1_error"]) and "test_top1_error" not in summary
     refused = run_cli("analyze", "ship", str(out), "--weights-dir", str(tmp_path / "shipped"), check=False)
     assert refused.returncode != 0 and "is a tuning run (6 training images held out" in refused.stderr
+    refused = run_cli("report", str(out), "--out", str(tmp_path / "report.md"), check=False)
+    assert refused.returncode != 0 and "is a tuning run (6 training images held out" in refused.stderr
+    assert not (tmp_path / "report.md").exists()
     config = json.loads((out / "config.json").read_text())
     assert config["recipe"]["crop_area"] == [0.25, 1.0] and "scale_min" not in config["recipe"]
     meta = torch.load(out / "model.pt", weights_only=True)["meta"]["preprocess"]

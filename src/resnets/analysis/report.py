@@ -154,6 +154,10 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path = "REPRODUCTION
     """Validate every input first (nothing is written if one is refused), then write `out` and figures/."""
     out = Path(out)
     runs = [load_run(path) for path in run_dirs]
+    for run in runs:
+        if "val_top1_error" in run.summary:  # no test error to report: tuning runs never see the test set
+            raise RunDirectoryError(f"{run.path} is a tuning run ({run.summary['val_images']:,} training images held "
+                                    "out, the test set never seen); report runs trained on the whole training set")
     if not runs and all(v is None for v in (degradation, responses, depth, preact, imagenette, detection, pennfudan)):
         raise ValueError("nothing to report: give run directories, --depth DIR, --preact DIR, --imagenette DIR, "
                          "--detection DIR, --pennfudan DIR, --degradation DIR or --responses DIR")
