@@ -91,7 +91,10 @@ def main() -> None:
         parser.error(f"not shipped classifiers: {', '.join(unknown)}; choose from {', '.join(known)}")
     print("| weights | images | top-1 error (%) | stated | difference |\n|---|---|---|---|---|")
     for name in args.names or known:
-        entry = check(name)
+        try:
+            entry = check(name)
+        except FileNotFoundError as error:  # the test images are not where $RESNETS_DATASETS points
+            parser.error(str(error))
         print(f"| {name} | {entry['images']:,} | {entry['top1_error']:.2f} | {entry['stated_top1_error']:.2f} | "
               f"{entry['top1_error'] - entry['stated_top1_error']:+.2f} |", flush=True)
         if args.json:  # written after each net: an interrupted pass keeps what it measured
