@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from resnets.analysis.depth import load_series
 from resnets.data.paths import CACHE_ENV
 from resnets.data.transforms import IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, Normalize, RandomResizedCropFlip
+from resnets.runs import RunDirectoryError
 from resnets.train.recipes import apply_overrides, get_recipe
 
 from .conftest import smooth_photos, write_synthetic_imagenette
@@ -87,6 +90,9 @@ def test_imagenette_fast_trains_at_112_tests_whole_photos_and_holds_out_a_tuning
     refused = run_cli("report", str(out), "--out", str(tmp_path / "report.md"), check=False)
     assert refused.returncode != 0 and "is a tuning run (6 training images held out" in refused.stderr
     assert not (tmp_path / "report.md").exists()
+    shutil.copytree(out, tmp_path / "series" / "resnet18-s0")  # a series folder (Table 2, Fig. 6) refuses it too
+    with pytest.raises(RunDirectoryError, match=r"is a tuning run .* a series compares test errors"):
+        load_series(tmp_path / "series")
     config = json.loads((out / "config.json").read_text())
     assert config["recipe"]["crop_area"] == [0.25, 1.0] and "scale_min" not in config["recipe"]
     meta = torch.load(out / "model.pt", weights_only=True)["meta"]["preprocess"]

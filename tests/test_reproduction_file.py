@@ -98,10 +98,10 @@ def test_committed_reproduction_file_is_what_the_report_makes(made: Path) -> Non
 
 
 def test_every_drawn_figure_has_its_data(made: Path) -> None:
-    """The seven figures the report draws carry the data they are drawn from; the others are copies."""
+    """The eight figures the report draws carry the data they are drawn from; the others are copies."""
     drawn = sorted(path.stem for path in (made / "figures").glob("*.json"))
-    assert drawn == ["depth-series", "detection-curves", "imagenette-fig4", "pennfudan-curves", "preact-comparison",
-                     "time-to-accuracy", "time-to-accuracy-imagenette"]
+    assert drawn == ["depth-series", "detection-curves", "imagenette-fast-fig4", "imagenette-fig4", "pennfudan-curves",
+                     "preact-comparison", "time-to-accuracy", "time-to-accuracy-imagenette"]
     depth = json.loads((made / "figures" / "depth-series.json").read_text())
     assert list(depth) == ["plain", "ResNet"] and next(iter(depth["ResNet"])) == "ResNet-20 (3 seeds)"
     last = [r for r in depth["ResNet"]["ResNet-110"] if "test_error" in r][-1]

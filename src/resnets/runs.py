@@ -229,6 +229,14 @@ def load_run(path: str | Path) -> RunRecord:
     return RunRecord(run.root, summary, config, metrics)
 
 
+def require_test_error(run: RunRecord, instead: str) -> None:
+    """Refuse a tuning run (`--val-split`) where a test error is read: it ended on held-out training images and never
+    saw the test set. `instead`: what to give in its place."""
+    if "val_top1_error" in run.summary:
+        raise RunDirectoryError(f"{run.path} is a tuning run ({run.summary['val_images']:,} training images held out, "
+                                f"the test set never seen); {instead}")
+
+
 def inconsistencies(summary: dict[str, Any], config: dict[str, Any], metrics: Sequence[dict[str, Any]]) -> list[str]:
     options = config["options"]
     problems = []

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..models import model_spec
 from ..models.specs import PAPER_CIFAR10_ERROR, ResNetSpec
-from ..runs import RunDirectoryError, RunPaths, RunRecord, copy_records, load_run
+from ..runs import RunDirectoryError, RunPaths, RunRecord, copy_records, load_run, require_test_error
 from ..runtime import map_pinned, resolve_device
 from ..train.recipes import Recipe, RunOptions, get_recipe, stretch
 from .describe import thread_counts
@@ -50,6 +50,7 @@ def load_series(folder: str | Path, required: Collection[str] | None = None) -> 
         if required is not None and path.name not in required and not RunPaths(path).is_complete():
             continue
         run = load_run(path)
+        require_test_error(run, f"move it out of {folder}: a series compares test errors")
         model, seed = match["model"], int(match["seed"])
         if run.summary["model"] != model or run.config["options"].get("seed") != seed:
             raise RunDirectoryError(f"{path}: its name says {model} seed {seed}, its files say "

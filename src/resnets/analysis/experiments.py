@@ -18,7 +18,7 @@ from typing import Any
 from ..io import atomic_write_json, read_json
 from ..models import model_spec
 from ..plots import plot_error_curves
-from ..runs import RunPaths, decide_resume, load_run
+from ..runs import RunPaths, decide_resume, load_run, require_test_error
 from ..train.plan import RunPlan
 from ..train.recipes import Recipe, RunOptions, get_recipe, stretch
 
@@ -155,7 +155,10 @@ def label(name: str) -> str:
 
 def load_runs(out: str | Path, models: Sequence[str]) -> dict[str, Any]:
     """The validated run directory of each network (see report.load_run)."""
-    return {name: load_run(Path(out) / name) for name in models}
+    runs = {name: load_run(Path(out) / name) for name in models}
+    for run in runs.values():
+        require_test_error(run, "train the networks on the whole training set for this figure")
+    return runs
 
 
 def degradation_results(runs: Mapping[str, Any]) -> dict[str, Any]:

@@ -114,20 +114,27 @@ def run_imagenette_series(out: str | Path, models: Sequence[str] = IMAGENETTE_MO
     return lines
 
 
-def protocol_results(run: RunRecord) -> dict[str, dict[str, float]]:
+def protocol_results(run: RunRecord, elsewhere: Mapping[Path, Mapping[str, Any]] | None = None
+                     ) -> dict[str, dict[str, Any]]:
+    """Protocol -> result of the run's final weights: its protocols.json, else `elsewhere[run.path]` (records of
+    the same weights tested elsewhere, e.g. the shipped copy: `shipped_protocols.tested_as_shipped`)."""
     path = run.path / PROTOCOLS_FILE
+    if not path.is_file() and elsewhere and run.path in elsewhere:
+        return dict(elsewhere[run.path])
     if not path.is_file():
         raise RunDirectoryError(f"{run.path} has no {PROTOCOLS_FILE}; run `resnets experiment imagenette` again "
                                 "(complete runs are only tested) to write it")
     return read_json(path, "protocol results")["protocols"]
 
 
-def protocol_rows(series: Mapping[str, Sequence[RunRecord]]) -> list[dict[str, Any]]:
+def protocol_rows(series: Mapping[str, Sequence[RunRecord]],
+                  elsewhere: Mapping[Path, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Per network: seed-mean top-1 and top-5 validation error under each protocol, and multi-scale's top-1 error
-    of each scale alone (`multiscale_per_scale`, shorter side -> %, None when a record predates it)."""
+    of each scale alone (`multiscale_per_scale`, shorter side -> %, None when a record predates it). `elsewhere`:
+    as `protocol_results`."""
     rows = []
     for model, runs in series.items():
-        results = [protocol_results(run) for run in runs]
+        results = [protocol_results(run, elsewhere) for run in runs]
         row: dict[str, Any] = {"model": model, "runs": len(runs), "paper_10crop": PAPER_IMAGENET_TOP1_10CROP.get(model)}
         for protocol in PROTOCOLS:
             for key in ("top1_error", "top5_error"):
@@ -200,9 +207,10 @@ def curve_comparisons(series: Mapping[str, Sequence[RunRecord]], train_rows: Seq
     return lines
 
 
-def imagenette_verdicts(series: Mapping[str, Sequence[RunRecord]]) -> list[str]:
+def imagenette_verdicts(series: Mapping[str, Sequence[RunRecord]],
+                        elsewhere: Mapping[Path, Mapping[str, Any]] | None = None) -> list[str]:
     """Table 2 / Fig. 4 (deeper plain trains worse, deeper ResNet better, residual beats plain at equal depth, with
-    the curves' account of each family) and the protocol ordering of Table 3."""
-    train_rows, test_rows = series_rows(series), protocol_rows(series)
+    the curves' account of each family) and the protocol ordering of Table 3. `elsewhere`: as `protocol_results`."""
+    train_rows, test_rows = series_rows(series), protocol_rows(series, elsewhere)
     return (series_verdict(train_rows) + same_depth_verdicts(train_rows, test_rows)
             + curve_comparisons(series, train_rows) + protocol_verdicts(test_rows))

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from ..evaluate.protocols import PROTOCOLS, multiscale_sides
 from ..io import atomic_write_bytes, atomic_write_text
 from ..models import create_model, list_pretrained
 from ..models.specs import (
@@ -27,7 +26,7 @@ from ..models.specs import (
     followup_error,
 )
 from ..plots import plot_error_curves
-from ..runs import RunDirectoryError, RunRecord, load_run
+from ..runs import RunDirectoryError, RunRecord, load_run, require_test_error
 from .complexity import complexity
 from .depth import PAPER_DEPTH_SERIES, load_series, plus_minus, schedule_of, series_panels, series_rows, series_verdict
 from .describe import (
@@ -44,7 +43,7 @@ from .describe import (
 from .detection import detection_section, load_detection_runs, pennfudan_section
 from .experiments import degradation_results, load_runs
 from .experiments import label as net_label
-from .imagenette import imagenette_verdicts, protocol_rows
+from .imagenette_tables import budget_section, load_budget, load_fast_budget
 from .preact import preact_panels, preact_rows, preact_verdict
 from .responses import read_responses_csv, response_verdicts
 from .shipped_check import shipped_check_section
@@ -155,16 +154,16 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path = "REPRODUCTION
     out = Path(out)
     runs = [load_run(path) for path in run_dirs]
     for run in runs:
-        if "val_top1_error" in run.summary:  # no test error to report: tuning runs never see the test set
-            raise RunDirectoryError(f"{run.path} is a tuning run ({run.summary['val_images']:,} training images held "
-                                    "out, the test set never seen); report runs trained on the whole training set")
+        require_test_error(run, "report runs trained on the whole training set")
     if not runs and all(v is None for v in (degradation, responses, depth, preact, imagenette, detection, pennfudan)):
         raise ValueError("nothing to report: give run directories, --depth DIR, --preact DIR, --imagenette DIR, "
                          "--detection DIR, --pennfudan DIR, --degradation DIR or --responses DIR")
     series = load_series(depth) if depth is not None else None
     followup = load_series(preact) if preact is not None else None
-    nette = load_series(imagenette) if imagenette is not None else None
-    nette_rows = protocol_rows(nette) if nette is not None else None  # refuses runs without protocols.json
+    budgets = [] if imagenette is None else [  # each refuses runs without protocol results
+        budget for budget in (load_fast_budget(Path(imagenette)), load_budget(
+            Path(imagenette), "ImageNet in miniature, second budget: Tables 2 and 3, Fig. 4 with the paper-faithful "
+            "`imagenette` recipe", "imagenette-fig4.png")) if budget is not None]
     transfer = load_detection_runs(detection) if detection is not None else None
     pedestrians = load_detection_runs(pennfudan) if pennfudan is not None else None
     fig6 = None
@@ -194,8 +193,9 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path = "REPRODUCTION
         parts += time_to_accuracy_section(Path(depth), writer.plot)  # and results/cifar-fast beside it
     if followup is not None:
         parts += _preact_section(writer, Path(preact), followup)  # type: ignore[arg-type]
-    if nette is not None and nette_rows is not None:
-        parts += _imagenette_section(writer, Path(imagenette), nette, nette_rows)  # type: ignore[arg-type]
+    for budget in budgets:
+        parts += budget_section(writer.plot, budget)
+    if imagenette is not None:
         parts += imagenette_time_to_accuracy_section(Path(imagenette), writer.plot)  # imagenette-fast beside it
         parts += shipped_protocols_section(Path(imagenette))  # imagenette-protocols beside it
     if transfer is not None:
@@ -293,52 +293,6 @@ def _preact_section(writer: ReportWriter, folder: Path, series: dict[str, list[R
             "pre-activation (BN and ReLU before each convolution, nothing after the addition). Dashed: training "
             "error; solid: test error.",
             "Verdicts (computed from the data):\n\n" + "\n".join(f"- {line}" for line in preact_verdict(rows))]
-
-
-def _imagenette_section(writer: ReportWriter, folder: Path, series: dict[str, list[RunRecord]],
-                        rows: list[dict[str, Any]]) -> list[str]:
-    first = next(iter(series.values()))[0]
-    train_rows = {row["model"]: row for row in series_rows(series)}
-    table2 = [(net_label(row["model"]), f"{parameter_count(series[row['model']][0].config['model_config']):,}",
-               row["runs"], f"{row['10crop_top1_error']:.2f}", f"{row['center_top1_error']:.2f}",
-               plus_minus(train_rows[row["model"]]["train_errors"]),
-               "-" if row["paper_10crop"] is None else f"{row['paper_10crop']:.2f}") for row in rows]
-    table3 = [(net_label(row["model"]), *(f"{row[f'{p}_top1_error']:.2f} / {row[f'{p}_top5_error']:.2f}"
-                                      for p in PROTOCOLS)) for row in rows]
-    figure = writer.plot(plot_error_curves, series_panels(series), "imagenette-fig4.png",
-                         "Fig. 4 in miniature: plain (left) and ResNet (right) on Imagenette")
-    recipe = first.config["recipe"]
-    sides = multiscale_sides(recipe["crop_size"])
-    scales = ", ".join(map(str, sides))
-    reductions = sorted({reduction for row in rows for reduction in row["multiscale_reduction"]})
-    reduction = {"mean_then_softmax": "each score map averaged over positions, then the softmax (VGG's dense "
-                                      "evaluation, the paper's)",
-                 "softmax_then_mean": "the softmax at each position of a score map, then averaged (not the paper's "
-                                      "order, and no longer the default: `resnets eval --fcn-reduction`)"}
-    by_scale = [(net_label(row["model"]), *("-" if row["multiscale_per_scale"] is None
-                                            else f"{row['multiscale_per_scale'][str(side)]:.2f}" for side in sides),
-                 f"{row['multiscale_top1_error']:.2f}") for row in rows]
-    return ["## ImageNet in miniature: Tables 2 and 3, Fig. 4 on Imagenette",
-            f"Every run under `{folder}`, all on one budget: {schedule_of(first)} ({first.summary['epochs']:g} "
-            f"epochs; {first.config['recipe']['notes']}); {first.summary['data']['train_images']:,} training photos "
-            f"of Imagenette (10 ImageNet classes, a 224x224 copy); {_series_hardware(series)}. "
-            f"Each run: `{training_command(first.config)}` with its model (residual nets: option A shortcuts, as "
-            "in Table 2). These are not ImageNet numbers: the paper's column is there for direction only.",
-            "Table 2 in miniature: top-1 validation error (%) of each net, mean over its runs.",
-            table(("net", "params", "runs", "10-crop top-1", "center top-1", "final train error (%)",
-                   "paper: ImageNet 10-crop top-1"), table2),
-            f"Table 3 in miniature: top-1 / top-5 validation error (%) per test protocol. center: shorter side "
-            f"{first.config['recipe']['eval_resize']}, one {first.config['recipe']['crop_size']} crop; 10crop: "
-            f"corners and centre and their flips; multiscale: the whole image, fully convolutional, at shorter "
-            f"sides {scales} and flips; " + "; ".join(f"`{r}`: {reduction[r]}" for r in reductions) + ".",
-            table(("net", *PROTOCOLS), table3),
-            f"Multi-scale testing, each scale alone (the whole image and its flip): top-1 validation error (%). "
-            f"Training saw shorter sides {recipe['scale_min']}-{recipe['scale_max']}, cropped to "
-            f"{recipe['crop_size']}; the photos are 224 px, so larger sides upsample them.",
-            table(("net", *(f"side {side}" for side in sides), "all five"), by_scale),
-            figure, "Dashed: training error; solid: validation error (centre view).",
-            "Verdicts (computed from the data):\n\n" + "\n".join(f"- {line}" for line in
-                                                                 imagenette_verdicts(series))]
 
 
 def _read_degradation(folder: Path) -> dict[str, Any]:

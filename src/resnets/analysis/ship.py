@@ -32,7 +32,7 @@ from ..io import atomic_torch_save, atomic_write_text
 from ..models import create_model, model_config
 from ..models.pretrained import WHERE_TO_LOOK, list_pretrained, split_name, weight_file, write_manifest
 from ..models.weights import model_from_weight_data, read_weight_file
-from ..runs import load_run
+from ..runs import load_run, require_test_error
 from ..runtime import resolve_device
 from .describe import data_copy, training_command
 from .time_to_accuracy import median_rate
@@ -83,9 +83,7 @@ def ship_weights(run_dir: str | Path, name: str | None = None, weights_dir: str 
     if run.summary["dataset"] not in ("cifar10", "cifar100", "imagenette"):
         raise ValueError(f"{run.path} is a {run.summary['dataset']} run; shipped weights are CIFAR or Imagenette "
                          "networks")
-    if "val_top1_error" in run.summary:
-        raise ValueError(f"{run.path} is a tuning run ({run.summary['val_images']:,} training images held out, the "
-                         "test set never seen); ship a run of the chosen recipe on the whole training set")
+    require_test_error(run, "ship a run of the chosen recipe on the whole training set")
     name = name or run.summary["model"]
     recipe_name = run.config["recipe"]["name"]
     tag = tag if tag is not None else recipe_name

@@ -20,7 +20,7 @@ from ..evaluate.protocols import DEFAULT_FCN_REDUCTION, PROTOCOLS, multiscale_si
 from ..io import read_json
 from ..models import list_pretrained
 from ..models.pretrained import split_name
-from ..runs import RunDirectoryError
+from ..runs import RunDirectoryError, RunRecord
 from .describe import table
 from .experiments import label as net_label
 from .imagenette import protocol_verdicts
@@ -52,6 +52,27 @@ def read_protocol_records(folder: Path) -> dict[str, dict[str, dict[str, Any]]]:
                 raise RunDirectoryError(f"{path}: multi-scale with {record.get('fcn_reduction')!r}; this section "
                                         f"shows the paper's reduction ({DEFAULT_FCN_REDUCTION})")
             found.setdefault(weights.name, {})[protocol] = record
+    return found
+
+
+def tested_as_shipped(series: Mapping[str, Sequence[RunRecord]], folder: Path) -> dict[Path, dict[str, Any]]:
+    """Run path -> protocol -> record, for each run of `series` whose weights were shipped as they ended and tested
+    under every protocol in `folder` (`imagenette-protocols`): the metadata's `shipped_from` ends in the run's folder
+    and name, its test error is the run's, and the weights were not made from others (no BN re-estimation, no further
+    training). `imagenette.protocol_results` reads these for runs that keep no protocols.json."""
+    if not folder.is_dir():
+        return {}
+    records, shipped = read_protocol_records(folder), list_pretrained()
+    found: dict[Path, dict[str, Any]] = {}
+    for runs in series.values():
+        for run in runs:
+            for name, by_protocol in records.items():
+                meta = shipped.get(name, {})
+                origin = Path(meta.get("shipped_from") or "/")
+                if ((origin.parent.name, origin.name) == (run.path.parent.name, run.path.name)
+                        and meta.get("test_top1_error") == run.summary["test_top1_error"]
+                        and not provenance_note(meta) and set(by_protocol) == set(PROTOCOLS)):
+                    found[run.path] = dict(by_protocol)
     return found
 
 
