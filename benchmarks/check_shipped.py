@@ -16,6 +16,7 @@ file, `create_model` or `preprocess` fails CI in a minute or two. Shipping new w
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,12 +26,12 @@ from tqdm import tqdm
 
 import resnets
 from resnets.data.folder import read_image
-from resnets.data.paths import datasets_root
+from resnets.data.paths import TEST_FOLDERS, datasets_root
 from resnets.io import update_json
 from resnets.runtime import cpu_model
 
 BATCH = 250
-FOLDERS = {"cifar10": "cifar10-jpeg/test", "imagenette": "imagenette/val"}  # the copies the metadata was measured on
+FOLDERS = TEST_FOLDERS  # dataset -> the copy the metadata was measured on
 
 
 def shipped_classifiers() -> list[str]:
@@ -42,12 +43,18 @@ def labelled_images(name: str) -> tuple[list[Path], list[int]]:
     """The test (CIFAR) or validation (Imagenette) images of `name`'s dataset in sorted path order, and the index of
     each one's class folder in the weights' own class list."""
     meta = resnets.list_pretrained()[name]
-    folder = datasets_root() / FOLDERS[meta["dataset"]]
-    paths = sorted(path for path in folder.rglob("*") if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    paths = image_paths(datasets_root() / FOLDERS[meta["dataset"]])
+    return list(paths), [meta["classes"].index(path.parent.name) for path in paths]
+
+
+@functools.cache
+def image_paths(folder: Path) -> tuple[Path, ...]:
+    """Every image under `folder`, in sorted path order (listed once per folder: every net of a dataset reads it)."""
+    paths = tuple(sorted(path for path in folder.rglob("*") if path.suffix.lower() in (".jpg", ".jpeg", ".png")))
     if not paths:
         raise FileNotFoundError(f"no images under {folder}; set RESNETS_DATASETS to the folder that holds "
-                                f"{FOLDERS[meta['dataset']].split('/')[0]}/")
-    return paths, [meta["classes"].index(path.parent.name) for path in paths]
+                                f"{folder.parent.name}/")
+    return paths
 
 
 def predict(name: str, paths: Sequence[Path], progress: bool = False) -> list[int]:

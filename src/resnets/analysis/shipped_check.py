@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..data.paths import TEST_FOLDERS
 from ..io import read_json
 from ..models import list_pretrained
 from .describe import table
@@ -27,7 +28,7 @@ def shipped_check_section(results: Path) -> list[str]:
     for name in sorted(shipped):
         entry, stated = record.get(name), shipped[name]
         if entry is None or entry["sha256"] != stated["sha256"]:
-            if "classes" in stated and stated.get("dataset") in ("cifar10", "imagenette"):
+            if "classes" in stated and stated.get("dataset") in TEST_FOLDERS:
                 unchecked.append(name)
             continue
         gaps[name] = entry["top1_error"] - stated["test_top1_error"]

@@ -10,6 +10,9 @@ CACHE_ENV = "RESNETS_CACHE"
 # Relative on purpose: CI and pytest run from the repository root, with the shared datasets beside the repository.
 DEFAULT_DATASETS = Path("..") / "shared" / "datasets"
 DEFAULT_CACHE = Path("~") / ".cache" / "resnets"
+# The copies under the datasets root whose test (CIFAR-10) or validation (Imagenette) images the shipped weights'
+# metadata was measured on (benchmarks/check_shipped.py checks every image again).
+TEST_FOLDERS = {"cifar10": "cifar10-jpeg/test", "imagenette": "imagenette/val"}
 
 
 def datasets_root() -> Path:
