@@ -112,16 +112,23 @@ def test_imagenet_folders_refuse_random_resized_crops(tmp_path: Path) -> None:
 
 def test_the_imagenette_series_trains_with_the_fast_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`resnets experiment imagenette --recipe imagenette-fast`: every network on the fast recipe, and the `center`
-    protocol sees what the training loop's evaluation saw (the whole photo at 128, not a 112 crop)."""
+    protocol sees what the training loop's evaluation saw (the whole photo at 128, not a 112 crop). `--shortcut B`
+    trains Table 3's projection-shortcut row (tests/test_imagenette.py runs the default, option A)."""
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     data = write_synthetic_imagenette(tmp_path / "data", train_per_class=40, val_per_class=3)  # one batch of 64
     run_cli("experiment", "imagenette", "--recipe", "imagenette-fast", "--models", "resnet18", "--data", str(data),
-            "--epochs", "1", "--out", str(tmp_path / "runs"), "--records", str(tmp_path / "records"), "--no-progress")
+            "--epochs", "1", "--out", str(tmp_path / "runs"), "--records", str(tmp_path / "records"), "--no-progress",
+            "--shortcut", "B")
     records = tmp_path / "records" / "resnet18-s0"
     config = json.loads((records / "config.json").read_text())
-    assert config["recipe"]["name"] == "imagenette-fast" and config["options"]["shortcut"] == "A"
+    assert config["recipe"]["name"] == "imagenette-fast" and config["model_config"]["shortcut"] == "B"
     protocols = json.loads((records / "protocols.json").read_text())["protocols"]
     summary = json.loads((records / "summary.json").read_text())
     assert protocols["center"]["top1_error"] == pytest.approx(summary["test_top1_error"])
     result = run_cli("experiment", "imagenette", "--recipe", "fast", "--out", str(tmp_path / "x"), check=False)
     assert result.returncode != 0 and "invalid choice: 'fast'" in result.stderr
+    result = run_cli("experiment", "imagenette", "--models", "plain34", "--shortcut", "B", "--out", str(tmp_path / "x"),
+                     check=False)
+    assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].endswith(
+        "--shortcut B is for residual nets (Table 3); plain34 has no shortcut: train it in the option A series")
+    assert not (tmp_path / "x").exists()

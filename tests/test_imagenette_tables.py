@@ -71,3 +71,44 @@ def test_a_runs_own_protocols_come_first(results: Path) -> None:
 def test_no_fast_folder_no_section(results: Path) -> None:
     shutil.rmtree(results / "imagenette-fast")
     assert load_fast_budget(results / "imagenette") is None
+
+
+def option_b_run(results: Path, ten_crop: float) -> Path:
+    """A copy of the ResNet-34 run's records, said to be trained with option B shortcuts, with protocol results of
+    its own (10-crop top-1 `ten_crop`)."""
+    run = results / "imagenette-fast" / "option-B" / "resnet34-s0"
+    shutil.copytree(results / "imagenette-fast" / "resnet34-s0", run)
+    config = json.loads((run / "config.json").read_text())
+    config["model_config"]["shortcut"] = config["options"]["shortcut"] = "B"
+    (run / "config.json").write_text(json.dumps(config))
+    own = {protocol: recorded(results, "resnet34.imagenette-fast", protocol) for protocol in ("center", "multiscale")}
+    ten = recorded(results, "resnet34.imagenette-fast", "10crop")
+    own["10crop"] = ten | {"top1_error": ten_crop, "top5_error": 1.5}
+    (run / "protocols.json").write_text(json.dumps({"precision": "bf16", "protocols": own}))
+    return run
+
+
+@pytest.mark.parametrize(("ten_crop", "verdict"), [(10.0, "yes"), (30.0, "no")])
+def test_option_b_runs_join_table_3_beside_option_a(results: Path, ten_crop: float, verdict: str) -> None:
+    option_a = recorded(results, "resnet34.imagenette-fast", "10crop")["top1_error"]
+    option_b_run(results, ten_crop)
+    text = "\n".join(budget_section(no_plot, load_fast_budget(results / "imagenette")))
+    table3 = text[text.index("Table 3 in miniature"):text.index("Multi-scale testing, each scale alone")]
+    assert f"| ResNet-34 A | {recorded(results, 'resnet34.imagenette-fast', 'center')['top1_error']:.2f} /" in table3
+    assert f"| ResNet-34 B | {recorded(results, 'resnet34.imagenette-fast', 'center')['top1_error']:.2f} /" in table3
+    assert f"| {ten_crop:.2f} / 1.50 |" in table3
+    assert (f"- option B shortcuts beat option A for ResNet-34 (ImageNet: 24.52% vs 25.03%): {verdict} "
+            f"({ten_crop:.2f}% vs {option_a:.2f}% 10-crop top-1, 1 vs 1 runs)") in text
+    assert "not measured on this budget" not in text
+
+
+def test_shortcuts_are_kept_apart(results: Path) -> None:
+    text = "\n".join(budget_section(no_plot, load_fast_budget(results / "imagenette")))
+    assert "- option B/C shortcuts against option A (Table 3): not measured on this budget" in text
+    path = results / "imagenette-fast" / "resnet34-s0" / "config.json"
+    config = json.loads(path.read_text())
+    config["model_config"]["shortcut"] = "B"
+    path.write_text(json.dumps(config))
+    with pytest.raises(RunDirectoryError, match=r"resnet34-s0: trained with shortcut B, but .*imagenette-fast holds "
+                                                r"option A runs; move it to .*imagenette-fast/option-B$"):
+        load_fast_budget(results / "imagenette")

@@ -350,4 +350,11 @@ def test_the_cpu_is_named_by_its_model_where_the_record_has_it() -> None:
     cpuinfo = Path("/proc/cpuinfo")
     names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
              if line.startswith("model name")] if cpuinfo.is_file() else []
-    assert hardware_description(Runtime(torch.device("cpu")))["cpu_model"] == (names[0] if names else None)
+    described = hardware_description(Runtime(torch.device("cpu")))
+    assert described["cpu_model"] == (names[0] if names else None)
+    first_cpu = cpuinfo.read_text().split("\n\n")[0] if cpuinfo.is_file() else ""
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first_cpu.splitlines())}
+    assert described["cpu_generation"] == (f"family {fields['cpu family']} model {fields['model']}"
+                                           if "cpu family" in fields else None)
+    assert hardware_brief({"cpu_model": "AMD EPYC", "cpu_generation": "family 25 model 17", "threads": 2,
+                           "torch": "2.x"}) == "CPU AMD EPYC (family 25 model 17), 2 threads, torch 2.x"

@@ -153,3 +153,13 @@ def test_rates_are_compared_only_on_one_kind_of_machine() -> None:
     records["slower"] = {"images_per_s": 300, "hardware": xeon, "precision": "fp32"}
     assert any("on Intel Xeon, fp32 (460 img/s, xeon-fp32)" in note and "slower (300)" in note
                for note in contention_notes(records))
+    # two CPUs of one name but another family/model: each compared only with its own kind
+    older = {"cpu_model": "AMD EPYC", "cpu_generation": "family 25 model 1"}
+    newer = {"cpu_model": "AMD EPYC", "cpu_generation": "family 25 model 17"}
+    mixed = {"older": {"images_per_s": 110, "hardware": older, "precision": "bf16"},
+             "newer": {"images_per_s": 59, "hardware": newer, "precision": "bf16"}}
+    assert contention_notes(mixed) == []
+    mixed["newer-shared"] = {"images_per_s": 20, "hardware": newer, "precision": "bf16"}
+    assert [note for note in contention_notes(mixed) if "older" in note or "newer (" in note] == []
+    assert any("on AMD EPYC (family 25 model 17), bf16 (59 img/s, newer)" in note and "newer-shared (20)" in note
+               for note in contention_notes(mixed))

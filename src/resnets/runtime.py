@@ -123,13 +123,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere, which reads as "no special hardware")."""
+def cpuinfo(key: str) -> str | None:
+    """The first value of `key` in /proc/cpuinfo ("model name", "flags", ...); None where it is absent or unreadable
+    (not Linux)."""
     try:
-        with open("/proc/cpuinfo") as f:
-            return frozenset(next((line for line in f if line.startswith("flags")), "").split())
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                name, _, value = line.partition(":")
+                if name.strip() == key:
+                    return value.strip() or None
     except OSError:
-        return frozenset()
+        return None
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (empty off Linux, which reads as "no special hardware")."""
+    return frozenset((cpuinfo("flags") or "").split())
 
 
 def cpu_has_native_bf16() -> bool:
@@ -156,7 +166,8 @@ def cpu_has_vnni() -> bool:
 def hardware_description(runtime: Runtime) -> dict[str, Any]:
     info: dict[str, Any] = {
         "device": str(runtime.device), "world_size": runtime.world_size, "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
+        "cpu_generation": cpu_generation(), "cpu_count": os.cpu_count(),
         "cpu_cores": usable_cores(),
         "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "python": platform.python_version(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -168,16 +179,16 @@ def hardware_description(runtime: Runtime) -> dict[str, Any]:
 
 
 def cpu_model() -> str | None:
-    """The CPU's model name (`model name` in /proc/cpuinfo, e.g. "AMD EPYC"): timings name the CPU they ran on, and
-    these machines differ between sittings (Xeon with AMX, EPYC with avx512_bf16, EPYC with AVX2 only)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip() or None
-    except OSError:
-        return None
-    return None
+    """The CPU's model name (e.g. "AMD EPYC"): timings name the CPU they ran on, and these machines differ between
+    sittings (Xeon with AMX, EPYC with avx512_bf16, EPYC with AVX2 only)."""
+    return cpuinfo("model name")
+
+
+def cpu_generation() -> str | None:
+    """The CPU's family and model numbers (e.g. "family 25 model 17"): two CPUs both called "AMD EPYC" have trained
+    here at rates 2x apart, and only these numbers told them apart."""
+    family, model = cpuinfo("cpu family"), cpuinfo("model")
+    return f"family {family} model {model}" if family and model else None
 
 
 def usable_cores() -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +104,18 @@ def thread_counts(*hardware: dict[str, Any]) -> list[int]:
     return sorted({record["threads"] for record in hardware if record.get("threads")})
 
 
+def cpu_name(hardware: Mapping[str, Any]) -> str | None:
+    """A hardware record's CPU model, with its family and model numbers where recorded ("AMD EPYC (family 25 model
+    17)"); None for a record that names no model."""
+    name, generation = hardware.get("cpu_model"), hardware.get("cpu_generation")
+    return f"{name} ({generation})" if name and generation else name
+
+
 def hardware_brief(hardware: dict[str, Any], *others: dict[str, Any]) -> str:
     """The machine a run used; given several runs' records, thread counts that differ read as a range (1-2)."""
     counts = thread_counts(hardware, *others)
     threads = "?" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-    device = hardware.get("gpu") or f"CPU {hardware.get('cpu_model') or hardware.get('cpu', '?')}, {threads} threads"
+    device = hardware.get("gpu") or f"CPU {cpu_name(hardware) or hardware.get('cpu', '?')}, {threads} threads"
     count = hardware.get("world_size", 1)
     return f"{f'{count} x ' if count > 1 else ''}{device}, torch {hardware.get('torch', '?')}"
 

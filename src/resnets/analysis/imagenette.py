@@ -21,6 +21,7 @@ from typing import Any
 from ..evaluate.protocols import DEFAULT_FCN_REDUCTION, PROTOCOLS
 from ..evaluate.run import evaluate_checkpoint
 from ..io import atomic_write_json, read_json
+from ..models import model_spec
 from ..models.specs import PAPER_IMAGENET_TOP1_10CROP
 from ..runs import RunDirectoryError, RunPaths, RunRecord, copy_records
 from ..train.recipes import RunOptions, get_recipe, stretch
@@ -89,22 +90,28 @@ def run_imagenette_series(out: str | Path, models: Sequence[str] = IMAGENETTE_MO
                           precision: str = "fp32", compile: bool = False, data: str | Path | None = None,
                           device: str = "auto", records: str | Path | None = None, epochs: float | None = None,
                           progress: bool = True, log: Callable[[str], Any] = print, jobs: int = 1,
-                          recipe: str = "imagenette", **overrides: Any) -> list[str]:
+                          recipe: str = "imagenette", shortcut: str = "A", **overrides: Any) -> list[str]:
     """Train (or resume, or skip when complete) every network and seed under `out`/<model>-s<seed>, `jobs` at a
     time (`depth.map_series`), test each with the three protocols, and copy the records (with protocols.json) to
     `records` (e.g. results/imagenette). `overrides` are RunOptions fields (subset, eval_subset, ... for smoke
     runs). `recipe`: one ImageNet-family recipe for every network (the paper-faithful `imagenette` by default, or
-    `imagenette-fast`; keep one recipe per `out` folder). Returns the verdict lines."""
+    `imagenette-fast`; keep one recipe per `out` folder). `shortcut`: the residual nets' option, A as in Table 2, or
+    B/C for Table 3's rows (their own `out` and `records`, e.g. results/imagenette-fast/option-B; residual nets
+    only). Returns the verdict lines."""
     if get_recipe(recipe).family != "imagenet":
         raise ValueError(f"recipe {recipe!r} is not an ImageNet-family recipe; use imagenette or imagenette-fast")
+    plain = [model for model in models if not model_spec(model).residual]
+    if shortcut != "A" and plain:
+        raise ValueError(f"--shortcut {shortcut} is for residual nets (Table 3); {', '.join(plain)} has no shortcut: "
+                         "train it in the option A series")
     out = Path(out)
     members = []
     for run_dir, options, spec in series_members(
             out, models, seeds, "imagenet", "this series takes plain18/34, resnet18/34, ...", dataset="imagenette",
             data=None if data is None else str(data), precision=precision, device=device, compile=compile,
             progress=progress, **overrides):
-        # Table 2 compares plain nets with option A ResNets
-        options = dataclasses.replace(options, shortcut="A" if spec.residual else None)
+        # Table 2 compares plain nets with option A ResNets; Table 3 adds B and C
+        options = dataclasses.replace(options, shortcut=shortcut if spec.residual else None)
         members.append((run_dir, options, None if records is None else Path(records)))
     map_series(functools.partial(train_and_test_member, data=data, device=device, precision=precision,
                                  epochs=epochs, log=log, recipe=recipe), members, jobs, device)
@@ -115,27 +122,31 @@ def run_imagenette_series(out: str | Path, models: Sequence[str] = IMAGENETTE_MO
 
 
 def protocol_results(run: RunRecord, elsewhere: Mapping[Path, Mapping[str, Any]] | None = None
-                     ) -> dict[str, dict[str, Any]]:
-    """Protocol -> result of the run's final weights: its protocols.json, else `elsewhere[run.path]` (records of
-    the same weights tested elsewhere, e.g. the shipped copy: `shipped_protocols.tested_as_shipped`)."""
+                     ) -> tuple[dict[str, dict[str, Any]], str]:
+    """Protocol -> result of the run's final weights, and what was tested: the run's protocols.json first, else
+    `elsewhere[run.path]` (records of the same weights tested elsewhere, e.g. the shipped copy:
+    `shipped_protocols.tested_as_shipped`)."""
     path = run.path / PROTOCOLS_FILE
-    if not path.is_file() and elsewhere and run.path in elsewhere:
-        return dict(elsewhere[run.path])
-    if not path.is_file():
-        raise RunDirectoryError(f"{run.path} has no {PROTOCOLS_FILE}; run `resnets experiment imagenette` again "
-                                "(complete runs are only tested) to write it")
-    return read_json(path, "protocol results")["protocols"]
+    if path.is_file():
+        record = read_json(path, "protocol results")
+        return record["protocols"], f"the run's weights, {record['precision']}"
+    if elsewhere and run.path in elsewhere:
+        first = next(iter(elsewhere[run.path].values()))
+        return dict(elsewhere[run.path]), f"`{first['weights']}` (shipped copy), {first['precision']}"
+    raise RunDirectoryError(f"{run.path} has no {PROTOCOLS_FILE}; run `resnets experiment imagenette` again "
+                            "(complete runs are only tested) to write it")
 
 
 def protocol_rows(series: Mapping[str, Sequence[RunRecord]],
                   elsewhere: Mapping[Path, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Per network: seed-mean top-1 and top-5 validation error under each protocol, and multi-scale's top-1 error
-    of each scale alone (`multiscale_per_scale`, shorter side -> %, None when a record predates it). `elsewhere`:
-    as `protocol_results`."""
+    """Per network: seed-mean top-1 and top-5 validation error under each protocol, multi-scale's top-1 error
+    of each scale alone (`multiscale_per_scale`, shorter side -> %, None when a record predates it) and what was
+    tested (`tested_with`). `elsewhere`: as `protocol_results`."""
     rows = []
     for model, runs in series.items():
-        results = [protocol_results(run, elsewhere) for run in runs]
-        row: dict[str, Any] = {"model": model, "runs": len(runs), "paper_10crop": PAPER_IMAGENET_TOP1_10CROP.get(model)}
+        results, tested_with = zip(*(protocol_results(run, elsewhere) for run in runs), strict=True)
+        row: dict[str, Any] = {"model": model, "runs": len(runs), "paper_10crop": PAPER_IMAGENET_TOP1_10CROP.get(model),
+                               "tested_with": "; ".join(sorted(set(tested_with)))}
         for protocol in PROTOCOLS:
             for key in ("top1_error", "top5_error"):
                 row[f"{protocol}_{key}"] = statistics.fmean(r[protocol][key] for r in results)
@@ -211,6 +222,11 @@ def imagenette_verdicts(series: Mapping[str, Sequence[RunRecord]],
                         elsewhere: Mapping[Path, Mapping[str, Any]] | None = None) -> list[str]:
     """Table 2 / Fig. 4 (deeper plain trains worse, deeper ResNet better, residual beats plain at equal depth, with
     the curves' account of each family) and the protocol ordering of Table 3. `elsewhere`: as `protocol_results`."""
-    train_rows, test_rows = series_rows(series), protocol_rows(series, elsewhere)
+    return verdicts_of_rows(series, series_rows(series), protocol_rows(series, elsewhere))
+
+
+def verdicts_of_rows(series: Mapping[str, Sequence[RunRecord]], train_rows: Sequence[Mapping[str, Any]],
+                     test_rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """`imagenette_verdicts` from rows already made (`depth.series_rows`, `protocol_rows`)."""
     return (series_verdict(train_rows) + same_depth_verdicts(train_rows, test_rows)
             + curve_comparisons(series, train_rows) + protocol_verdicts(test_rows))

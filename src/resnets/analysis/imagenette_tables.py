@@ -5,28 +5,32 @@
 A run's protocol results are its own protocols.json (`resnets experiment imagenette` tests the run's weights) or, for
 a run that keeps none, the `imagenette-protocols/MODEL.TAG/` records of the weights shipped from it
 (`shipped_protocols.tested_as_shipped`); the tables say which, with the precision each was tested at.
+
+Table 3's shortcut rows: residual runs in a budget's folder use option A (Table 2's); runs trained with `--shortcut B`
+(or C) live in its `option-B/<model>-s<seed>` (`option-C/`) subfolder, each with its own protocols.json, and join
+Table 3 as "ResNet-34 B" beside the paper's numbers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..evaluate.protocols import PROTOCOLS, multiscale_sides
-from ..io import read_json
+from ..models import model_spec
+from ..models.specs import PAPER_RESNET34_TOP1_10CROP_BY_SHORTCUT
 from ..plots import plot_error_curves
-from ..runs import RunRecord
+from ..runs import RunDirectoryError, RunRecord
 from .depth import load_series, plus_minus, schedule_of, series_panels, series_rows
 from .describe import hardware_brief, parameter_count, table, training_command
 from .experiments import label as net_label
-from .imagenette import IMAGENETTE_MODELS, PROTOCOLS_FILE, imagenette_verdicts, protocol_rows
+from .imagenette import IMAGENETTE_MODELS, protocol_rows, verdicts_of_rows
 from .shipped_protocols import FOLDER as SHIPPED_RECORDS
 from .shipped_protocols import tested_as_shipped
 from .time_to_accuracy import Plot
+from .time_to_accuracy_imagenette import NEW_RECIPE as FAST_FOLDER  # beside --imagenette
 
-FAST_FOLDER = "imagenette-fast"  # beside the report's --imagenette folder
 _REDUCTIONS = {"mean_then_softmax": "each score map averaged over positions, then the softmax (VGG's dense evaluation, "
                                     "the paper's)",
                "softmax_then_mean": "the softmax at each position of a score map, then averaged (not the paper's "
@@ -40,16 +44,64 @@ class Budget:
     title: str
     figure: str  # file name under figures/
     series: dict[str, list[RunRecord]]
-    elsewhere: dict[Path, dict[str, Any]]  # run path -> protocol -> record, for runs tested through shipped weights
-    rows: list[dict[str, Any]]  # `imagenette.protocol_rows`
+    rows: list[dict[str, Any]]  # `imagenette.protocol_rows`: own protocols.json, else the shipped weights' records
+    by_shortcut: dict[str, list[dict[str, Any]]]  # "B"/"C" -> protocol rows of the runs under option-B/C
+
+
+SHORTCUT_OPTIONS = ("B", "C")  # Table 3's rows beyond Table 2's option A
+
+
+def _require_shortcut(series: dict[str, list[RunRecord]], option: str, budget: Path) -> None:
+    """Every residual run of the option's folder was trained with that shortcut; plain nets only in the budget's own
+    folder (beside option A, as in Table 2)."""
+    here = budget if option == "A" else budget / f"option-{option}"
+    for runs in series.values():
+        for run in runs:
+            used = run.config["model_config"].get("shortcut")
+            if used == option or (option == "A" and not model_spec(run.summary["model"]).residual):
+                continue
+            there = budget / f"option-{used}" if used in SHORTCUT_OPTIONS else budget
+            raise RunDirectoryError(f"{run.path}: trained with shortcut {used}, but {here} holds option {option} "
+                                    f"runs; move it to {there}")
+
+
+def _shortcut_rows(budget: Path) -> dict[str, list[dict[str, Any]]]:
+    rows = {}
+    for option in SHORTCUT_OPTIONS:
+        if (budget / f"option-{option}").is_dir():
+            series = load_series(budget / f"option-{option}")
+            _require_shortcut(series, option, budget)
+            rows[option] = protocol_rows(series)
+    return rows
 
 
 def load_budget(folder: Path, title: str, figure: str, shipped_records: Path | None = None) -> Budget:
     """Every run under `folder` with its protocol results (refused in one line where a run has none);
     `shipped_records`: the `imagenette-protocols` folder to read for runs that keep no protocols.json."""
     series = load_series(folder)
+    _require_shortcut(series, "A", folder)
     elsewhere = tested_as_shipped(series, shipped_records) if shipped_records is not None else {}
-    return Budget(folder, title, figure, series, elsewhere, protocol_rows(series, elsewhere))
+    return Budget(folder, title, figure, series, protocol_rows(series, elsewhere), _shortcut_rows(folder))
+
+
+def shortcut_verdicts(rows: list[dict[str, Any]], by_shortcut: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Table 3's comparison: each projection option against option A for the same net, on 10-crop top-1."""
+    option_a = {row["model"]: row for row in rows}
+    lines = []
+    for option, option_rows in by_shortcut.items():
+        for row in option_rows:
+            if row["model"] not in option_a:
+                continue
+            ours, theirs = row["10crop_top1_error"], option_a[row["model"]]["10crop_top1_error"]
+            paper = PAPER_RESNET34_TOP1_10CROP_BY_SHORTCUT
+            cited = f" (ImageNet: {paper[option]:.2f}% vs {paper['A']:.2f}%)" if row["model"] == "resnet34" else ""
+            lines.append(f"option {option} shortcuts beat option A for {net_label(row['model'])}{cited}: "
+                         f"{'yes' if ours < theirs else 'no'} ({ours:.2f}% vs {theirs:.2f}% 10-crop top-1, "
+                         f"{row['runs']} vs {option_a[row['model']]['runs']} runs)")
+    if not lines:
+        lines.append("option B/C shortcuts against option A (Table 3): not measured on this budget (no run under "
+                     "option-B/ or option-C/)")
+    return lines
 
 
 def load_fast_budget(imagenette: Path) -> Budget | None:
@@ -61,27 +113,26 @@ def load_fast_budget(imagenette: Path) -> Budget | None:
                        "imagenette-fast-fig4.png", imagenette.parent / SHIPPED_RECORDS)
 
 
-def _tested_with(run: RunRecord, elsewhere: Mapping[Path, Mapping[str, Any]]) -> str:
-    if run.path in elsewhere and not (run.path / PROTOCOLS_FILE).is_file():
-        record = next(iter(elsewhere[run.path].values()))
-        return f"`{record['weights']}` (shipped copy), {record['precision']}"
-    return f"the run's weights, {read_json(run.path / PROTOCOLS_FILE, 'protocol results')['precision']}"
+def _table3_label(model: str, option: str) -> str:
+    return f"{net_label(model)} {option}" if model_spec(model).residual else net_label(model)
 
 
 def budget_section(plot: Plot, budget: Budget) -> list[str]:
     series, rows, folder = budget.series, budget.rows, budget.folder
     first = next(iter(series.values()))[0]
     recipe = first.config["recipe"]
-    train_rows = {row["model"]: row for row in series_rows(series)}
-    tested = {model: "; ".join(sorted({_tested_with(run, budget.elsewhere) for run in runs}))
-              for model, runs in series.items()}
+    train_list = series_rows(series)
+    train_rows = {row["model"]: row for row in train_list}
     table2 = [(net_label(row["model"]), f"{parameter_count(series[row['model']][0].config['model_config']):,}",
                row["runs"], f"{row['10crop_top1_error']:.2f}", f"{row['center_top1_error']:.2f}",
                plus_minus(train_rows[row["model"]]["train_errors"]),
-               "-" if row["paper_10crop"] is None else f"{row['paper_10crop']:.2f}", tested[row["model"]])
+               "-" if row["paper_10crop"] is None else f"{row['paper_10crop']:.2f}", row["tested_with"])
               for row in rows]
-    table3 = [(net_label(row["model"]), *(f"{row[f'{p}_top1_error']:.2f} / {row[f'{p}_top5_error']:.2f}"
-                                      for p in PROTOCOLS)) for row in rows]
+    table3 = [(_table3_label(row["model"], "A"), *(f"{row[f'{p}_top1_error']:.2f} / {row[f'{p}_top5_error']:.2f}"
+                                                 for p in PROTOCOLS)) for row in rows]
+    table3 += [(_table3_label(row["model"], option), *(f"{row[f'{p}_top1_error']:.2f} / {row[f'{p}_top5_error']:.2f}"
+                                                    for p in PROTOCOLS))
+               for option, option_rows in budget.by_shortcut.items() for row in option_rows]
     figure = plot(plot_error_curves, series_panels(series), budget.figure,
                   f"Fig. 4 in miniature ({recipe['name']}): plain (left) and ResNet (right) on Imagenette")
     sides = multiscale_sides(recipe["crop_size"])
@@ -93,6 +144,8 @@ def budget_section(plot: Plot, budget: Budget) -> list[str]:
     seen = (f"random-resized {recipe['crop_size']} px crops of {area[0]:.0%}-{area[1]:.0%} of the photo at "
             f"{recipe['eval_resize']} px" if area else
             f"shorter sides {recipe['scale_min']}-{recipe['scale_max']}, cropped to {recipe['crop_size']}")
+    # the command as the series lays runs out (RUNS/<folder>/<model>-s<seed>), not where this one happened to train
+    in_series = {**first.config, "options": {**first.config["options"], "out": f"RUNS/{folder.name}/{first.path.name}"}}
     hardware = hardware_brief(*(run.summary["hardware"] for runs in series.values() for run in runs))
     missing = [net_label(model) for model in IMAGENETTE_MODELS if model not in series]
     crop = recipe.get("eval_crop") or recipe["crop_size"]  # 0 or absent: the training crop's side
@@ -102,8 +155,9 @@ def budget_section(plot: Plot, budget: Budget) -> list[str]:
             f"Every run under `{folder}`, all on one budget: {schedule_of(first)} ({first.summary['epochs']:g} "
             f"epochs; {recipe['notes']}); {first.summary['data']['train_images']:,} training photos of Imagenette "
             f"(10 ImageNet classes, a 224x224 copy); {hardware}. "
-            f"Each run: `{training_command(first.config)}` with its model (residual nets: option A shortcuts, as in "
-            "Table 2). These are not ImageNet numbers: the paper's column is there for direction only."
+            f"Each run: `{training_command(in_series)}` with its model and seed (RUNS: a folder outside the work "
+            "tree; residual nets: option A shortcuts, as in Table 2). These are not ImageNet numbers: the paper's "
+            "column is there for direction only."
             + (f" Not trained on this budget yet: {', '.join(missing)}." if missing else ""),
             "Table 2 in miniature: top-1 validation error (%) of each net, mean over its runs, and what the "
             "protocols were measured on.",
@@ -119,4 +173,5 @@ def budget_section(plot: Plot, budget: Budget) -> list[str]:
             table(("net", *(f"side {side}" for side in sides), "all five"), by_scale),
             figure, "Dashed: training error; solid: validation error (centre view).",
             "Verdicts (computed from the data):\n\n" + "\n".join(
-                f"- {line}" for line in imagenette_verdicts(series, budget.elsewhere))]
+                f"- {line}" for line in (verdicts_of_rows(series, train_list, rows)
+                                         + shortcut_verdicts(rows, budget.by_shortcut)))]

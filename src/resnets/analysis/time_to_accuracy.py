@@ -27,7 +27,7 @@ from ..models import list_pretrained
 from ..plots import plot_time_to_accuracy
 from ..runs import RunDirectoryError, RunPaths, RunRecord, load_run
 from .depth import RUN_NAME, plus_minus, steady_seconds
-from .describe import data_copy, duration, hardware_brief, table, training_command
+from .describe import cpu_name, data_copy, duration, hardware_brief, table, training_command
 from .experiments import label as net_label
 from .experiments import last_epoch_mean
 
@@ -224,7 +224,7 @@ def machine(record: Mapping[str, Any]) -> str:
     since these sittings' CPUs differ several-fold (bf16 is native on some and emulated on others)."""
     hardware = record.get("hardware") or {}
     traits = [hardware.get("cpu_capability")] + ["native bf16"] * bool(hardware.get("cpu_native_bf16"))
-    device = (hardware.get("gpu") or hardware.get("cpu_model")
+    device = (hardware.get("gpu") or cpu_name(hardware)
               or "a CPU of unrecorded model" + (f" ({', '.join(t for t in traits if t)})" if any(traits) else ""))
     return f"{device}, {record.get('precision') or 'unrecorded precision'}"
 

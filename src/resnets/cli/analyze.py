@@ -87,6 +87,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     nette.add_argument("--eval-subset", type=int, default=None, help="evaluate on N validation images while training")
     nette.add_argument("--recipe", default="imagenette", choices=["imagenette", "imagenette-fast"],
                        help="one recipe for every network: the paper-faithful imagenette (default) or imagenette-fast")
+    nette.add_argument("--shortcut", default="A", choices=["A", "B", "C"],
+                       help="the residual nets' shortcuts: A (Table 2, default), or B/C for Table 3's rows, with their "
+                            "own --out and --records RECORDS/option-B beside the option A series")
     nette.set_defaults(handler=run_imagenette)
     det = experiments.add_parser("detection", help="the same detector on plain and residual backbones (Sec. 4.3 in "
                                                    "miniature): Mask R-CNN on Penn-Fudan by default, resumable")
@@ -222,7 +225,7 @@ def run_imagenette(args: argparse.Namespace) -> int:
 
     run_imagenette_series(args.out, args.models, args.seeds, args.precision, args.compile, args.data, args.device,
                           args.records, args.epochs, args.progress, jobs=args.jobs, subset=args.subset,
-                          eval_subset=args.eval_subset, recipe=args.recipe)
+                          eval_subset=args.eval_subset, recipe=args.recipe, shortcut=args.shortcut)
     return 0
 
 

@@ -44,9 +44,11 @@ def followup_error(dataset: str, preact: bool, depth: int) -> float | None:
 
 # Sec. 4.2: 3 stages of n basic blocks, 16/32/64 filters on 32/16/8 maps, depth 6n+2 (bottlenecks: 9n+2, x4 wide).
 CIFAR_WIDTHS = (16, 32, 64)
-# Table 6: test error (%) of the paper, for reports; 110 is "best of 5 (mean 6.61)".
 # Table 2: top-1 error (%, 10-crop testing) on the ImageNet validation set; residual nets with option A shortcuts.
 PAPER_IMAGENET_TOP1_10CROP = {"plain18": 27.94, "plain34": 28.54, "resnet18": 27.88, "resnet34": 25.03}
+# Table 3: the same for ResNet-34 by shortcut option (A: zero-padding, B: projections where dimensions change, C: all).
+PAPER_RESNET34_TOP1_10CROP_BY_SHORTCUT = {"A": 25.03, "B": 24.52, "C": 24.19}
+# Table 6: test error (%) of the paper, for reports; 110 is "best of 5 (mean 6.61)".
 PAPER_CIFAR10_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
 PAPER_CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 
