@@ -51,25 +51,29 @@ class Budget:
 SHORTCUT_OPTIONS = ("B", "C")  # Table 3's rows beyond Table 2's option A
 
 
+def _option_folder(budget: Path, option: str) -> Path:
+    """Where a budget keeps its runs with shortcut `option`: option A (and plain nets) in the budget's folder."""
+    return budget / f"option-{option}" if option in SHORTCUT_OPTIONS else budget
+
+
 def _require_shortcut(series: dict[str, list[RunRecord]], option: str, budget: Path) -> None:
     """Every residual run of the option's folder was trained with that shortcut; plain nets only in the budget's own
     folder (beside option A, as in Table 2)."""
-    here = budget if option == "A" else budget / f"option-{option}"
+    here = _option_folder(budget, option)
     for runs in series.values():
         for run in runs:
             used = run.config["model_config"].get("shortcut")
             if used == option or (option == "A" and not model_spec(run.summary["model"]).residual):
                 continue
-            there = budget / f"option-{used}" if used in SHORTCUT_OPTIONS else budget
             raise RunDirectoryError(f"{run.path}: trained with shortcut {used}, but {here} holds option {option} "
-                                    f"runs; move it to {there}")
+                                    f"runs; move it to {_option_folder(budget, used)}")
 
 
 def _shortcut_rows(budget: Path) -> dict[str, list[dict[str, Any]]]:
     rows = {}
     for option in SHORTCUT_OPTIONS:
-        if (budget / f"option-{option}").is_dir():
-            series = load_series(budget / f"option-{option}")
+        if _option_folder(budget, option).is_dir():
+            series = load_series(_option_folder(budget, option))
             _require_shortcut(series, option, budget)
             rows[option] = protocol_rows(series)
     return rows
@@ -128,11 +132,9 @@ def budget_section(plot: Plot, budget: Budget) -> list[str]:
                plus_minus(train_rows[row["model"]]["train_errors"]),
                "-" if row["paper_10crop"] is None else f"{row['paper_10crop']:.2f}", row["tested_with"])
               for row in rows]
-    table3 = [(_table3_label(row["model"], "A"), *(f"{row[f'{p}_top1_error']:.2f} / {row[f'{p}_top5_error']:.2f}"
-                                                 for p in PROTOCOLS)) for row in rows]
-    table3 += [(_table3_label(row["model"], option), *(f"{row[f'{p}_top1_error']:.2f} / {row[f'{p}_top5_error']:.2f}"
-                                                    for p in PROTOCOLS))
-               for option, option_rows in budget.by_shortcut.items() for row in option_rows]
+    table3 = [(_table3_label(row["model"], option), *(f"{row[f'{p}_top1_error']:.2f} / {row[f'{p}_top5_error']:.2f}"
+                                                   for p in PROTOCOLS))
+              for option, option_rows in [("A", rows), *budget.by_shortcut.items()] for row in option_rows]
     figure = plot(plot_error_curves, series_panels(series), budget.figure,
                   f"Fig. 4 in miniature ({recipe['name']}): plain (left) and ResNet (right) on Imagenette")
     sides = multiscale_sides(recipe["crop_size"])
