@@ -107,11 +107,14 @@ def main() -> None:
             parser.error(str(error))
         result = errors_by_side(model, photos, args.sides)
         gap = max(result[str(side)] for side in args.sides) - result["center"]
-        if Path(name).is_dir():  # a run: named by its folder, with what it trained on from (the report says so)
+        run = Path(name).is_dir()
+        if run:  # a run: named by its folder, with what it trained on from, or how from scratch (the report says so)
             name = f"{model.spec.name} run {Path(name).name}"
         table[name] = {**result, "worst_minus_center": gap, "photos": len(photos),
                        **({"provenance": {key: model.meta[key] for key in ("started_from", "recipe")}}
-                          if "started_from" in model.meta else {})}
+                          if "started_from" in model.meta else
+                          {"trained": {"model": model.spec.name, "recipe": model.meta["recipe"]["name"],
+                                       "shortcut": model.spec.shortcut}} if run else {})}
         print(f"| {name} | {result['center']:.2f} | " + " | ".join(f"{result[str(s)]:.2f}" for s in args.sides)
               + f" | {gap:+.2f} |  ({time.perf_counter() - started:.0f} s)", flush=True)
         if args.recalibrate_bn:

@@ -156,3 +156,30 @@ def test_weights_trained_on_from_shipped_weights_say_how() -> None:
                                      "0.02) on batches of crops at sides 112, 144, 192")
     one_size = {**meta, "recipe": {**meta["recipe"], "crop_sizes": []}}
     assert provenance_note(one_size).endswith("on batches of crops at side 112")
+
+
+@pytest.mark.parametrize(("gap", "outcome"), [
+    (1.5, "the shortcut option carries the fragility"),
+    (6.0, "both miss the 2-point bar: the shortcut option does not decide it (option B less fragile by 1.40 points)"),
+])
+def test_a_run_from_scratch_with_another_shortcut_is_set_beside_the_shipped_weights(records: Path, gap: float,
+                                                                                     outcome: str) -> None:
+    # the shipped resnet34.imagenette-fast is option A (read from its weight file); the run says it is option B
+    sizes = {"resnet34.imagenette-fast": {"center": 17.2, "128": 17.2, "160": 19.4, "192": 24.6,
+                                          "worst_minus_center": 7.4, "photos": 3925},
+             "resnet34 run resnet34-s0": {"center": 16.0, "128": 16.0, "160": 16.5, "192": 16.0 + gap,
+                                          "worst_minus_center": gap, "photos": 3925,
+                                          "trained": {"model": "resnet34", "recipe": "imagenette-fast",
+                                                      "shortcut": "B"}}}
+    (records / FOLDER / SIZES_FILE).write_text(json.dumps(sizes))
+    lines = verdicts(shipped_protocols_section(records / "imagenette"))
+    assert any(line.startswith("`resnet34 run resnet34-s0`: whole-photo error") and line.endswith(
+        "; trained from scratch: imagenette-fast, option B)") for line in lines)
+    assert lines[-1] == ("the shortcut option, measured: resnet34 on imagenette-fast from scratch with option B "
+                         f"(`resnet34 run resnet34-s0`) ends {gap:+.2f} points over its centre error at its worst side "
+                         "(centre 16.00%), with option A (`resnet34.imagenette-fast`) +7.40 (centre 17.20%): "
+                         + outcome)
+    sizes["resnet34 run resnet34-s0"]["trained"]["shortcut"] = "A"  # the same option: nothing to compare
+    (records / FOLDER / SIZES_FILE).write_text(json.dumps(sizes))
+    assert not any(line.startswith("the shortcut option") for line in
+                   verdicts(shipped_protocols_section(records / "imagenette")))

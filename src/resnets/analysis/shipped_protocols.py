@@ -18,12 +18,12 @@ from typing import Any
 
 from ..evaluate.protocols import DEFAULT_FCN_REDUCTION, PROTOCOLS, multiscale_sides, ten_crop_resize
 from ..io import read_json
-from ..models import list_pretrained
+from ..models import create_model, list_pretrained
 from ..models.pretrained import split_name
 from ..runs import RunDirectoryError, RunRecord
 from .describe import table
 from .experiments import label as net_label
-from .imagenette import protocol_verdicts
+from .imagenette import PROTOCOLS_FILE, protocol_verdicts
 
 FOLDER = "imagenette-protocols"
 SIZES_FILE = "whole-photo-sizes.json"
@@ -59,13 +59,13 @@ def tested_as_shipped(series: Mapping[str, Sequence[RunRecord]], folder: Path) -
     """Run path -> protocol -> record, for each run of `series` whose weights were shipped as they ended and tested
     under every protocol in `folder` (`imagenette-protocols`): the metadata's `shipped_from` ends in the run's folder
     and name, its test error is the run's, and the weights were not made from others (no BN re-estimation, no further
-    training). `imagenette.protocol_results` reads these for runs that keep no protocols.json."""
+    training). Runs that keep their own protocols.json are skipped: `imagenette.protocol_results` reads that first."""
     if not folder.is_dir():
         return {}
     records, shipped = read_protocol_records(folder), list_pretrained()
     found: dict[Path, dict[str, Any]] = {}
     for runs in series.values():
-        for run in runs:
+        for run in (run for run in runs if not (run.path / PROTOCOLS_FILE).is_file()):
             for name, by_protocol in records.items():
                 meta = shipped.get(name, {})
                 origin = Path(meta.get("shipped_from") or "/")
@@ -154,11 +154,11 @@ def _sizes_part(path: Path, shipped: Mapping[str, Mapping[str, Any]]) -> list[st
         holds = entry["worst_minus_center"] <= SIZE_BAR
         fixed = ("" if not again else f"; with BN statistics re-estimated at each side on "
                  f"{again['training_photos']} training photos: {again['worst_minus_center']:+.2f}")
-        made = provenance_note(_meta_of(name, entry, shipped))
+        made = provenance_note(_meta_of(name, entry, shipped)) or _from_scratch_note(entry)
         lines.append(f"`{name}`: whole-photo error at sides {sides[0]}-{sides[-1]} within {SIZE_BAR:g} points of "
                      f"its centre error: {'yes' if holds else 'no'} (worst side {entry['worst_minus_center']:+.2f} "
                      f"points{fixed}{'; ' + made if made else ''})")
-    lines += _sizes_trained_on(sizes, shipped)
+    lines += _sizes_trained_on(sizes, shipped) + _sizes_by_shortcut(sizes, shipped)
     recalibrated = {entry["recalibrated"]["training_photos"] for entry in sizes.values() if entry.get("recalibrated")}
     header = ("weights", "photos", "center", *(f"whole {side}" for side in sides), "worst - center",
               *(f"whole {side}, BN re-estimated" for side in sides), "worst - center, BN re-estimated")
@@ -189,6 +189,35 @@ def _sizes_trained_on(sizes: Mapping[str, Mapping[str, Any]], shipped: Mapping[s
                          + ("the size variation, not the extra training, removes the fragility"
                             if several["worst_minus_center"] <= SIZE_BAR < one["worst_minus_center"] else
                             "the fragility does not follow the size variation here"))
+    return lines
+
+
+def _from_scratch_note(entry: Mapping[str, Any]) -> str:
+    trained = entry.get("trained")
+    return f"trained from scratch: {trained['recipe']}, option {trained['shortcut']}" if trained else ""
+
+
+def _sizes_by_shortcut(sizes: Mapping[str, Mapping[str, Any]], shipped: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Issue #36's "option A's zero-padded shortcuts?", measured where the records allow it: a run trained from
+    scratch beside the shipped weights of the same model and recipe (also from scratch) with another shortcut option."""
+    lines = []
+    for name, entry in sizes.items():
+        trained = entry.get("trained")
+        other = trained and f"{trained['model']}.{trained['recipe']}"
+        if not other or other not in sizes or other not in shipped or provenance_note(shipped[other]):
+            continue
+        theirs = create_model(other, pretrained=True).spec.shortcut
+        if theirs == trained["shortcut"]:
+            continue
+        mine, them = entry["worst_minus_center"], sizes[other]["worst_minus_center"]
+        outcome = ("the shortcut option carries the fragility" if (mine <= SIZE_BAR) != (them <= SIZE_BAR) else
+                   f"both {'pass' if mine <= SIZE_BAR else 'miss'} the {SIZE_BAR:g}-point bar: the shortcut option "
+                   f"does not decide it (option {trained['shortcut']} {'less' if mine < them else 'more'} fragile "
+                   f"by {abs(mine - them):.2f} points)")
+        lines.append(f"the shortcut option, measured: {trained['model']} on {trained['recipe']} from scratch with "
+                     f"option {trained['shortcut']} (`{name}`) ends {mine:+.2f} points over its centre error at its "
+                     f"worst side (centre {entry['center']:.2f}%), with option {theirs} (`{other}`) {them:+.2f} "
+                     f"(centre {sizes[other]['center']:.2f}%): {outcome}")
     return lines
 
 
