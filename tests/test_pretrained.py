@@ -17,7 +17,7 @@ import resnets
 from resnets.cli import main
 from resnets.data.paths import datasets_root
 from resnets.deploy.predict import load_predictor
-from resnets.models import Pretrained, resolve_pretrained
+from resnets.models import Pretrained, resolve_pretrained, save_weights, stored_architecture
 from resnets.models.pretrained import DEFAULT_TAGS, RUN_WEIGHTS, weight_file
 from resnets.runs import RunPaths
 
@@ -131,6 +131,13 @@ def test_a_tagged_name_takes_the_shipped_architecture() -> None:
     fresh = resnets.create_model("resnet18.imagenette", pretrained=False)  # timm: the tag's architecture, no weights
     assert fresh.spec == model.spec and not same_tensors(fresh, "resnet18-imagenette") and fresh.meta == {}
     assert not same_tensors(resnets.create_model("resnet20"), "resnet20")  # no tag, no pretrained: He init
+    assert stored_architecture("resnet18.imagenette") == model.spec  # read from the file, the net not built
+
+
+def test_stored_architecture_reads_the_shortcut_option_a_file_was_trained_with(tmp_path: Path) -> None:
+    for shortcut in ("A", "B"):
+        save_weights(resnets.create_model("resnet20", shortcut=shortcut), tmp_path / f"{shortcut}.pt")
+        assert stored_architecture(tmp_path / f"{shortcut}.pt").shortcut == shortcut
 
 
 def test_another_class_count_gets_a_new_classifier_on_the_pretrained_trunk() -> None:

@@ -98,10 +98,10 @@ def test_committed_reproduction_file_is_what_the_report_makes(made: Path) -> Non
 
 
 def test_every_drawn_figure_has_its_data(made: Path) -> None:
-    """The eight figures the report draws carry the data they are drawn from; the others are copies."""
+    """The nine figures the report draws carry the data they are drawn from; the others are copies."""
     drawn = sorted(path.stem for path in (made / "figures").glob("*.json"))
     assert drawn == ["depth-series", "detection-curves", "imagenette-fast-fig4", "imagenette-fig4", "pennfudan-curves",
-                     "preact-comparison", "time-to-accuracy", "time-to-accuracy-imagenette"]
+                     "preact-comparison", "time-to-accuracy", "time-to-accuracy-deep", "time-to-accuracy-imagenette"]
     depth = json.loads((made / "figures" / "depth-series.json").read_text())
     assert list(depth) == ["plain", "ResNet"] and next(iter(depth["ResNet"])) == "ResNet-20 (3 seeds)"
     last = [r for r in depth["ResNet"]["ResNet-110"] if "test_error" in r][-1]
@@ -123,9 +123,9 @@ def changed_lines(found: list[str]) -> tuple[list[str], list[str]]:
 
 
 def test_a_changed_summary_number_is_seen(made: Path, results_copy: Path, tmp_path: Path) -> None:
-    """ResNet-56's test error (one seed) one point higher: its Table 6 row and the depth verdict that lists it
-    change, nothing else. Compared with the report made from the unchanged results/ (`made`), so that only the
-    edit can differ."""
+    """ResNet-56's test error (one seed) one point higher: its Table 6 row, the depth verdict that lists it and its
+    row of the deeper nets' time-to-accuracy table change, nothing else. Compared with the report made from the
+    unchanged results/ (`made`), so that only the edit can differ."""
     summary_path = results_copy / "results" / "depth" / "resnet56-s0" / "summary.json"
     summary = json.loads(summary_path.read_text())
     before, after = f"{summary['test_top1_error']:.2f}", f"{summary['test_top1_error'] + 1:.2f}"
@@ -135,7 +135,9 @@ def test_a_changed_summary_number_is_seen(made: Path, results_copy: Path, tmp_pa
     removed, added = changed_lines(differences(regenerate(results_copy, out).parent, made))
     row = next(line for line in removed if line.startswith("| ResNet-56 |"))
     assert added[removed.index(row)] == row.replace(f"| {before} |", f"| {after} |", 1)
-    assert len(removed) == len(added) == 2
+    deep = next(line for line in removed if line.startswith("| fast, 30 epochs | ResNet-56 |"))
+    assert added[removed.index(deep)] == deep.replace(f"| {before} |", f"| {after} |", 1)
+    assert len(removed) == len(added) == 3
     verdict = next(line for line in added if line.startswith("- ResNet test error falls with every added depth: "))
     assert f"ResNet-56 {after} ->" in verdict and f"ResNet-56 {before} ->" in removed[added.index(verdict)]
 

@@ -17,6 +17,7 @@ from resnets.analysis.time_to_accuracy import (
     run_summary,
     time_to_accuracy_section,
 )
+from resnets.analysis.time_to_accuracy_depth import deep_time_to_accuracy_section
 from resnets.models import model_spec
 from resnets.runs import RunDirectoryError, load_run
 from resnets.train.recipes import get_recipe
@@ -27,7 +28,7 @@ HARDWARE = {"device": "cpu", "world_size": 1, "torch": "2.x", "cpu": "x86_64", "
 
 
 def write_run(path: Path, seed: int, errors: list[float], elapsed: list[float], rates: list[float],
-              key: str = "test_error", complete: bool = True, **recipe: Any) -> Path:
+              key: str = "test_error", complete: bool = True, model: str = "resnet20", **recipe: Any) -> Path:
     """A run directory as `resnets train` leaves it: one metrics line per epoch with `key` error, elapsed_s and
     images/s; summary and config that `load_run` accepts. `recipe`: fields changed from `fast`."""
     epochs = len(errors)
@@ -35,12 +36,12 @@ def write_run(path: Path, seed: int, errors: list[float], elapsed: list[float], 
     held_out = 5000 if key == "val_error" else 0
     data = {"dataset": "cifar10", "source": "synthetic", "train_images": 50000 - held_out, "test_images": 10000,
             "val_images": held_out}
-    config = {"options": {"model": "resnet20", "dataset": "cifar10", "seed": seed, "out": str(path)},
+    config = {"options": {"model": model, "dataset": "cifar10", "seed": seed, "out": str(path)},
               "recipe": {**get_recipe("fast", depth=20).to_dict(), "epochs": epochs, "val_split": held_out,
                          **recipe},
-              "model_config": model_spec("resnet20").to_config(), "data": data, "iterations": iterations,
+              "model_config": model_spec(model).to_config(), "data": data, "iterations": iterations,
               "iterations_per_epoch": ITERATIONS_PER_EPOCH, "hardware": HARDWARE}
-    summary = {"model": "resnet20", "dataset": "cifar10", "data": data, "recipe": config["recipe"]["name"],
+    summary = {"model": model, "dataset": "cifar10", "data": data, "recipe": config["recipe"]["name"],
                "iterations": iterations, "scheduled_iterations": iterations, "epochs": float(epochs),
                "wall_seconds": elapsed[-1] + 5, "test_top1_error": errors[-1] + (0.5 if key == "val_error" else 0),
                "test_images": 10000, "complete": complete, "hardware": HARDWARE, "precision": "bf16"}
@@ -163,3 +164,26 @@ def test_rates_are_compared_only_on_one_kind_of_machine() -> None:
     assert [note for note in contention_notes(mixed) if "older" in note or "newer (" in note] == []
     assert any("on AMD EPYC (family 25 model 17), bf16 (59 img/s, newer)" in note and "newer-shared (20)" in note
                for note in contention_notes(mixed))
+
+
+@pytest.mark.parametrize(("new_error", "verdict"), [(11.0, "yes, 1.00 points lower"), (12.5, "no, 0.50 points higher")])
+def test_deeper_nets_new_recipe_against_old_at_the_same_length(results: Path, tmp_path: Path, new_error: float,
+                                                               verdict: str) -> None:
+    """ResNet-56 of both recipes (the depth folder: `fast`), ResNet-110 of the old one only; ResNet-20 runs are not
+    this section's."""
+    write_run(results / "depth" / "resnet56-s0", 0, [30.0, 20.0, 12.0], [60, 120, 180], [300] * 3, model="resnet56")
+    write_run(results / "depth" / "resnet110-s0", 0, [35.0, 25.0, 11.5], [90, 180, 270], [150] * 3,
+              model="resnet110")
+    write_run(results / "cifar-fast" / "resnet56-s0", 0, [28.0, 15.0, new_error], [50, 100, 150], [320] * 3,
+              model="resnet56", name="cifar-fast")
+    write_run(results / "cifar-fast" / "resnet20-s0", 0, [30.0, 9.0], [30, 60], [900] * 2, name="cifar-fast")
+    made: dict[str, Any] = {}
+    text = "\n\n".join(deep_time_to_accuracy_section(results / "depth", draw_into(tmp_path, made)))
+    assert (f"- ResNet-56: `cifar-fast` better than `fast`: {verdict} (`cifar-fast` {new_error:.2f}% after 3 "
+            "epochs, 1 run; `fast` 12.00% after 3 epochs, 1 run; the paper 6.97% after 164 epochs") in text
+    assert "- ResNet-110: `cifar-fast` better than `fast`: not measured yet (no finished `cifar-fast` resnet110 run)." \
+        in text
+    assert "| fast, 3 epochs | ResNet-110 | 1 (0) | 3 | 150 |" in text and "9.00" not in text
+    assert list(made["time-to-accuracy-deep.png"]["recipes"]) == [
+        "fast, 3 epochs: ResNet-56", "fast, 3 epochs: ResNet-110", "cifar-fast, 3 epochs: ResNet-56"]
+    assert deep_time_to_accuracy_section(tmp_path / "nothing" / "depth", draw_into(tmp_path, {})) == []

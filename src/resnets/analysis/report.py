@@ -49,6 +49,7 @@ from .responses import read_responses_csv, response_verdicts
 from .shipped_check import shipped_check_section
 from .shipped_protocols import shipped_protocols_section
 from .time_to_accuracy import time_to_accuracy_section
+from .time_to_accuracy_depth import deep_time_to_accuracy_section
 from .time_to_accuracy_imagenette import imagenette_time_to_accuracy_section
 
 
@@ -191,6 +192,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path = "REPRODUCTION
     if series is not None:
         parts += _depth_section(writer, Path(depth), series)  # type: ignore[arg-type]
         parts += time_to_accuracy_section(Path(depth), writer.plot)  # and results/cifar-fast beside it
+        parts += deep_time_to_accuracy_section(Path(depth), writer.plot)  # its ResNet-56/110, cifar-fast beside
     if followup is not None:
         parts += _preact_section(writer, Path(preact), followup)  # type: ignore[arg-type]
     for budget in budgets:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..evaluate.protocols import DEFAULT_FCN_REDUCTION, PROTOCOLS, multiscale_sides, ten_crop_resize
 from ..io import read_json
-from ..models import create_model, list_pretrained
+from ..models import list_pretrained, stored_architecture
 from ..models.pretrained import split_name
 from ..runs import RunDirectoryError, RunRecord
 from .describe import table
@@ -206,7 +206,7 @@ def _sizes_by_shortcut(sizes: Mapping[str, Mapping[str, Any]], shipped: Mapping[
         other = trained and f"{trained['model']}.{trained['recipe']}"
         if not other or other not in sizes or other not in shipped or provenance_note(shipped[other]):
             continue
-        theirs = create_model(other, pretrained=True).spec.shortcut
+        theirs = stored_architecture(other).shortcut
         if theirs == trained["shortcut"]:
             continue
         mine, them = entry["worst_minus_center"], sizes[other]["worst_minus_center"]

@@ -185,6 +185,12 @@ def aggregate(key: Key, runs: Sequence[Mapping[str, Any]], thresholds: Sequence[
             "final_errors": [r["final_error"] for r in runs]}
 
 
+def runs_of(found: Measured, recipe: str, model: str) -> list[dict[str, Any]]:
+    """Every finished run (`run_summary`) of `model` under the named `recipe`, whatever its length or folder."""
+    return [run for (_, name), runs in found.summaries.items() if name == model for run in runs
+            if run["recipe"] == recipe]
+
+
 def reach_cell(reached: Sequence[Point | None]) -> str:
     """Minutes (epoch) over the runs that got there; "not reached" when none did, a count when only some did."""
     got = [r for r in reached if r is not None]

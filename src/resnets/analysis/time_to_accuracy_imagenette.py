@@ -22,7 +22,7 @@ from .depth import plus_minus
 from .describe import table
 from .experiments import label as net_label
 from .imagenette import IMAGENETTE_MODELS
-from .time_to_accuracy import Measured, Plot, Point, Task, cadence, contention_notes, figure_data, measure
+from .time_to_accuracy import Measured, Plot, Point, Task, cadence, contention_notes, figure_data, measure, runs_of
 
 NEW_RECIPE = "imagenette-fast"
 IMAGENETTE = Task(models=IMAGENETTE_MODELS, thresholds=(20.0, 15.0, 10.0), beside=(NEW_RECIPE,),
@@ -52,12 +52,6 @@ def reference_table() -> str:
             for who, net, setting, epochs, time, error, hardware in REFERENCES]
     return table(("trainer (not ours)", "net", "setting", "epochs", "training time", "validation error (%)",
                   "hardware"), rows)
-
-
-def runs_of(found: Measured, recipe: str, model: str) -> list[dict[str, Any]]:
-    """Every finished run (`run_summary`) of `model` under the named `recipe`, whatever its length or folder."""
-    return [run for (_, name), runs in found.summaries.items() if name == model for run in runs
-            if run["recipe"] == recipe]
 
 
 def by_budget(points: Sequence[Point], minutes: float) -> Point | None:

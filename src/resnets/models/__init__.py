@@ -1,5 +1,5 @@
 from .pretrained import Pretrained, list_pretrained, resolve_pretrained
-from .registry import create_model, list_models, load_model, model_spec
+from .registry import create_model, list_models, load_model, model_spec, stored_architecture
 from .resnet import ResNet, model_config, model_from_config
 from .specs import ResNetSpec
 from .weights import import_state_dict, infer_spec, save_weights
@@ -19,4 +19,5 @@ __all__ = [
     "model_spec",
     "resolve_pretrained",
     "save_weights",
+    "stored_architecture",
 ]

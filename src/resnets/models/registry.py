@@ -131,6 +131,12 @@ def load_model(source: str | Path | Pretrained, model: str | None = None) -> Res
     return model_from_weight_data(read_weight_file(resolved.path), source=f"weights in {resolved.path}")
 
 
+def stored_architecture(source: str | Path | Pretrained, model: str | None = None) -> ResNetSpec:
+    """The network a set of weights holds (shipped `model.tag`, a weight file or a run directory), read from the
+    file without building the network: e.g. which shortcut option shipped weights were trained with."""
+    return ResNetSpec.from_config(_stored_config(read_weight_file(resolve_pretrained(source, model).path)))
+
+
 def _stored_config(data: dict[str, Any]) -> dict[str, Any]:
     """The architecture a weight file holds: its model_config, or recognised from the tensor names."""
     config = data.get("model_config")
