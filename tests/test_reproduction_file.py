@@ -123,9 +123,9 @@ def changed_lines(found: list[str]) -> tuple[list[str], list[str]]:
 
 
 def test_a_changed_summary_number_is_seen(made: Path, results_copy: Path, tmp_path: Path) -> None:
-    """ResNet-56's test error (one seed) one point higher: its Table 6 row, the depth verdict that lists it and its
-    row of the deeper nets' time-to-accuracy table change, nothing else. Compared with the report made from the
-    unchanged results/ (`made`), so that only the edit can differ."""
+    """ResNet-56's test error (one seed) one point higher: its Table 6 row, the depth verdict that lists it, its
+    row of the deeper nets' time-to-accuracy table and its recipe verdict there change, nothing else. Compared with
+    the report made from the unchanged results/ (`made`), so that only the edit can differ."""
     summary_path = results_copy / "results" / "depth" / "resnet56-s0" / "summary.json"
     summary = json.loads(summary_path.read_text())
     before, after = f"{summary['test_top1_error']:.2f}", f"{summary['test_top1_error'] + 1:.2f}"
@@ -137,7 +137,9 @@ def test_a_changed_summary_number_is_seen(made: Path, results_copy: Path, tmp_pa
     assert added[removed.index(row)] == row.replace(f"| {before} |", f"| {after} |", 1)
     deep = next(line for line in removed if line.startswith("| fast, 30 epochs | ResNet-56 |"))
     assert added[removed.index(deep)] == deep.replace(f"| {before} |", f"| {after} |", 1)
-    assert len(removed) == len(added) == 3
+    recipes = next(line for line in added if line.startswith("- ResNet-56: `cifar-fast` better than `fast`: "))
+    assert f"`fast` {after}% after" in recipes and f"`fast` {before}% after" in removed[added.index(recipes)]
+    assert len(removed) == len(added) == 4
     verdict = next(line for line in added if line.startswith("- ResNet test error falls with every added depth: "))
     assert f"ResNet-56 {after} ->" in verdict and f"ResNet-56 {before} ->" in removed[added.index(verdict)]
 

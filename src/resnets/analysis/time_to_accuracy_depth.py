@@ -10,6 +10,7 @@ figure, contention) are `time_to_accuracy`'s, through its `Task`.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,8 +29,16 @@ DEEP = Task(models=("resnet56", "resnet110"), thresholds=(12.0, 10.0), beside=(N
 PAPER_ERROR = {"resnet56": 6.97, "resnet110": 6.43}
 
 
-def recipe_verdict(model: str, old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> str:
-    """Does the new recipe train `model` better than the old one at the same length? Mean final test error."""
+def sampling_noise(errors: Sequence[float], images: int) -> float:
+    """Two standard errors (points) of the difference of two test errors (%) on `images` test images each: how far
+    two nets of equal true error can land apart from the finite test set alone (seed-to-seed spread comes on top)."""
+    return 200 * math.sqrt(sum(e / 100 * (1 - e / 100) / images for e in errors))
+
+
+def recipe_verdict(model: str, old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]],
+                   images: int) -> str:
+    """Does the new recipe train `model` better than the old one at the same length? Mean final test error; "level"
+    when the two are closer than the test set's sampling noise (`sampling_noise`)."""
     claim = f"{net_label(model)}: `{NEW_RECIPE}` better than `{OLD_RECIPE}`"
     runs = {NEW_RECIPE: new, OLD_RECIPE: old}
     missing = [f"`{name}`" for name, found in runs.items() if not found]
@@ -37,11 +46,16 @@ def recipe_verdict(model: str, old: Sequence[Mapping[str, Any]], new: Sequence[M
         return f"{claim}: not measured yet (no finished {' or '.join(missing)} {model} run)."
     errors = {name: [r["final_error"] for r in found] for name, found in runs.items()}
     means = {name: statistics.fmean(values) for name, values in errors.items()}
-    better = means[NEW_RECIPE] < means[OLD_RECIPE]
+    gap, noise = means[NEW_RECIPE] - means[OLD_RECIPE], sampling_noise(list(means.values()), images)
     values = "; ".join(f"`{name}` {plus_minus(errors[name])}% after {found[0]['epochs']:g} epochs, {len(found)} "
                        f"run{'s' if len(found) > 1 else ''}" for name, found in runs.items())
-    return (f"{claim}: {'yes' if better else 'no'}, {abs(means[NEW_RECIPE] - means[OLD_RECIPE]):.2f} points "
-            f"{'lower' if better else 'higher'} ({values}; the paper {PAPER_ERROR[model]:.2f}% after 164 epochs on "
+    within = abs(gap) < noise
+    verdict = (f"{'level' if within else 'yes' if gap < 0 else 'no'}, {abs(gap):.2f} points "
+               f"{'lower' if gap < 0 else 'higher'}")
+    if within:
+        verdict += (f", within the {images:,} test images' sampling noise ({noise:.2f} points: two standard errors of "
+                    "the difference)")
+    return (f"{claim}: {verdict} ({values}; the paper {PAPER_ERROR[model]:.2f}% after 164 epochs on "
             "the original CIFAR-10).")
 
 
@@ -56,7 +70,8 @@ def deep_time_to_accuracy_section(depth: Path, plot: Plot) -> list[str]:
                 for model in DEEP.models}
     notes = [note for model, runs in by_model.items() if runs
              for note in contention_notes(runs, net_label(model))] + found.notes
-    verdicts = [recipe_verdict(model, runs_of(found, OLD_RECIPE, model), runs_of(found, NEW_RECIPE, model))
+    images = found.first.summary["test_images"]
+    verdicts = [recipe_verdict(model, runs_of(found, OLD_RECIPE, model), runs_of(found, NEW_RECIPE, model), images)
                 for model in DEEP.models]
     thresholds = " and ".join(f"{t:g}%" for t in DEEP.thresholds)
     figure = plot(plot_time_to_accuracy, figure_data(found.summaries, None, DEEP), DEEP.figure,
