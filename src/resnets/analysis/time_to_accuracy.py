@@ -256,6 +256,18 @@ def contention_notes(records: Mapping[str, Mapping[str, Any]], what: str = net_l
     return [note for where, rates in groups.items() if (note := contention_note(rates, what, where))]
 
 
+def contention_lines(found: Measured) -> list[str]:
+    """`contention_notes` within each recipe and network (probes with their recipe's runs): the networks and
+    recipes run at their own rates, so only records of the same pair are compared."""
+    groups: dict[tuple[str, str], dict[str, Mapping[str, Any]]] = {}
+    for run in (run for runs in found.summaries.values() for run in runs):
+        groups.setdefault((run["recipe"], run["model"]), {})[f"`{run['path']}`"] = run
+    for probe in found.probes:
+        groups.setdefault((probe["recipe"], probe["model"]), {})[f"probe `{probe['path']}`"] = probe
+    return [note for (recipe, model), records in groups.items()
+            for note in contention_notes(records, f"{net_label(model)} `{recipe}`")]
+
+
 def tuning_table(folder: Path, task: Task = CIFAR) -> tuple[str, list[dict[str, Any]], list[str]]:
     """The held-out probes of `folder`: their table (network when the task has several, changes from the named
     recipe, length, rate, held-out error), their `run_summary`s and a line for each unfinished one."""

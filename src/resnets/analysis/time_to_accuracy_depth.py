@@ -20,7 +20,7 @@ from ..plots import plot_time_to_accuracy
 from .depth import plus_minus
 from .describe import data_copy
 from .experiments import label as net_label
-from .time_to_accuracy import Measured, Plot, Task, contention_notes, figure_data, measure, runs_of
+from .time_to_accuracy import Measured, Plot, Task, contention_lines, figure_data, measure, runs_of
 
 OLD_RECIPE, NEW_RECIPE = "fast", "cifar-fast"
 DEEP = Task(models=("resnet56", "resnet110"), thresholds=(12.0, 10.0), beside=(NEW_RECIPE,),
@@ -65,11 +65,7 @@ def deep_time_to_accuracy_section(depth: Path, plot: Plot) -> list[str]:
     found: Measured | None = measure(depth, DEEP)
     if found is None:
         return []
-    records = {f"`{run['path']}`": run for runs in found.summaries.values() for run in runs}
-    by_model = {model: {f"`{name}`": run for name, run in records.items() if run["model"] == model}
-                for model in DEEP.models}
-    notes = [note for model, runs in by_model.items() if runs
-             for note in contention_notes(runs, net_label(model))] + found.notes
+    notes = [*contention_lines(found), *found.notes]
     images = found.first.summary["test_images"]
     verdicts = [recipe_verdict(model, runs_of(found, OLD_RECIPE, model), runs_of(found, NEW_RECIPE, model), images)
                 for model in DEEP.models]
@@ -81,7 +77,7 @@ def deep_time_to_accuracy_section(depth: Path, plot: Plot) -> list[str]:
             "and ResNet-110, beside the old `fast` recipe at the same length. Runs: "
             + ", ".join(f"`{folder}/{DEEP.names}-s<seed>`" for folder in found.folders)
             + f"; data: {data_copy(found.first.summary['data'])}. Each run is evaluated on all "
-            f"{found.first.summary['test_images']:,} test images (single 32x32 view) once per epoch. Minutes: the "
+            f"{images:,} test images (single 32x32 view) once per epoch. Minutes: the "
             f"trainer's elapsed time at that evaluation, wall-clock as recorded. Time to {thresholds}: the first "
             "evaluation at or below it. Mean ± sample std over the runs counted in the third column.",
             found.table(DEEP),

@@ -22,7 +22,7 @@ from .depth import plus_minus
 from .describe import table
 from .experiments import label as net_label
 from .imagenette import IMAGENETTE_MODELS
-from .time_to_accuracy import Measured, Plot, Point, Task, cadence, contention_notes, figure_data, measure, runs_of
+from .time_to_accuracy import Plot, Point, Task, cadence, contention_lines, figure_data, measure, runs_of
 
 NEW_RECIPE = "imagenette-fast"
 IMAGENETTE = Task(models=IMAGENETTE_MODELS, thresholds=(20.0, 15.0, 10.0), beside=(NEW_RECIPE,),
@@ -116,18 +116,6 @@ def why_deeper_lost(shallow: Sequence[Mapping[str, Any]], deep: Sequence[Mapping
             f"label smoothing in the loss), {net_label(DEEPER_MODEL)} vs {net_label(TARGET_MODEL)}: {state}; its "
             f"validation error is {'further' if gap[DEEPER_MODEL] > gap[TARGET_MODEL] else 'no further'} above its "
             f"training error ({gap[DEEPER_MODEL]:.2f} vs {gap[TARGET_MODEL]:.2f} points).")
-
-
-def contention_lines(found: Measured) -> list[str]:
-    """`contention_notes` within each recipe and network (probes with their recipe's runs): the networks and
-    recipes run at their own rates, so only records of the same pair are compared."""
-    groups: dict[tuple[str, str], dict[str, Mapping[str, Any]]] = {}
-    for run in (run for runs in found.summaries.values() for run in runs):
-        groups.setdefault((run["recipe"], run["model"]), {})[f"`{run['path']}`"] = run
-    for probe in found.probes:
-        groups.setdefault((probe["recipe"], probe["model"]), {})[f"probe `{probe['path']}`"] = probe
-    return [note for (recipe, model), records in groups.items()
-            for note in contention_notes(records, f"{net_label(model)} `{recipe}`")]
 
 
 def setting(recipe: Mapping[str, Any]) -> str:
