@@ -18,7 +18,7 @@ from resnets.analysis.time_to_accuracy_imagenette import (
     target_verdict,
 )
 from resnets.models import model_spec
-from resnets.runs import RunRecord
+from resnets.runs import RunDirectoryError, RunRecord
 from resnets.train.recipes import get_recipe
 
 from .test_time_to_accuracy import HARDWARE, ITERATIONS_PER_EPOCH
@@ -28,16 +28,19 @@ CPU = "CPU x86_64, 2 threads, torch 2.x (AVX512, native bf16)"
 
 def write_run(path: Path, model: str, seed: int, recipe: str, errors: dict[int, float], minutes: list[float],
               rates: list[float], key: str = "test_error", final: float | None = None, **changes: Any) -> Path:
-    """An Imagenette run directory as `resnets train` leaves it: one metrics line per epoch (len(minutes) epochs),
-    with `key` error at the epochs `errors` names; the summary's final error is `final` (the last error if None)."""
+    """An Imagenette run directory as `resnets experiment imagenette` leaves it (residual nets with option A
+    shortcuts, Table 2's): one metrics line per epoch (len(minutes) epochs), with `key` error at the epochs `errors`
+    names; the summary's final error is `final` (the last error if None)."""
     epochs = len(minutes)
     iterations = epochs * ITERATIONS_PER_EPOCH
     held_out = 1000 if key == "val_error" else 0
     data = {"dataset": "imagenette", "source": "synthetic", "train_images": 9469 - held_out, "test_images": 3925,
             "val_images": held_out}
+    spec = model_spec(model)
     config = {"options": {"model": model, "dataset": "imagenette", "seed": seed, "out": str(path)},
               "recipe": {**get_recipe(recipe).to_dict(), "epochs": epochs, "val_split": held_out, **changes},
-              "model_config": model_spec(model).to_config(), "data": data, "iterations": iterations,
+              "model_config": {**spec.to_config(), **({"shortcut": "A"} if spec.residual else {})}, "data": data,
+              "iterations": iterations,
               "iterations_per_epoch": ITERATIONS_PER_EPOCH, "hardware": HARDWARE}
     summary = {"model": model, "dataset": "imagenette", "data": data, "recipe": recipe, "iterations": iterations,
                "scheduled_iterations": iterations, "epochs": float(epochs), "wall_seconds": minutes[-1] * 60 + 5,
@@ -203,3 +206,53 @@ def test_a_deeper_net_that_loses_is_called_under_trained_or_over_fitted_from_its
     assert "it fits its training photos better and tests worse: it over-fits" in deeper_verdict(shallow, deep)
     assert "Why" not in deeper_verdict(shallow, [{"final_error": 12.0, "last_epoch_training": None}])
     assert "Why" not in deeper_verdict(deep, shallow)  # the deeper net wins: nothing to explain
+
+
+def with_shortcut(run: Path, option: str) -> Path:
+    """The run as `resnets train --shortcut OPTION` leaves it: its model config names the option."""
+    config = json.loads((run / "config.json").read_text())
+    config["model_config"]["shortcut"] = option
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+def option_b_runs(root: Path, shallow_final: float, deep_final: float) -> Path:
+    folder = root / "imagenette-fast" / "option-B"
+    with_shortcut(write_run(folder / "resnet18-s0", "resnet18", 0, "imagenette-fast",  # evaluated every epoch
+                            {1: 30.0, 2: 15.0, 3: 12.0, 4: shallow_final},
+                            [14, 28, 42, 56], [150] * 4), "B")
+    with_shortcut(write_run(folder / "resnet34-s0", "resnet34", 0, "imagenette-fast", {2: 14.0, 4: deep_final},
+                            [25, 50, 75, 100], [90] * 4), "B")
+    return folder
+
+
+def test_projection_shortcut_runs_get_their_own_rows_and_verdicts(results: Path, tmp_path: Path) -> None:
+    fast_runs(results, deep_final=11.0)  # option A: ResNet-34 11.00% above ResNet-18's 9.80 ± 1.13%
+    option_b_runs(results, shallow_final=9.7, deep_final=9.2)
+    made: dict[str, Any] = {}
+    text = section(results, tmp_path, made)
+    assert "| imagenette-fast, 4 epochs, option B | ResNet-18 | 1 (0) | 4 | 150 |" in text
+    assert "| imagenette-fast, 4 epochs, option B | ResNet-34 | 1 (0) | 4 | 90 |" in text
+    assert "| imagenette-fast, 4 epochs | ResNet-34 | 1 (0) | 4 | 100 |" in text  # option A's row keeps its runs
+    assert ("- ResNet-34 lower than ResNet-18 under `imagenette-fast`: no (ResNet-34 11.00% final, 1 run; ResNet-18 "
+            "9.80 ± 1.13% final, 2 runs).") in text
+    assert ("- ResNet-34 lower than ResNet-18 under `imagenette-fast`, both with option B shortcuts: yes (ResNet-34 "
+            "9.20% final, 1 run; ResNet-18 9.70% final, 1 run).") in text
+    assert ("- ResNet-18 at most 10% validation error within 60 minutes of training (`imagenette-fast`, with option B "
+            "shortcuts): met (final 9.70% after 56.0 min, 1 run).") in text
+    assert "option-C" not in text  # an option nobody trained is not said to be missing
+    assert "shorter side 128, evaluated every 2 epochs or once per epoch." in text
+    assert "imagenette-fast, 4 epochs, option B: ResNet-34" in made["time-to-accuracy-imagenette.png"]["recipes"]
+    flipped = tmp_path / "flipped" / "results"
+    fast_runs(flipped)
+    (flipped / "imagenette").mkdir()
+    option_b_runs(flipped, shallow_final=9.2, deep_final=9.7)
+    assert "both with option B shortcuts: no (ResNet-34 9.70% final, 1 run; ResNet-18 9.20% final" in section(
+        flipped, tmp_path)
+
+
+def test_a_folder_mixing_shortcut_options_is_refused(results: Path, tmp_path: Path) -> None:
+    folder = option_b_runs(results, shallow_final=9.7, deep_final=9.2)
+    with_shortcut(folder / "resnet18-s0", "A")
+    with pytest.raises(RunDirectoryError, match="different recipes, lengths or shortcut options"):
+        section(results, tmp_path)

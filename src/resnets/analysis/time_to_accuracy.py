@@ -44,6 +44,7 @@ class Task:
     error: str = "test error"  # what the trainer's `key` error is called in the table
     key: str = "test_error"  # the metrics.jsonl key of that error
     ymax: float = 40.0  # the figure's top (%): the first epochs above it are cut, every final error is below it
+    optional: tuple[str, ...] = ()  # more folders beside it, read where they exist and unsaid where they do not
 
     @property
     def names(self) -> str:
@@ -107,6 +108,7 @@ def run_summary(run: RunRecord, thresholds: Sequence[float] = CIFAR.thresholds,
     final = run.summary["test_top1_error"] if key == "test_error" else points[-1][key]
     return {"name": run.path.name, "path": run.path.as_posix(), "seed": run.config["options"].get("seed"),
             "model": run.summary["model"], "recipe": run.config["recipe"]["name"], "settings": run.config["recipe"],
+            "shortcut": shortcut_of(run),
             "epochs": run.summary["epochs"], "points": points, "final_error": final,
             "last_epoch_training": last_epoch_training(run),
             "reached": {t: reach(points, t, key) for t in thresholds}, "images_per_s": median_rate(run),
@@ -131,14 +133,22 @@ def finished_runs(folder: Path, task: Task = CIFAR, by_seed: bool = True) -> tup
     return runs, unfinished
 
 
+def shortcut_of(run: RunRecord) -> str:
+    """The run's shortcut option as its model config records it: "A" to "C", or "none" for a plain net."""
+    return run.config["model_config"].get("shortcut", "A")
+
+
 def recipe_label(folder: Path, runs: Sequence[RunRecord], task: Task = CIFAR) -> str:
-    """"fast, 30 epochs": the recipe and length all runs of `folder` share (one folder, one recipe)."""
+    """"fast, 30 epochs": the recipe and length all runs of `folder` share (one folder, one recipe), and ", option B"
+    when its residual nets have projection shortcuts (Table 3's options B/C; option A, Table 2's, goes unsaid)."""
     kinds = sorted({(run.config["recipe"]["name"], run.summary["epochs"]) for run in runs})
-    if len(kinds) > 1:
-        raise RunDirectoryError(f"{folder}: its {task.names} runs used different recipes or lengths ({kinds}); one "
-                                "folder holds one recipe's runs: move the others to their own folder")
+    options = sorted({shortcut_of(run) for run in runs} - {"none"})
+    if len(kinds) > 1 or len(options) > 1:
+        raise RunDirectoryError(f"{folder}: its {task.names} runs used different recipes, lengths or shortcut "
+                                f"options ({kinds}, {options}); one folder holds one recipe's runs: move the others "
+                                "to their own folder")
     name, epochs = kinds[0]
-    return f"{name}, {epochs:g} epochs"
+    return f"{name}, {epochs:g} epochs" + (f", option {options[0]}" if options and options != ["A"] else "")
 
 
 def load_test_series(folders: Sequence[Path], task: Task = CIFAR) -> tuple[dict[Key, list[RunRecord]], list[str]]:
@@ -185,10 +195,11 @@ def aggregate(key: Key, runs: Sequence[Mapping[str, Any]], thresholds: Sequence[
             "final_errors": [r["final_error"] for r in runs]}
 
 
-def runs_of(found: Measured, recipe: str, model: str) -> list[dict[str, Any]]:
-    """Every finished run (`run_summary`) of `model` under the named `recipe`, whatever its length or folder."""
+def runs_of(found: Measured, recipe: str, model: str, shortcut: str = "A") -> list[dict[str, Any]]:
+    """Every finished run (`run_summary`) of `model` under the named `recipe` with that shortcut option, whatever
+    its length or folder."""
     return [run for (_, name), runs in found.summaries.items() if name == model for run in runs
-            if run["recipe"] == recipe]
+            if run["recipe"] == recipe and run["shortcut"] == shortcut]
 
 
 def reach_cell(reached: Sequence[Point | None]) -> str:
@@ -341,7 +352,8 @@ def measure(folder: Path, task: Task) -> Measured | None:
     """The task's runs in `folder` and the recipe folders beside it, with the probes; None when no folder holds a
     finished run of the task's networks."""
     results = folder.parent
-    folders = (folder, *(results / name for name in task.beside))
+    folders = (folder, *(results / name for name in task.beside),
+               *(results / name for name in task.optional if (results / name).is_dir()))
     series, notes = load_test_series(folders, task)
     if not series:
         return None
