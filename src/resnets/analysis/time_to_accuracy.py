@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import shlex
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -200,6 +201,25 @@ def runs_of(found: Measured, recipe: str, model: str, shortcut: str = "A") -> li
     its length or folder."""
     return [run for (_, name), runs in found.summaries.items() if name == model for run in runs
             if run["recipe"] == recipe and run["shortcut"] == shortcut]
+
+
+def sampling_noise(errors: Sequence[float], images: int) -> float:
+    """Two standard errors (points) of the difference of two test errors (%) on `images` test images each: how far
+    two nets of equal true error can land apart from the finite test set alone (seed-to-seed spread comes on top)."""
+    return 200 * math.sqrt(sum(e / 100 * (1 - e / 100) / images for e in errors))
+
+
+def gap_verdict(error: float, other: float, images: int, test_set: str = "test images") -> str:
+    """Is `error` lower than `other` (mean errors, %, each on `images` test images)? "yes" / "no" with the gap, or
+    "level" when the gap is inside the test set's sampling noise (`sampling_noise`): a finite test set cannot tell."""
+    gap, noise = error - other, sampling_noise((error, other), images)
+    within = abs(gap) < noise
+    verdict = (f"{'level' if within else 'yes' if gap < 0 else 'no'}, {abs(gap):.2f} points "
+               f"{'lower' if gap < 0 else 'higher'}")
+    if within:
+        verdict += (f", within the {images:,} {test_set}' sampling noise ({noise:.2f} points: two standard errors of "
+                    "the difference)")
+    return verdict
 
 
 def reach_cell(reached: Sequence[Point | None]) -> str:

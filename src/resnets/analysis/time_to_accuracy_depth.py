@@ -10,7 +10,6 @@ figure, contention) are `time_to_accuracy`'s, through its `Task`.
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from ..plots import plot_time_to_accuracy
 from .depth import plus_minus
 from .describe import data_copy
 from .experiments import label as net_label
-from .time_to_accuracy import Measured, Plot, Task, contention_lines, figure_data, measure, runs_of
+from .time_to_accuracy import Measured, Plot, Task, contention_lines, figure_data, gap_verdict, measure, runs_of
 
 OLD_RECIPE, NEW_RECIPE = "fast", "cifar-fast"
 DEEP = Task(models=("resnet56", "resnet110"), thresholds=(12.0, 10.0), beside=(NEW_RECIPE,),
@@ -29,16 +28,10 @@ DEEP = Task(models=("resnet56", "resnet110"), thresholds=(12.0, 10.0), beside=(N
 PAPER_ERROR = {"resnet56": 6.97, "resnet110": 6.43}
 
 
-def sampling_noise(errors: Sequence[float], images: int) -> float:
-    """Two standard errors (points) of the difference of two test errors (%) on `images` test images each: how far
-    two nets of equal true error can land apart from the finite test set alone (seed-to-seed spread comes on top)."""
-    return 200 * math.sqrt(sum(e / 100 * (1 - e / 100) / images for e in errors))
-
-
 def recipe_verdict(model: str, old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]],
                    images: int) -> str:
     """Does the new recipe train `model` better than the old one at the same length? Mean final test error; "level"
-    when the two are closer than the test set's sampling noise (`sampling_noise`)."""
+    when the two are closer than the test set's sampling noise (`gap_verdict`)."""
     claim = f"{net_label(model)}: `{NEW_RECIPE}` better than `{OLD_RECIPE}`"
     runs = {NEW_RECIPE: new, OLD_RECIPE: old}
     missing = [f"`{name}`" for name, found in runs.items() if not found]
@@ -46,15 +39,9 @@ def recipe_verdict(model: str, old: Sequence[Mapping[str, Any]], new: Sequence[M
         return f"{claim}: not measured yet (no finished {' or '.join(missing)} {model} run)."
     errors = {name: [r["final_error"] for r in found] for name, found in runs.items()}
     means = {name: statistics.fmean(values) for name, values in errors.items()}
-    gap, noise = means[NEW_RECIPE] - means[OLD_RECIPE], sampling_noise(list(means.values()), images)
     values = "; ".join(f"`{name}` {plus_minus(errors[name])}% after {found[0]['epochs']:g} epochs, {len(found)} "
                        f"run{'s' if len(found) > 1 else ''}" for name, found in runs.items())
-    within = abs(gap) < noise
-    verdict = (f"{'level' if within else 'yes' if gap < 0 else 'no'}, {abs(gap):.2f} points "
-               f"{'lower' if gap < 0 else 'higher'}")
-    if within:
-        verdict += (f", within the {images:,} test images' sampling noise ({noise:.2f} points: two standard errors of "
-                    "the difference)")
+    verdict = gap_verdict(means[NEW_RECIPE], means[OLD_RECIPE], images)
     return (f"{claim}: {verdict} ({values}; the paper {PAPER_ERROR[model]:.2f}% after 164 epochs on "
             "the original CIFAR-10).")
 

@@ -24,7 +24,17 @@ from .depth import plus_minus
 from .describe import table
 from .experiments import label as net_label
 from .imagenette import IMAGENETTE_MODELS
-from .time_to_accuracy import Plot, Point, Task, cadence, contention_lines, figure_data, measure, runs_of
+from .time_to_accuracy import (
+    Plot,
+    Point,
+    Task,
+    cadence,
+    contention_lines,
+    figure_data,
+    gap_verdict,
+    measure,
+    runs_of,
+)
 
 NEW_RECIPE = "imagenette-fast"
 PROJECTION_OPTIONS = ("B", "C")  # Table 3's shortcuts, each under its own `option-X` folder of the recipe's
@@ -90,10 +100,11 @@ def target_verdict(runs: Sequence[Mapping[str, Any]], shortcut: str = "A") -> st
             f"{final}; {count}).")
 
 
-def deeper_verdict(shallow: Sequence[Mapping[str, Any]], deep: Sequence[Mapping[str, Any]], shortcut: str = "A"
-                   ) -> str:
+def deeper_verdict(shallow: Sequence[Mapping[str, Any]], deep: Sequence[Mapping[str, Any]], images: int,
+                   shortcut: str = "A") -> str:
     """Issue #35's second target: the deeper ResNet's mean final error below the shallower's under the new recipe,
-    both nets with the same shortcut option."""
+    both nets with the same shortcut option; "level" when the gap is inside the sampling noise of the `images`
+    validation photos (`gap_verdict`)."""
     claim = (f"{net_label(DEEPER_MODEL)} lower than {net_label(TARGET_MODEL)} under `{NEW_RECIPE}`"
              f"{with_shortcut(shortcut, both=True)}")
     missing = [model for model, runs in ((TARGET_MODEL, shallow), (DEEPER_MODEL, deep)) if not runs]
@@ -101,10 +112,11 @@ def deeper_verdict(shallow: Sequence[Mapping[str, Any]], deep: Sequence[Mapping[
         return f"{claim}: not measured yet (no finished `{NEW_RECIPE}` {' or '.join(missing)} run)."
     errors = {model: [r["final_error"] for r in runs]
               for model, runs in ((DEEPER_MODEL, deep), (TARGET_MODEL, shallow))}
-    lower = statistics.fmean(errors[DEEPER_MODEL]) < statistics.fmean(errors[TARGET_MODEL])
+    verdict = gap_verdict(statistics.fmean(errors[DEEPER_MODEL]), statistics.fmean(errors[TARGET_MODEL]), images,
+                          "validation photos")
     values = "; ".join(f"{net_label(model)} {plus_minus(values)}% final, {len(values)} run"
                        f"{'s' if len(values) > 1 else ''}" for model, values in errors.items())
-    return f"{claim}: {'yes' if lower else 'no'} ({values}).{'' if lower else why_deeper_lost(shallow, deep)}"
+    return f"{claim}: {verdict} ({values}).{'' if verdict.startswith('yes,') else why_deeper_lost(shallow, deep)}"
 
 
 def why_deeper_lost(shallow: Sequence[Mapping[str, Any]], deep: Sequence[Mapping[str, Any]]) -> str:
@@ -151,17 +163,18 @@ def imagenette_time_to_accuracy_section(imagenette: Path, plot: Plot) -> list[st
         cadences = recipes.setdefault(run["recipe"], (run["settings"], []))[1]
         if cadence(run["points"]) not in cadences:  # runs of one recipe may have been evaluated more often
             cadences.append(cadence(run["points"]))
+    data = found.first.summary
     verdicts = []
     for shortcut in ("A", *PROJECTION_OPTIONS):  # a projection option only where its runs are
         shallow, deep = (runs_of(found, NEW_RECIPE, model, shortcut) for model in (TARGET_MODEL, DEEPER_MODEL))
         if shortcut == "A" or shallow or deep:
-            verdicts += [target_verdict(shallow, shortcut), deeper_verdict(shallow, deep, shortcut)]
+            verdicts += [target_verdict(shallow, shortcut),
+                         deeper_verdict(shallow, deep, data["test_images"], shortcut)]
     *most, last = (f"{t:g}%" for t in IMAGENETTE.thresholds)
     thresholds = f"{', '.join(most)} and {last}"
     figure = plot(plot_time_to_accuracy, figure_data(found.summaries, None, IMAGENETTE), IMAGENETTE.figure,
                   "Time to accuracy on Imagenette: validation error against wall-clock minutes and epochs")
     notes = [*contention_lines(found), *found.notes, *found.tuning_notes]
-    data = found.first.summary
     return ["## Time to accuracy on Imagenette, by recipe and network",
             "Runs of each recipe and network, "
             + ", ".join(f"`{folder}/<model>-s<seed>`" for folder in found.folders)
