@@ -30,6 +30,7 @@ from .shipped_protocols import FOLDER as SHIPPED_RECORDS
 from .shipped_protocols import tested_as_shipped
 from .time_to_accuracy import Plot
 from .time_to_accuracy_imagenette import NEW_RECIPE as FAST_FOLDER  # beside --imagenette
+from .time_to_accuracy_imagenette import PROJECTION_OPTIONS  # Table 3's rows beyond Table 2's option A
 
 _REDUCTIONS = {"mean_then_softmax": "each score map averaged over positions, then the softmax (VGG's dense evaluation, "
                                     "the paper's)",
@@ -48,12 +49,11 @@ class Budget:
     by_shortcut: dict[str, list[dict[str, Any]]]  # "B"/"C" -> protocol rows of the runs under option-B/C
 
 
-SHORTCUT_OPTIONS = ("B", "C")  # Table 3's rows beyond Table 2's option A
 
 
 def _option_folder(budget: Path, option: str) -> Path:
     """Where a budget keeps its runs with shortcut `option`: option A (and plain nets) in the budget's folder."""
-    return budget / f"option-{option}" if option in SHORTCUT_OPTIONS else budget
+    return budget / f"option-{option}" if option in PROJECTION_OPTIONS else budget
 
 
 def _require_shortcut(series: dict[str, list[RunRecord]], option: str, budget: Path) -> None:
@@ -71,7 +71,7 @@ def _require_shortcut(series: dict[str, list[RunRecord]], option: str, budget: P
 
 def _shortcut_rows(budget: Path) -> dict[str, list[dict[str, Any]]]:
     rows = {}
-    for option in SHORTCUT_OPTIONS:
+    for option in PROJECTION_OPTIONS:
         if _option_folder(budget, option).is_dir():
             series = load_series(_option_folder(budget, option))
             _require_shortcut(series, option, budget)

@@ -37,7 +37,7 @@ from .time_to_accuracy import (
 )
 
 NEW_RECIPE = "imagenette-fast"
-PROJECTION_OPTIONS = ("B", "C")  # Table 3's shortcuts, each under its own `option-X` folder of the recipe's
+PROJECTION_OPTIONS = ("B", "C")  # Table 3's shortcut options beyond A: runs under the recipe folder's `option-X`
 IMAGENETTE = Task(models=IMAGENETTE_MODELS, thresholds=(20.0, 15.0, 10.0), beside=(NEW_RECIPE,),
                   optional=tuple(f"{NEW_RECIPE}/option-{option}" for option in PROJECTION_OPTIONS),
                   tuning="tuning-imagenette", figure="time-to-accuracy-imagenette.png", error="validation error",
