@@ -30,7 +30,7 @@ from .shipped_protocols import FOLDER as SHIPPED_RECORDS
 from .shipped_protocols import tested_as_shipped
 from .time_to_accuracy import Plot
 from .time_to_accuracy_imagenette import NEW_RECIPE as FAST_FOLDER  # beside --imagenette
-from .time_to_accuracy_imagenette import PROJECTION_OPTIONS  # Table 3's rows beyond Table 2's option A
+from .time_to_accuracy_imagenette import PROJECTION_OPTIONS, option_folder  # Table 3's rows beyond option A
 
 _REDUCTIONS = {"mean_then_softmax": "each score map averaged over positions, then the softmax (VGG's dense evaluation, "
                                     "the paper's)",
@@ -49,11 +49,9 @@ class Budget:
     by_shortcut: dict[str, list[dict[str, Any]]]  # "B"/"C" -> protocol rows of the runs under option-B/C
 
 
-
-
 def _option_folder(budget: Path, option: str) -> Path:
     """Where a budget keeps its runs with shortcut `option`: option A (and plain nets) in the budget's folder."""
-    return budget / f"option-{option}" if option in PROJECTION_OPTIONS else budget
+    return budget / option_folder(option) if option in PROJECTION_OPTIONS else budget
 
 
 def _require_shortcut(series: dict[str, list[RunRecord]], option: str, budget: Path) -> None:

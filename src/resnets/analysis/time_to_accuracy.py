@@ -209,14 +209,19 @@ def sampling_noise(errors: Sequence[float], images: int) -> float:
     return 200 * math.sqrt(sum(e / 100 * (1 - e / 100) / images for e in errors))
 
 
+def gap_state(error: float, other: float, images: int) -> str:
+    """Is `error` lower than `other` (mean errors, %, each on `images` test images)? "yes" / "no", or "level" when
+    the gap is inside the test set's sampling noise (`sampling_noise`): a finite test set cannot tell."""
+    gap = error - other
+    return "level" if abs(gap) < sampling_noise((error, other), images) else "yes" if gap < 0 else "no"
+
+
 def gap_verdict(error: float, other: float, images: int, test_set: str = "test images") -> str:
-    """Is `error` lower than `other` (mean errors, %, each on `images` test images)? "yes" / "no" with the gap, or
-    "level" when the gap is inside the test set's sampling noise (`sampling_noise`): a finite test set cannot tell."""
-    gap, noise = error - other, sampling_noise((error, other), images)
-    within = abs(gap) < noise
-    verdict = (f"{'level' if within else 'yes' if gap < 0 else 'no'}, {abs(gap):.2f} points "
-               f"{'lower' if gap < 0 else 'higher'}")
-    if within:
+    """`gap_state` with the gap in points, and the noise it is inside of when level."""
+    gap, state = error - other, gap_state(error, other, images)
+    verdict = f"{state}, {abs(gap):.2f} points {'lower' if gap < 0 else 'higher'}"
+    if state == "level":
+        noise = sampling_noise((error, other), images)
         verdict += (f", within the {images:,} {test_set}' sampling noise ({noise:.2f} points: two standard errors of "
                     "the difference)")
     return verdict

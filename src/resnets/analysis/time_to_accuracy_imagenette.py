@@ -31,6 +31,7 @@ from .time_to_accuracy import (
     cadence,
     contention_lines,
     figure_data,
+    gap_state,
     gap_verdict,
     measure,
     runs_of,
@@ -38,8 +39,15 @@ from .time_to_accuracy import (
 
 NEW_RECIPE = "imagenette-fast"
 PROJECTION_OPTIONS = ("B", "C")  # Table 3's shortcut options beyond A: runs under the recipe folder's `option-X`
+
+
+def option_folder(option: str) -> str:
+    """The subfolder of a recipe's records that holds its runs with a projection shortcut option."""
+    return f"option-{option}"
+
+
 IMAGENETTE = Task(models=IMAGENETTE_MODELS, thresholds=(20.0, 15.0, 10.0), beside=(NEW_RECIPE,),
-                  optional=tuple(f"{NEW_RECIPE}/option-{option}" for option in PROJECTION_OPTIONS),
+                  optional=tuple(f"{NEW_RECIPE}/{option_folder(option)}" for option in PROJECTION_OPTIONS),
                   tuning="tuning-imagenette", figure="time-to-accuracy-imagenette.png", error="validation error",
                   ymax=50.0)  # plain-34 of the `imagenette` recipe ends at 46%
 TARGET_MODEL, DEEPER_MODEL = "resnet18", "resnet34"
@@ -112,11 +120,12 @@ def deeper_verdict(shallow: Sequence[Mapping[str, Any]], deep: Sequence[Mapping[
         return f"{claim}: not measured yet (no finished `{NEW_RECIPE}` {' or '.join(missing)} run)."
     errors = {model: [r["final_error"] for r in runs]
               for model, runs in ((DEEPER_MODEL, deep), (TARGET_MODEL, shallow))}
-    verdict = gap_verdict(statistics.fmean(errors[DEEPER_MODEL]), statistics.fmean(errors[TARGET_MODEL]), images,
-                          "validation photos")
+    means = [statistics.fmean(errors[model]) for model in (DEEPER_MODEL, TARGET_MODEL)]
     values = "; ".join(f"{net_label(model)} {plus_minus(values)}% final, {len(values)} run"
                        f"{'s' if len(values) > 1 else ''}" for model, values in errors.items())
-    return f"{claim}: {verdict} ({values}).{'' if verdict.startswith('yes,') else why_deeper_lost(shallow, deep)}"
+    lower = gap_state(*means, images) == "yes"
+    return (f"{claim}: {gap_verdict(*means, images, 'validation photos')} ({values})."
+            f"{'' if lower else why_deeper_lost(shallow, deep)}")
 
 
 def why_deeper_lost(shallow: Sequence[Mapping[str, Any]], deep: Sequence[Mapping[str, Any]]) -> str:
@@ -160,9 +169,9 @@ def imagenette_time_to_accuracy_section(imagenette: Path, plot: Plot) -> list[st
         return []
     recipes: dict[str, tuple[Mapping[str, Any], list[str]]] = {}  # name -> (its first run's settings, cadences)
     for run in (run for runs in found.summaries.values() for run in runs):
-        cadences = recipes.setdefault(run["recipe"], (run["settings"], []))[1]
-        if cadence(run["points"]) not in cadences:  # runs of one recipe may have been evaluated more often
-            cadences.append(cadence(run["points"]))
+        cadences, how_often = recipes.setdefault(run["recipe"], (run["settings"], []))[1], cadence(run["points"])
+        if how_often not in cadences:  # runs of one recipe may have been evaluated more often
+            cadences.append(how_often)
     data = found.first.summary
     verdicts = []
     for shortcut in ("A", *PROJECTION_OPTIONS):  # a projection option only where its runs are
